@@ -1,0 +1,48 @@
+# adautomix_fast: the two commands of the README, plus benchmarks and the GPU check.
+#   make train   set up .venv (if absent), install, train on the bundled digits data
+#   make test    set up .venv (if absent), install, run the whole test suite
+# Extra training flags: make train ARGS="--epochs 5 --amp"
+
+PY      ?= python3
+VENV    ?= .venv
+PYTHON  := $(VENV)/bin/python
+STAMP   := $(VENV)/.adautomix-installed
+SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h csrc/*.cuh)
+ARGS    ?=
+OUT     ?= bench/results
+
+.PHONY: install train test bench bench-cpu gpu-check clean
+
+$(PYTHON):
+	$(PY) -m venv $(VENV)
+
+# torch first (the extension build imports it), then the project without build isolation so the
+# build uses this torch instead of fetching another one.
+$(STAMP): $(SOURCES) | $(PYTHON)
+	$(PYTHON) -m pip install --disable-pip-version-check -q "torch>=2.11" "torchvision>=0.26"
+	$(PYTHON) -m pip install --disable-pip-version-check -q --no-build-isolation -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+train: install
+	$(PYTHON) -m adautomix_fast.train $(ARGS)
+
+test: install
+	$(PYTHON) -m pytest -q tests $(ARGS)
+
+# Step throughput on this machine (CPU sizes when no GPU), results JSON under $(OUT).
+bench: install
+	$(PYTHON) -m bench.step --out $(OUT) $(ARGS)
+
+# The GPU check (spec/BENCHMARKS.md): GPU-marked tests, step benchmarks at GPU sizes, summary
+# table and results JSON in $(OUT). Uses the Python that already has torch (GPU_PYTHON) because
+# GPU machines have torch preinstalled and may have no network; on a CPU-only machine it is a
+# dry run that says what it skipped.
+GPU_PYTHON ?= $(shell [ -x $(PYTHON) ] && echo $(PYTHON) || echo python3)
+gpu-check:
+	$(GPU_PYTHON) -m pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e . 
+	$(GPU_PYTHON) -m bench.gpu_check --out $(OUT) $(ARGS)
+
+clean:
+	rm -rf build *.egg-info adautomix_fast/_C*.so .pytest_cache

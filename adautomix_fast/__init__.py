@@ -1,0 +1,25 @@
+"""adautomix_fast: a fast, faithful training engine for AdAutoMix (ICLR 2024).
+
+Public API:
+    AdAutoMix, MixPlan          the student, EMA teacher and generator; sample_plan / step_losses
+    MaskGenerator               the mask generator G (plain PyTorch reference math)
+    Config, PRESETS, resolve    run configuration and the published presets
+    ReferenceStep               one eager step: losses, backward, SGD, EMA
+    evaluate                    top-1 / top-5 of the four heads
+
+Command line: ``python -m adautomix_fast.train --help``.
+"""
+
+from .adautomix import AdAutoMix, MixPlan, mixed_cross_entropy
+from .config import PRESETS, Config, resolve
+from .engine import Precision, ReferenceStep, Schedule, build_optimizer
+from .errors import DataError, UsageError
+from .evaluate import evaluate
+from .generator import MaskGenerator
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AdAutoMix", "MixPlan", "mixed_cross_entropy", "MaskGenerator", "Config", "PRESETS", "resolve",
+    "ReferenceStep", "Schedule", "Precision", "build_optimizer", "evaluate", "UsageError", "DataError",
+]

@@ -1,0 +1,100 @@
+"""Atomic checkpoints, exact resume and torchvision-compatible export.
+
+A checkpoint is a plain dict of tensors, numbers, strings, lists and dicts (no pickled objects),
+so it loads with ``torch.load(weights_only=True)``. It holds everything a resumed run needs to
+continue exactly: model (student, teacher with its own BN buffers, generator, step counter),
+optimizer (momentum buffers), loss scaler, the plan RNG, the global torch RNG states, the epoch
+and step counters, the resolved config and its fingerprint.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+from .config import Config
+from .errors import UsageError
+
+FORMAT_VERSION = 1
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``:
+    a crash leaves either the old file or the new one, never a half-written one."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def rng_state() -> dict:
+    state = {"torch_cpu": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    if "torch_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["torch_cuda"])
+
+
+def load(path: str) -> dict:
+    """Load a checkpoint file (weights_only) with one-line errors for the usual mistakes."""
+    if os.path.isdir(path):
+        candidate = os.path.join(path, "checkpoint-last.pt")
+        if not os.path.exists(candidate):
+            raise UsageError(f"--resume {path}: folder has no checkpoint-last.pt; pass a checkpoint file")
+        path = candidate
+    if not os.path.exists(path):
+        raise UsageError(f"--resume {path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated file, not a torch file, ...
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"--resume {path}: not a readable checkpoint ({first})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != "adautomix_fast" or "config" not in ckpt:
+        raise UsageError(f"--resume {path}: not an adautomix_fast checkpoint")
+    return ckpt
+
+
+def check_compatible(ckpt: dict, cfg: Config, path: str) -> None:
+    """Refuse (one line) a checkpoint trained with another model/algorithm configuration."""
+    saved = Config.from_dict(ckpt["config"]).identity()
+    wanted = cfg.identity()
+    diffs = [f"{k}={saved[k]!r} (this run: {wanted[k]!r})" for k in cfg.IDENTITY if saved.get(k) != wanted.get(k)]
+    if diffs:
+        raise UsageError(f"checkpoint {path} is from another configuration: {', '.join(diffs)}; "
+                         "resume with the same settings or start a new run")
+
+
+def export_torchvision(model) -> dict[str, torch.Tensor]:
+    """The teacher as a plain torchvision ResNet state dict (``head_one`` becomes ``fc``).
+
+    ``torchvision.models.resnet50(num_classes=C).load_state_dict(sd)`` accepts it unchanged for
+    models with the ImageNet stem. CIFAR-stem models differ in one place: ``conv1`` is a 3x3,
+    stride-1 convolution and there is no max-pool, so build the torchvision model and set
+    ``model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)`` and ``model.maxpool = nn.Identity()``
+    before loading.
+    """
+    sd = {}
+    for name, tensor in model.teacher.state_dict().items():
+        if name.startswith("head_mix."):
+            continue
+        if name.startswith("head_one."):
+            name = "fc." + name[len("head_one."):]
+        sd[name] = tensor.detach().clone().cpu()
+    return sd

@@ -1,0 +1,161 @@
+"""Data loading: the data set registry and ``build_loaders``.
+
+    train_loader, val_loader, info = build_loaders("cifar100", "/data/cifar100", 100, seed=0)
+    for epoch in range(epochs):
+        train_loader.set_epoch(epoch)
+        for images, labels in train_loader: ...
+
+Augmentation is reproducible from ``(seed, epoch, index)`` whatever the number of workers or
+ranks (see :mod:`.sampling`). Every user-facing data problem raises a one-line
+:class:`~adautomix_fast.errors.DataError`, including one met inside a worker process.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from ..errors import DataError, UsageError
+from .sampling import EpochLoader, EvalBatchSampler, SeededDataset, TrainBatchSampler
+from .transforms import NORMALIZATION, build_transforms
+
+__all__ = ["DATASETS", "DATA_ENV", "DataInfo", "resolve_data_dir", "build_loaders"]
+
+DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet", "imagenet", "folder")
+DATA_ENV = "ADAUTOMIX_DATA"  # if --data-dir is not given: $ADAUTOMIX_DATA/<dataset name> is tried
+
+# What --data-dir must point at, for the messages.
+_LAYOUT = {
+    "cifar10": "the extracted cifar-10-batches-py folder or its parent",
+    "cifar100": "the extracted cifar-100-python folder or its parent",
+    "tiny-imagenet": "tiny-imagenet-200, or a folder with train/ and val/",
+    "imagenet": "a folder with train/ and val/",
+    "folder": "a folder with train/ and val/",
+}
+
+
+@dataclass
+class DataInfo:
+    """What the model and the logs need to know about a data set (sizes are of the whole splits)."""
+
+    name: str
+    num_classes: int
+    image_size: int
+    train_size: int
+    val_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    class_names: list[str]
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def resolve_data_dir(name: str, data_dir: str | None) -> str | None:
+    """digits -> None (bundled). Others: ``data_dir``, else ``$ADAUTOMIX_DATA/<name>``, else DataError.
+
+    A path that does not exist (given, or derived from the environment) is a DataError naming it.
+    """
+    _check_name(name)
+    if name == "digits":
+        return None
+    if data_dir:
+        path = os.path.abspath(os.path.expanduser(data_dir))
+        if not os.path.isdir(path):
+            raise DataError(
+                f"data folder {path} does not exist; pass --data-dir /path/to/{name} ({_LAYOUT[name]})"
+            )
+        return path
+    env = os.environ.get(DATA_ENV)
+    if env:
+        path = os.path.abspath(os.path.join(os.path.expanduser(env), name))
+        if not os.path.isdir(path):
+            raise DataError(
+                f"data folder {path} (from {DATA_ENV}={env}) does not exist; put {name} there "
+                f"({_LAYOUT[name]}) or pass --data-dir /path/to/{name}"
+            )
+        return path
+    raise DataError(
+        f"{name} needs its files: pass --data-dir /path/to/{name} ({_LAYOUT[name]}) "
+        f"or set {DATA_ENV}=/path/to/datasets"
+    )
+
+
+def _load_splits(name: str, root: str | None):
+    """(train, val, class_names) for a data set; scans and validates everything it can."""
+    if name == "digits":
+        from .arrays import load_digits
+
+        return load_digits()
+    if name in ("cifar10", "cifar100"):
+        from .arrays import load_cifar
+
+        return load_cifar(name, root)
+    from .folders import load_folder
+
+    return load_folder(name, root)
+
+
+def build_loaders(
+    name: str,
+    data_dir: str | None,
+    batch_size: int,
+    *,
+    eval_batch_size: int | None = None,
+    workers: int = 2,
+    seed: int = 0,
+    image_size: int | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    pin_memory: bool = False,
+):
+    """Returns ``(train_loader, val_loader, info)``; validates the data before returning.
+
+    train_loader: iterable of (images float32 [B,3,H,W], labels int64 [B]); ``len()`` = batches
+    per epoch of this rank; call ``set_epoch(epoch)`` before each epoch (order and augmentation
+    follow from (seed, epoch)); the last incomplete batch is dropped. A shard with fewer images
+    than ``batch_size`` is a DataError here.
+    val_loader: every image of this rank's contiguous shard of the val split exactly once, in
+    order, last partial batch kept.
+    """
+    _check_name(name)
+    if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
+        raise UsageError(f"batch sizes must be at least 1 (got {batch_size}, {eval_batch_size}); fix --batch-size")
+    if workers < 0:
+        raise UsageError(f"--workers must be 0 or more (got {workers})")
+    if image_size is not None and image_size < 1:
+        raise UsageError(f"--img-size must be at least 1 (got {image_size})")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is outside world_size {world_size}")
+
+    root = resolve_data_dir(name, data_dir)
+    train_split, val_split, class_names = _load_splits(name, root)
+    train_tf, eval_tf, size = build_transforms(name, image_size)
+
+    train_sampler = TrainBatchSampler(len(train_split), batch_size, seed=seed, rank=rank, world_size=world_size)
+    if len(train_sampler) == 0:
+        where = root or "the bundled digits set"
+        shard = f" of this rank's shard (rank {rank} of {world_size})" if world_size > 1 else ""
+        raise DataError(
+            f"--batch-size {batch_size} is larger than the {train_sampler.shard_size} training images{shard} "
+            f"in {where}; use --batch-size {max(1, train_sampler.shard_size)} or less"
+        )
+    val_sampler = EvalBatchSampler(len(val_split), eval_batch_size or batch_size, rank=rank, world_size=world_size)
+
+    common = dict(workers=workers, pin_memory=pin_memory, seed=seed)
+    train_loader = EpochLoader(SeededDataset(train_split, train_tf), train_sampler, **common)
+    val_loader = EpochLoader(SeededDataset(val_split, eval_tf), val_sampler, **common)
+    mean, std = NORMALIZATION[name]
+    info = DataInfo(
+        name=name,
+        num_classes=len(class_names),
+        image_size=size,
+        train_size=len(train_split),
+        val_size=len(val_split),
+        mean=tuple(mean),
+        std=tuple(std),
+        class_names=list(class_names),
+    )
+    return train_loader, val_loader, info

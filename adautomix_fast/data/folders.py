@@ -1,0 +1,164 @@
+"""Image-folder data sets: ``tiny-imagenet``, ``imagenet`` and ``folder``.
+
+Layout: ``<root>/train/<class>/**/<image>`` and ``<root>/val/<class>/**/<image>``. Class indices
+are torchvision ``ImageFolder(root/"train")``'s (sorted class folder names; we call its own
+``find_classes``/``make_dataset`` so the two cannot drift), and val folders map to the same
+indices. For tiny-imagenet the raw ``tiny-imagenet-200`` layout is accepted as well: its
+``train/<wnid>/images/*.JPEG`` already is ImageFolder-compatible, and ``val/images/*`` is labelled
+by ``val/val_annotations.txt``.
+
+Everything is scanned and checked when the loaders are built (before any training); only a
+corrupt image is found late, when it is decoded, and it is then reported by path.
+"""
+
+from __future__ import annotations
+
+import os
+
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, has_file_allowed_extension, make_dataset
+
+from ..errors import DataError
+
+_EXTS = " ".join(IMG_EXTENSIONS)
+
+
+def _clean(exc: BaseException) -> str:
+    """An exception as one line (PIL messages are short, but never trust a newline in a log)."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def open_rgb(path: str) -> Image.Image:
+    """Decode ``path`` as RGB like ImageFolder's pil_loader, raising DataError on a bad file."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")  # convert() forces the full decode inside the try
+    except FileNotFoundError:
+        raise DataError(f"image file {path} disappeared after the data folder was scanned; restore it and restart") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        # UnidentifiedImageError and "image file is truncated" are OSErrors.
+        raise DataError(f"corrupt image file {path} (PIL: {_clean(exc)}); remove or replace it") from None
+
+
+class FolderSplit(Dataset):
+    """``samples`` = [(path, label)]; item = (PIL RGB image, int label)."""
+
+    def __init__(self, samples: list[tuple[str, int]]):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def targets(self) -> list[int]:
+        return [label for _, label in self.samples]
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        return open_rgb(path), label
+
+
+def _has_loose_images(split_dir: str) -> bool:
+    with os.scandir(split_dir) as it:
+        return any(e.is_file() and has_file_allowed_extension(e.name, IMG_EXTENSIONS) for e in it)
+
+
+def _scan(split_dir: str, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    """ImageFolder's samples for ``class_to_idx``; DataError if any class folder has no image."""
+    samples = make_dataset(split_dir, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    if not samples:
+        raise DataError(
+            f"empty data folder {split_dir}: its class folders hold no images ({_EXTS}); "
+            f"put the images in {split_dir}/<class>/"
+        )
+    present = {label for _, label in samples}
+    empty = [c for c, i in sorted(class_to_idx.items()) if i not in present]
+    if empty:
+        path = os.path.join(split_dir, empty[0])
+        more = f" (and {len(empty) - 1} more class folders)" if len(empty) > 1 else ""
+        raise DataError(f"class folder {path} has no images{more} ({_EXTS}); add images or remove the folder")
+    return samples
+
+
+def _any_subdir(path: str) -> bool:
+    # find_classes raises FileNotFoundError("Couldn't find any class folder") on none; we want our message.
+    with os.scandir(path) as it:
+        return any(e.is_dir() for e in it)
+
+
+def _class_folders(split_dir: str) -> list[str]:
+    """Sorted class folder names of a split; DataError if there are none."""
+    classes, _ = find_classes(split_dir) if _any_subdir(split_dir) else ([], {})
+    if not classes:
+        if _has_loose_images(split_dir):
+            raise DataError(
+                f"empty data folder {split_dir}: images lie directly in it but there are no class folders; "
+                f"sort them into {split_dir}/<class>/ (ImageFolder layout)"
+            )
+        raise DataError(f"empty data folder {split_dir}: no class folders; put the images in {split_dir}/<class>/")
+    return classes
+
+
+def _split_dir(root: str, split: str, name: str) -> str:
+    path = os.path.join(root, split)
+    if not os.path.isdir(path):
+        raise DataError(
+            f"{name}: missing split folder {path}; {root} must contain train/ and val/, each with one "
+            f"folder of images per class"
+        )
+    return path
+
+
+def _tiny_raw_val(val_dir: str, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    """tiny-imagenet-200's ``val/images/*`` labelled by ``val/val_annotations.txt`` (file order)."""
+    ann = os.path.join(val_dir, "val_annotations.txt")
+    samples = []
+    with open(ann) as f:
+        for lineno, line in enumerate(f, 1):
+            parts = line.split("\t")
+            if not line.strip():
+                continue
+            if len(parts) < 2:
+                raise DataError(f"{ann} line {lineno} is not '<file>\\t<wnid>\\t...'; re-extract tiny-imagenet-200.zip")
+            fname, wnid = parts[0].strip(), parts[1].strip()
+            path = os.path.join(val_dir, "images", fname)
+            if wnid not in class_to_idx:
+                raise DataError(
+                    f"{ann} line {lineno}: class {wnid} has no folder in {os.path.dirname(val_dir)}/train; "
+                    f"re-extract tiny-imagenet-200.zip"
+                )
+            if not os.path.isfile(path):
+                raise DataError(f"{ann} line {lineno} names a missing image {path}; re-extract tiny-imagenet-200.zip")
+            samples.append((path, class_to_idx[wnid]))
+    if not samples:
+        raise DataError(f"empty data folder {val_dir}: {ann} lists no images; re-extract tiny-imagenet-200.zip")
+    return samples
+
+
+def load_folder(name: str, data_dir: str):
+    """Scan and validate ``data_dir``; return ``(train, val, class_names)`` as FolderSplits."""
+    root = data_dir
+    if name == "tiny-imagenet" and not os.path.isdir(os.path.join(root, "train")):
+        nested = os.path.join(root, "tiny-imagenet-200")
+        if os.path.isdir(os.path.join(nested, "train")):
+            root = nested  # accept the parent of the extracted zip too
+    train_dir = _split_dir(root, "train", name)
+    val_dir = _split_dir(root, "val", name)
+
+    classes = _class_folders(train_dir)
+    class_to_idx = {c: i for i, c in enumerate(classes)}  # == ImageFolder(train_dir).class_to_idx
+    train = _scan(train_dir, class_to_idx)
+
+    if name == "tiny-imagenet" and os.path.isfile(os.path.join(val_dir, "val_annotations.txt")):
+        val = _tiny_raw_val(val_dir, class_to_idx)
+    else:
+        val_classes = _class_folders(val_dir)
+        unknown = [c for c in val_classes if c not in class_to_idx]
+        if unknown:
+            raise DataError(
+                f"val class folder {os.path.join(val_dir, unknown[0])} has no counterpart in {train_dir}; "
+                f"rename it to a training class or remove it"
+            )
+        val = _scan(val_dir, {c: class_to_idx[c] for c in val_classes})
+    return FolderSplit(train), FolderSplit(val), classes

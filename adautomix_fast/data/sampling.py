@@ -1,0 +1,214 @@
+"""Seeded, shardable batch samplers, per-sample augmentation seeds, and the epoch loader.
+
+Reproducibility scheme
+----------------------
+Every sample's augmentation is a pure function of ``(seed, epoch, index)``:
+
+* the batch sampler runs in the main process and yields lists of keys ``(index, sample_seed)``
+  with ``sample_seed = mix_seed(seed, epoch, index, _SAMPLE_TAG)``;
+* :class:`SeededDataset` (running in whichever worker receives the key) applies the random
+  transform inside ``torch.random.fork_rng(devices=[])`` after seeding the CPU generator with
+  ``sample_seed``.
+
+So the crop/flip of image ``i`` in epoch ``e`` does not depend on how many workers there are,
+which worker got it, how the data is sharded across ranks, or what ran before it. ``fork_rng``
+restores the CPU RNG state afterwards, so with ``workers=0`` (transforms in the main process)
+the caller's global stream is left as it was. We seed ``torch.default_generator`` rather than
+calling ``torch.manual_seed``: the latter also reseeds every CUDA generator, which
+``fork_rng(devices=[])`` would not restore. The shuffle uses its own ``torch.Generator`` and the
+DataLoader gets one too (it otherwise draws its worker base seed from the global RNG).
+
+torchvision's random transforms (v1 and v2) draw only from torch's global CPU generator, which
+is what makes this scheme sufficient; Python's ``random`` and NumPy are not used.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Optional
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+
+from ..errors import DataError
+
+_MASK64 = (1 << 64) - 1
+# Distinct tags keep the shuffle stream and the per-sample streams independent.
+_SHUFFLE_TAG = 0x5348_5546  # "SHUF"
+_SAMPLE_TAG = 0x5341_4D50  # "SAMP"
+_LOADER_TAG = 0x4C4F_4144  # "LOAD"
+
+
+def _splitmix64(x: int) -> int:
+    """One round of SplitMix64: a cheap, well-mixed 64-bit hash (same on every platform)."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def mix_seed(*parts: int) -> int:
+    """Hash integers (any sign) into a 63-bit seed, valid for ``Generator.manual_seed``."""
+    h = 0
+    for p in parts:
+        h = _splitmix64(h ^ (int(p) & _MASK64))
+    return h >> 1
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The augmentation seed of dataset item ``index`` in ``epoch`` of a run seeded ``seed``."""
+    return mix_seed(seed, epoch, index, _SAMPLE_TAG)
+
+
+def loader_generator(seed: int) -> torch.Generator:
+    """A private generator for DataLoader's base seed, so iterating never touches the global RNG."""
+    return torch.Generator().manual_seed(mix_seed(seed, _LOADER_TAG))
+
+
+class TrainBatchSampler(Sampler):
+    """Shuffled, sharded batches of ``(index, sample_seed)`` keys; the last partial batch is dropped.
+
+    Each epoch is a permutation of ``range(size)`` drawn from a generator seeded with
+    ``(seed, epoch)``. Rank ``r`` of ``world_size`` takes every ``world_size``-th element starting
+    at ``r``, truncated to ``size // world_size`` so every rank has the same number of batches
+    (a rank with an extra batch would hang a DDP all-reduce). The shards are therefore disjoint
+    and together cover the epoch up to ``size % world_size`` items, which change every epoch.
+    """
+
+    def __init__(self, size: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1):
+        self.size = size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.shard_size = size // world_size
+        self.epoch = 0  # set_epoch() must be called each epoch; 0 until then
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return self.shard_size // self.batch_size
+
+    def shard_indices(self) -> list[int]:
+        """This rank's dataset indices for the current epoch, in iteration order (before batching)."""
+        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, _SHUFFLE_TAG))
+        perm = torch.randperm(self.size, generator=g)
+        return perm[self.rank : self.shard_size * self.world_size : self.world_size].tolist()
+
+    def __iter__(self) -> Iterator[list[tuple[int, Optional[int]]]]:
+        indices = self.shard_indices()
+        bs, epoch, seed = self.batch_size, self.epoch, self.seed
+        for b in range(len(self)):
+            yield [(i, sample_seed(seed, epoch, i)) for i in indices[b * bs : (b + 1) * bs]]
+
+
+class EvalBatchSampler(Sampler):
+    """In-order batches of ``(index, None)`` keys; every item exactly once across ranks.
+
+    Rank ``r`` gets the contiguous slice ``[r*size//world_size, (r+1)*size//world_size)``: no
+    padding and no duplicates (DistributedSampler pads, which would count some images twice), so
+    shard sizes may differ by one and the last partial batch is kept.
+    """
+
+    def __init__(self, size: int, batch_size: int, *, rank: int = 0, world_size: int = 1):
+        self.size = size
+        self.batch_size = batch_size
+        self.start = rank * size // world_size
+        self.stop = (rank + 1) * size // world_size
+        self.shard_size = self.stop - self.start
+
+    def set_epoch(self, epoch: int) -> None:
+        """No-op (evaluation order does not depend on the epoch); present for symmetry."""
+
+    def __len__(self) -> int:
+        return -(-self.shard_size // self.batch_size)
+
+    def shard_indices(self) -> list[int]:
+        return list(range(self.start, self.stop))
+
+    def __iter__(self) -> Iterator[list[tuple[int, Optional[int]]]]:
+        for b in range(self.start, self.stop, self.batch_size):
+            yield [(i, None) for i in range(b, min(b + self.batch_size, self.stop))]
+
+
+class WorkerFailure:
+    """A DataError message carried back from a worker as data instead of as an exception.
+
+    DataLoader re-raises a worker exception as ``type(exc)("Caught X in DataLoader worker ...
+    Original Traceback ...")`` (torch/_utils.py ``ExceptionWrapper.reraise``), which would turn our
+    one-line message into a traceback dump. Returning this marker and raising in the main
+    process keeps the exact message. A plain class (not a tuple) so collate/pin_memory pass it
+    through untouched.
+    """
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def collate(batch: list[Any]) -> Any:
+    """default_collate, except that a WorkerFailure in the batch becomes the whole batch."""
+    for item in batch:
+        if isinstance(item, WorkerFailure):
+            return item
+    return default_collate(batch)
+
+
+class SeededDataset(Dataset):
+    """Applies ``transform`` to ``source[index]`` under the RNG seed carried by the key."""
+
+    def __init__(self, source: Dataset, transform):
+        self.source = source
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.source)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: tuple[int, Optional[int]]):
+        index, seed = key
+        try:
+            image, label = self.source[index]
+            if seed is None:  # evaluation: deterministic transform, no RNG needed
+                image = self.transform(image)
+            else:
+                with torch.random.fork_rng(devices=[]):
+                    torch.default_generator.manual_seed(seed)
+                    image = self.transform(image)
+        except DataError as exc:
+            return WorkerFailure(str(exc))
+        return image, label
+
+
+class EpochLoader:
+    """A DataLoader over a :class:`SeededDataset` with a batch sampler; re-raises DataErrors.
+
+    Iterating yields ``(images float32 [B,3,H,W], labels int64 [B])``. ``len()`` is the number of
+    batches of this rank. Call ``set_epoch(e)`` before each training epoch.
+    """
+
+    def __init__(self, dataset: SeededDataset, batch_sampler, *, workers: int, pin_memory: bool, seed: int):
+        self.dataset = dataset
+        self.batch_sampler = batch_sampler
+        self.batch_size = batch_sampler.batch_size
+        self.loader = DataLoader(
+            dataset,
+            batch_sampler=batch_sampler,
+            num_workers=workers,
+            collate_fn=collate,
+            pin_memory=pin_memory,
+            persistent_workers=workers > 0,  # keep workers (and their page cache) across epochs
+            generator=loader_generator(seed),
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.batch_sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.batch_sampler)
+
+    def __iter__(self):
+        for batch in self.loader:
+            if isinstance(batch, WorkerFailure):
+                raise DataError(batch.message)
+            yield batch

@@ -1,0 +1,191 @@
+"""Optimizer, schedules, precision and the reference train step.
+
+`ReferenceStep` runs one AdAutoMix step eagerly: sample the plan, compute every loss
+(`AdAutoMix.step_losses`) under autocast, one backward, one SGD step for the student and the
+generator together, then the EMA update of the teacher. It is the readable definition of a
+step; the fused, compiled step (a later issue) is tested against it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from .adautomix import AdAutoMix, MixPlan
+from .config import Config
+from .ema import ema_momentum, momentum_tensor
+
+
+# ---------------------------------------------------------------------------- schedules
+def cosine_lr(base: float, final: float, progress: float) -> float:
+    """Cosine annealing from ``base`` (progress 0) to ``final`` (progress 1)."""
+    progress = min(max(progress, 0.0), 1.0)
+    return final + (base - final) * (1.0 + math.cos(math.pi * progress)) / 2.0
+
+
+@dataclass
+class Schedule:
+    """Learning rates and EMA momentum as functions of the global step.
+
+    The released configs anneal the learning rate once per epoch (mmcv ``by_epoch=True``):
+    epoch e uses progress e / epochs. ``per_step`` anneals every step instead.
+    """
+
+    cfg: Config
+    steps_per_epoch: int
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.epochs * self.steps_per_epoch
+
+    def progress(self, step: int) -> float:
+        if self.cfg.lr_per_step:
+            return step / max(self.total_steps, 1)
+        return (step // self.steps_per_epoch) / self.cfg.epochs
+
+    def lrs(self, step: int) -> tuple[float, float]:
+        """(student lr, generator lr) for global step ``step``."""
+        p = self.progress(step)
+        lr = cosine_lr(self.cfg.lr, self.cfg.min_lr, p)
+        if self.cfg.gen_lr is None:
+            return lr, lr
+        gen_min = self.cfg.gen_min_lr if self.cfg.gen_min_lr is not None else self.cfg.min_lr
+        return lr, cosine_lr(self.cfg.gen_lr, gen_min, p)
+
+    def ema(self, step: int) -> float:
+        return ema_momentum(step, self.total_steps, self.cfg.ema_start, self.cfg.ema_end, self.cfg.ema_warmup)
+
+
+# ---------------------------------------------------------------------------- optimizer
+def build_optimizer(model: AdAutoMix, cfg: Config) -> torch.optim.SGD:
+    """SGD (momentum 0.9, weight decay 1e-4 by default) over the student and G.
+
+    Group 0 is the student, group 1 the generator; the generator gets its own learning rate and
+    schedule when ``cfg.gen_lr`` is set (ImageNet presets), otherwise it follows the student's.
+    """
+    student, gen = model.trainable_parameters()
+    groups = [
+        {"params": student, "lr": cfg.lr, "name": "student"},
+        {"params": gen, "lr": cfg.gen_lr if cfg.gen_lr is not None else cfg.lr, "name": "generator"},
+    ]
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                           foreach=True)
+
+
+def set_lrs(optimizer: torch.optim.Optimizer, lrs: tuple[float, float]) -> None:
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr
+
+
+# ---------------------------------------------------------------------------- precision
+@dataclass
+class Precision:
+    """Autocast settings. bf16 autocast needs no loss scaling; fp16 uses a GradScaler."""
+
+    device_type: str
+    dtype: Optional[torch.dtype]  # None: full fp32
+
+    @classmethod
+    def from_config(cls, cfg: Config, device: torch.device) -> "Precision":
+        if not cfg.amp:
+            return cls(device.type, None)
+        dtype = torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
+        if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            warnings.warn("this GPU has no bf16 support: --amp falls back to fp16 with a GradScaler")
+            dtype = torch.float16
+        return cls(device.type, dtype)
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def make_scaler(self):
+        if self.dtype is torch.float16:
+            return torch.amp.GradScaler(self.device_type)
+        return None
+
+    def describe(self) -> str:
+        return "fp32" if self.dtype is None else f"autocast {str(self.dtype).replace('torch.', '')}"
+
+
+# ---------------------------------------------------------------------------- the step
+class ReferenceStep:
+    """One eager AdAutoMix step: losses, one backward, one optimizer step, EMA update."""
+
+    def __init__(self, model: AdAutoMix, optimizer: torch.optim.Optimizer, schedule: Schedule,
+                 precision: Precision, channels_last: bool = False,
+                 plan_generator: Optional[torch.Generator] = None):
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.precision = precision
+        self.scaler = precision.make_scaler()
+        self.channels_last = channels_last
+        self.plan_generator = plan_generator
+        self.global_step = 0  # host copy of model.num_updates (schedules are host-side here)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, plan: Optional[MixPlan] = None) -> dict[str, torch.Tensor]:
+        """Run one step and return the detached loss terms (still on the device: no sync)."""
+        model = self.model
+        model.train()
+        x = self.prepare(x)
+        step = self.global_step
+        lrs = self.schedule.lrs(step)
+        set_lrs(self.optimizer, lrs)
+        if plan is None:
+            plan = model.sample_plan(x.shape[0], generator=self.plan_generator)
+
+        with self.precision.autocast():
+            losses = model.step_losses(x, y, plan)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(losses["loss"]).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            losses["loss"].backward()
+            self.optimizer.step()
+
+        momentum = self.schedule.ema(step)
+        model.update_teacher(momentum_tensor(momentum, model.device))
+        model.num_updates.add_(1)
+        self.global_step += 1
+
+        out = {k: v.detach() for k, v in losses.items()}
+        out["lr"] = torch.tensor(lrs[0])
+        out["lr_gen"] = torch.tensor(lrs[1])
+        out["ema_momentum"] = torch.tensor(momentum)
+        return out
+
+    # Resumable state beyond the model's and the optimizer's state dicts.
+    def state_dict(self) -> dict:
+        state = {"global_step": self.global_step}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        if self.plan_generator is not None:
+            state["plan_rng"] = self.plan_generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.global_step = int(state["global_step"])
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+        if self.plan_generator is not None and "plan_rng" in state:
+            self.plan_generator.set_state(state["plan_rng"])
+
+
+def make_plan_generator(device: torch.device, seed: int) -> torch.Generator:
+    """A dedicated RNG for lambda and the permutations, seeded from the run seed, so that the
+    plan stream is reproducible and independent of everything else that draws random numbers."""
+    g = torch.Generator(device=device)
+    g.manual_seed(seed + 0x5EED)
+    return g

@@ -1,0 +1,59 @@
+"""Top-1 / top-5 of the four heads (ALGORITHM.md section 8).
+
+Heads: teacher one/mix and student one/mix, in eval mode (BatchNorm running statistics). The
+headline number is the teacher's ``head_one`` (``teacher_one``), as the paper reports it.
+Counts are accumulated on the device and read once at the end, and every image of the loader
+is counted exactly once.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+
+HEADS = ("teacher_one", "teacher_mix", "student_one", "student_mix")
+HEADLINE = "teacher_one"
+
+
+def topk_correct(logits: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> list[torch.Tensor]:
+    """Number of samples whose label is among the top-k logits, for each k (clipped to C)."""
+    kmax = min(max(ks), logits.shape[1])
+    top = logits.topk(kmax, dim=1).indices                  # [B, kmax]
+    hit = top.eq(y.unsqueeze(1))
+    return [hit[:, :min(k, kmax)].any(dim=1).sum() for k in ks]
+
+
+@torch.no_grad()
+def evaluate(model, loader: Iterable, device: torch.device, precision=None, channels_last: bool = False,
+             progress: bool = False) -> dict:
+    """Returns {"images": n, "<head>_top1": %, "<head>_top5": %} for the four heads."""
+    was_training = model.training
+    model.eval()
+    counts = torch.zeros(len(HEADS), 2, dtype=torch.long, device=device)
+    n = torch.zeros((), dtype=torch.long, device=device)
+    iterator = loader
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
+    for x, y in iterator:
+        x = x.to(device, non_blocking=True)
+        y = y.to(device, non_blocking=True)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = precision.autocast() if precision is not None else torch.autocast(device.type, enabled=False)
+        with ctx:
+            t_one, t_mix = model.teacher(x)
+            s_one, s_mix = model.student(x)
+        for h, logits in enumerate((t_one, t_mix, s_one, s_mix)):
+            top1, top5 = topk_correct(logits.float(), y)
+            counts[h, 0] += top1
+            counts[h, 1] += top5
+        n += y.shape[0]
+    model.train(was_training)
+    counts, total = counts.cpu(), int(n)
+    result: dict = {"images": total}
+    for h, name in enumerate(HEADS):
+        result[f"{name}_top1"] = 100.0 * int(counts[h, 0]) / max(total, 1)
+        result[f"{name}_top5"] = 100.0 * int(counts[h, 1]) / max(total, 1)
+    return result

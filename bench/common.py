@@ -1,0 +1,231 @@
+"""Shared benchmark plumbing: device and version info, timing, peak memory, results files, tables.
+
+Results live in ``<out>/<device-slug>-<YYYYMMDD>.json`` (UTC date). A file holds the device
+record and named sections; the dict sections (``cases``, ``ratios``, ``gpu_check``, ...) are
+merged key by key with what the file already holds, so a step run and a kernel run of the same
+day on the same device add to one file instead of overwriting each other. CPU slugs end in
+``-cpu`` so that ``.gitignore`` (``bench/results/*-cpu-*.json``) keeps CPU runs out of git.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import time
+from typing import Any, Callable, Iterable, Optional, Sequence
+
+import torch
+
+SCHEMA = 1
+
+
+# ---------------------------------------------------------------------------- device
+def pick_device(name: str) -> torch.device:
+    """auto -> cuda when present, else cpu. A one-line SystemExit for an impossible request."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: torch.cuda.is_available() is False; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise SystemExit(f"--device {name}: only cpu and cuda are benchmarked")
+    return dev
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _driver_version() -> Optional[str]:
+    # torch exposes no driver version; nvidia-smi is on every machine that has the driver.
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=15)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return None
+
+
+def _triton_version() -> Optional[str]:
+    try:
+        import triton
+        return triton.__version__
+    except Exception:  # triton is optional on CPU-only installs
+        return None
+
+
+def device_info(device: torch.device) -> dict[str, Any]:
+    """Everything that decides what a number means: device, versions, threads."""
+    info: dict[str, Any] = {
+        "torch": torch.__version__,
+        "triton": _triton_version(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+    }
+    if device.type == "cuda":
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(idx)
+        info.update(kind="GPU", name=torch.cuda.get_device_name(idx),
+                    capability=f"{props.major}.{props.minor}",
+                    memory_gib=round(props.total_memory / 2**30, 1),
+                    cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
+                    driver=_driver_version())
+    else:
+        info.update(kind="CPU", name=info["cpu"], threads=torch.get_num_threads(),
+                    cuda=None, driver=None)
+    return info
+
+
+def slugify(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
+
+
+def device_slug(info: dict[str, Any]) -> str:
+    slug = slugify(info["name"])
+    return f"{slug}-cpu" if info["kind"] == "CPU" and not slug.endswith("-cpu") else slug
+
+
+# ---------------------------------------------------------------------------- timing
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile, q in [0, 100] (numpy's default method)."""
+    s = sorted(values)
+    if not s:
+        return math.nan
+    pos = (len(s) - 1) * q / 100.0
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def time_steps(step: Callable[[], Any], device: torch.device, steps: int, warmup: int) -> dict[str, Any]:
+    """Run ``warmup`` untimed steps, then ``steps`` timed ones; per-step ms statistics.
+
+    On CUDA each step is bracketed by events and the host synchronises once at the end, so the
+    step's own (sync-free) pipelining is kept; ``wall_mean_ms`` is the host clock over all timed
+    steps, a check on the event numbers.
+    """
+    for _ in range(warmup):
+        step()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
+                  for _ in range(steps)]
+    times: list[float] = []
+    t0 = time.perf_counter()
+    for i in range(steps):
+        if cuda:
+            events[i][0].record()
+            step()
+            events[i][1].record()
+        else:
+            t = time.perf_counter()
+            step()
+            times.append((time.perf_counter() - t) * 1e3)
+    if cuda:
+        torch.cuda.synchronize(device)
+        times = [a.elapsed_time(b) for a, b in events]
+    wall = (time.perf_counter() - t0) * 1e3 / max(steps, 1)
+    return {"median": percentile(times, 50), "p10": percentile(times, 10),
+            "p90": percentile(times, 90), "wall_mean_ms": wall, "timed_steps": steps,
+            "warmup_steps": warmup}
+
+
+# ---------------------------------------------------------------------------- memory
+def reset_memory(device: torch.device) -> None:
+    """Free what earlier cases left so the next peak is this case's own (GPU only)."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    if device.type == "cuda":
+        return {"peak_memory_mib": torch.cuda.max_memory_allocated(device) / 2**20,
+                "peak_memory_kind": "torch.cuda.max_memory_allocated since this case started"}
+    # ru_maxrss is KiB on Linux, bytes on macOS; it never goes down, so it covers earlier cases.
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    mib = rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+    return {"peak_memory_mib": mib,
+            "peak_memory_kind": "process peak RSS (getrusage ru_maxrss), includes earlier cases"}
+
+
+# ---------------------------------------------------------------------------- results files
+def utc_date() -> str:
+    return time.strftime("%Y%m%d", time.gmtime())
+
+
+def results_path(out_dir: str, info: dict[str, Any]) -> str:
+    return os.path.join(out_dir, f"{device_slug(info)}-{utc_date()}.json")
+
+
+def merge_results(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Dict sections are updated key by key (new wins per key); other values are replaced."""
+    merged = dict(old)
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(old.get(key), dict) and key != "device":
+            merged[key] = {**old[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_results(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}  # absent or unreadable: start a new file rather than fail the run
+
+
+def write_results(out_dir: str, info: dict[str, Any], sections: dict[str, Any],
+                  path: Optional[str] = None) -> str:
+    """Merge ``sections`` into the day's file for this device (atomic replace); return its path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = path or results_path(out_dir, info)
+    new = {"schema": SCHEMA, "device": info,
+           "updated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **sections}
+    data = merge_results(load_results(path), new)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True, default=str, allow_nan=True)
+        f.write("\n")
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------------------- tables
+def _cell(value: Any, fmt: str) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else format(value, fmt)
+    return str(value)
+
+
+def format_table(rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, str, str]]) -> str:
+    """Plain-text table; ``columns`` are (row key, header, float format)."""
+    body = [[_cell(r.get(key), fmt) for key, _, fmt in columns] for r in rows]
+    heads = [h for _, h, _ in columns]
+    widths = [max([len(h)] + [len(row[i]) for row in body]) for i, h in enumerate(heads)]
+    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths)))
+    return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(r) for r in body])

@@ -1,0 +1,315 @@
+"""Step throughput: images/s, ms/step (median, p10, p90) and peak memory per impl and shape.
+
+    python -m bench.step [--shapes cifar,imagenet] [--impls vanilla,reference] [--steps N]
+                         [--warmup N] [--batch-size N] [--out DIR] [--device auto|cpu|cuda]
+                         [--amp/--no-amp] [--amp-dtype bf16|fp16] [--channels-last]
+
+Impls (the ``IMPLS`` registry; adding one, e.g. ``fused``, is one builder function):
+  vanilla    plain cross-entropy training of the same backbone (head_one, SGD) - the floor
+  reference  ``ReferenceStep`` on an ``AdAutoMix`` model: the eager AdAutoMix step
+Every impl of a shape sees the same synthetic batch, created once on the device, so only the
+step is timed. Each speed figure is also reported as a ratio measured in this process
+(``<impl>_over_vanilla`` step-time ratios, and ``reference_over_<impl>`` speed-ups).
+Benchmarks never assert; a case that raises (out of memory, say) is recorded with its error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
+
+if __package__ in (None, ""):  # `python bench/step.py` (spec/BENCHMARKS.md) as well as -m
+    import os
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch
+import torch.nn.functional as F
+
+from adautomix_fast.adautomix import AdAutoMix
+from adautomix_fast.config import Config, resolve
+from adautomix_fast.engine import Precision, ReferenceStep, Schedule, build_optimizer, make_plan_generator
+from adautomix_fast.models import Classifier
+from bench import common
+
+# The two shapes of spec/BENCHMARKS.md. `dataset` picks the published defaults in resolve();
+# mix_samples / lam_concat / gen_norm are repeated so the shape is readable here. CPU sizes keep
+# `python -m bench.step` to minutes on 2 cores; their results are labelled CPU.
+SHAPES: dict[str, dict[str, Any]] = {
+    "cifar": dict(dataset="cifar100", arch="r18", cifar_stem=True, image_size=32, num_classes=100,
+                  mix_samples=3, lam_concat=False, gen_norm=False, train_images=50_000,
+                  gpu=dict(batch_size=100, steps=30, warmup=5),
+                  cpu=dict(batch_size=100, steps=5, warmup=1)),
+    "imagenet": dict(dataset="imagenet", arch="r50", cifar_stem=False, image_size=224,
+                     num_classes=1000, mix_samples=2, lam_concat=True, gen_norm=True,
+                     train_images=1_281_167,
+                     gpu=dict(batch_size=256, steps=20, warmup=5),
+                     cpu=dict(batch_size=8, steps=3, warmup=1)),
+}
+
+
+@dataclass
+class Case:
+    """One shape at one size and precision on one device, with its synthetic batch."""
+
+    shape: str
+    arch: str
+    cifar_stem: bool
+    image_size: int
+    num_classes: int
+    batch_size: int
+    device: torch.device
+    amp: bool
+    amp_dtype: str
+    channels_last: bool
+    settings: dict[str, Any]
+    x: Optional[torch.Tensor] = None
+    y: Optional[torch.Tensor] = None
+
+    @property
+    def precision_label(self) -> str:
+        return self.amp_dtype if self.amp else "fp32"
+
+    @property
+    def variant(self) -> str:
+        """Part of the results key: what makes two runs of a shape comparable."""
+        cl = "-cl" if self.channels_last else ""
+        return f"{self.arch}-{self.image_size}px-b{self.batch_size}-{self.precision_label}{cl}"
+
+    def config(self) -> Config:
+        """The AdAutoMix Config of this shape (published settings + the benchmark's sizes)."""
+        s = self.settings
+        return resolve(dict(dataset=s["dataset"], arch=self.arch, img_size=self.image_size,
+                            cifar_stem=self.cifar_stem, batch_size=self.batch_size,
+                            mix_samples=s["mix_samples"], lam_concat=s["lam_concat"],
+                            gen_norm=s["gen_norm"], amp=self.amp, amp_dtype=self.amp_dtype,
+                            channels_last=self.channels_last, device=str(self.device)))
+
+    def steps_per_epoch(self) -> int:
+        # Real epoch length, so the per-epoch lr and the EMA momentum schedules are realistic.
+        return max(self.settings["train_images"] // self.batch_size, 1)
+
+    def make_data(self) -> None:
+        g = torch.Generator(device=self.device).manual_seed(0)
+        x = torch.randn(self.batch_size, 3, self.image_size, self.image_size, device=self.device, generator=g)
+        self.x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+        self.y = torch.randint(0, self.num_classes, (self.batch_size,), device=self.device, generator=g)
+
+
+StepFn = Callable[[], torch.Tensor]
+
+
+# ---------------------------------------------------------------------------- impls
+def build_vanilla(case: Case) -> StepFn:
+    """Cross-entropy on head_one of the same Classifier, SGD momentum 0.9 wd 1e-4: the floor."""
+    cfg = case.config()
+    model = Classifier(case.arch, case.num_classes, case.cifar_stem).to(case.device)
+    if case.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    # head_mix is unused here; leaving it out keeps the optimizer's foreach lists to what trains.
+    params = [p for n, p in model.named_parameters() if not n.startswith("head_mix.")]
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=1e-4, foreach=True)
+    precision = Precision.from_config(cfg, case.device)
+    scaler = precision.make_scaler()
+    x, y = case.x, case.y
+
+    def step() -> torch.Tensor:
+        with precision.autocast():  # same autocast scope as ReferenceStep (loss included)
+            loss = F.cross_entropy(model.head_one(model.pooled(x)).float(), y)
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        return loss.detach()
+
+    return step
+
+
+def build_reference(case: Case) -> StepFn:
+    """The eager ReferenceStep, built as adautomix_fast.train builds it."""
+    cfg = case.config()
+    model = AdAutoMix.from_config(cfg, case.num_classes, case.cifar_stem).to(case.device)
+    if case.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, cfg)
+    schedule = Schedule(cfg, steps_per_epoch=case.steps_per_epoch())
+    ref = ReferenceStep(model, optimizer, schedule, Precision.from_config(cfg, case.device),
+                        channels_last=case.channels_last,
+                        plan_generator=make_plan_generator(case.device, cfg.seed))
+    x, y = case.x, case.y
+    return lambda: ref(x, y)["loss"]
+
+
+# name -> builder. A later issue adds "fused" here; the ratios below pick it up by name.
+IMPLS: dict[str, Callable[[Case], StepFn]] = {
+    "vanilla": build_vanilla,
+    "reference": build_reference,
+}
+
+
+# ---------------------------------------------------------------------------- running
+def run_case(case: Case, impl: str, steps: int, warmup: int) -> dict[str, Any]:
+    """Build, time and measure one impl on one case; errors are recorded, never raised."""
+    common.reset_memory(case.device)
+    torch.manual_seed(0)  # the same initial weights for every impl
+    record: dict[str, Any] = {
+        "bench": "step", "shape": case.shape, "impl": impl, "variant": case.variant,
+        "device_kind": "GPU" if case.device.type == "cuda" else "CPU",
+        "config": {"arch": case.arch, "cifar_stem": case.cifar_stem, "image_size": case.image_size,
+                   "num_classes": case.num_classes, "batch_size": case.batch_size,
+                   "mix_samples": case.settings["mix_samples"], "lam_concat": case.settings["lam_concat"],
+                   "gen_norm": case.settings["gen_norm"], "precision": case.precision_label,
+                   "channels_last": case.channels_last, "steps": steps, "warmup": warmup,
+                   "steps_per_epoch": case.steps_per_epoch(),
+                   "cudnn_benchmark": torch.backends.cudnn.benchmark,
+                   "threads": torch.get_num_threads()},
+        "error": None,
+    }
+    if impl != "vanilla":
+        record["adautomix_config"] = case.config().to_dict()
+    try:
+        step = IMPLS[impl](case)
+        t = common.time_steps(step, case.device, steps, warmup)
+        record["step_ms"] = {k: t[k] for k in ("median", "p10", "p90")}
+        record["wall_mean_ms"] = t["wall_mean_ms"]
+        record["images_per_s"] = case.batch_size / (t["median"] / 1e3)
+        record.update(common.peak_memory(case.device))
+        del step
+    except Exception as exc:  # OOM and friends: keep going, say what happened
+        traceback.print_exc()
+        record["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    common.reset_memory(case.device)
+    return record
+
+
+def ratios_for(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Step-time ratios between impls of one shape and variant, measured in this process."""
+    ms = {r["impl"]: r["step_ms"]["median"] for r in records if r.get("error") is None}
+    out: dict[str, dict[str, Any]] = {}
+    if not records:
+        return out
+    shape, variant = records[0]["shape"], records[0]["variant"]
+
+    def add(num: str, den: str, meaning: str) -> None:
+        if num in ms and den in ms and den != num and ms[den] > 0:
+            out[f"step/{shape}/{variant}/{num}_over_{den}"] = {
+                "shape": shape, "variant": variant, "numerator": num, "denominator": den,
+                "value": ms[num] / ms[den], "meaning": meaning}
+
+    for impl in ms:
+        add(impl, "vanilla", f"step time {impl} / vanilla (cost of AdAutoMix over plain training)")
+        if impl not in ("vanilla", "reference"):
+            add("reference", impl, f"step time reference / {impl} (speed-up of {impl})")
+    return out
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.step", description=__doc__.split("\n\n")[0])
+    p.add_argument("--shapes", default="cifar,imagenet", help=f"comma list of {', '.join(SHAPES)} (default: all)")
+    p.add_argument("--impls", default="vanilla,reference",
+                   help=f"comma list of {', '.join(IMPLS)} (default: vanilla,reference)")
+    p.add_argument("--steps", type=int, help="timed steps (default: 20-30 on GPU, 3-5 on CPU, per shape)")
+    p.add_argument("--warmup", type=int, help="untimed warm-up steps (default: 5 on GPU, 1 on CPU)")
+    p.add_argument("--batch-size", type=int, help="batch size for every shape (default: per shape, "
+                   "cifar 100; imagenet 256 on GPU, 8 on CPU)")
+    p.add_argument("--out", default="bench/results", help="folder of the results JSON (default: bench/results)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto: the GPU when present)")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=False,
+                   help="autocast the step (default: off, fp32)")
+    p.add_argument("--amp-dtype", default="bf16", choices=("bf16", "fp16"), help="autocast dtype (default: bf16)")
+    p.add_argument("--channels-last", action="store_true", help="channels-last models and data (default: off)")
+    p.add_argument("--no-write", action="store_true", help="print the table only (default: write the JSON)")
+    # Hidden overrides for tests and quick smokes: a tiny network keeps a whole run to seconds.
+    p.add_argument("--arch", help=argparse.SUPPRESS)
+    p.add_argument("--image-size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--num-classes", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.shapes = [s for s in args.shapes.split(",") if s]
+    args.impls = [s for s in args.impls.split(",") if s]
+    for name, known, flag in ((args.shapes, SHAPES, "--shapes"), (args.impls, IMPLS, "--impls")):
+        bad = [n for n in name if n not in known]
+        if bad:
+            p.error(f"{flag}: unknown {bad}; choose from {', '.join(known)}")
+    return args
+
+
+def make_case(shape: str, args: argparse.Namespace, device: torch.device) -> tuple[Case, int, int]:
+    s = SHAPES[shape]
+    sizes = s["gpu" if device.type == "cuda" else "cpu"]
+    case = Case(shape=shape, arch=args.arch or s["arch"], cifar_stem=s["cifar_stem"],
+                image_size=args.image_size or s["image_size"],
+                num_classes=args.num_classes or s["num_classes"],
+                batch_size=args.batch_size or sizes["batch_size"], device=device, amp=args.amp,
+                amp_dtype=args.amp_dtype, channels_last=args.channels_last, settings=s)
+    steps = args.steps if args.steps is not None else sizes["steps"]
+    warmup = args.warmup if args.warmup is not None else sizes["warmup"]
+    return case, steps, warmup
+
+
+COLUMNS = [("shape", "shape", ""), ("impl", "impl", ""), ("device_kind", "dev", ""),
+           ("variant", "variant", ""), ("images_per_s", "img/s", ".1f"), ("ms_median", "ms med", ".1f"),
+           ("ms_p10", "ms p10", ".1f"), ("ms_p90", "ms p90", ".1f"), ("peak_memory_mib", "peak MiB", ".0f"),
+           ("over_vanilla", "x vanilla", ".2f"), ("error", "error", "")]
+
+
+def table_rows(cases: dict[str, Any], ratios: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for key, r in cases.items():
+        ms = r.get("step_ms") or {}
+        ratio = ratios.get(f"step/{r['shape']}/{r['variant']}/{r['impl']}_over_vanilla", {}).get("value")
+        rows.append({**r, "ms_median": ms.get("median"), "ms_p10": ms.get("p10"), "ms_p90": ms.get("p90"),
+                     "over_vanilla": ratio})
+    return rows
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    device = common.pick_device(args.device)
+    if device.type == "cuda":
+        # Tuned convolutions, as a training run would use them; warm-up absorbs the autotuning.
+        torch.backends.cudnn.benchmark = True
+    info = common.device_info(device)
+    label = "CPU" if info["kind"] == "CPU" else "GPU"
+    print(f"bench.step on {label}: {info['name']}  (torch {info['torch']}, triton {info['triton']}, "
+          f"cuda {info['cuda']}, driver {info['driver']}, threads {torch.get_num_threads()})", flush=True)
+
+    cases: dict[str, Any] = {}
+    ratios: dict[str, Any] = {}
+    failed = False
+    for shape in args.shapes:
+        case, steps, warmup = make_case(shape, args, device)
+        case.make_data()
+        if steps < 20:
+            print(f"  note: {shape}: {steps} timed steps (< 20): a {label} smoke-sized measurement", flush=True)
+        records = []
+        for impl in args.impls:
+            print(f"  {shape} {case.variant} {impl}: {warmup} warm-up + {steps} timed steps ...", flush=True)
+            r = run_case(case, impl, steps, warmup)
+            failed |= r["error"] is not None
+            cases[f"step/{shape}/{case.variant}/{impl}"] = r
+            records.append(r)
+        ratios.update(ratios_for(records))
+        case.x = case.y = None
+
+    print()
+    print(f"[{label}] {info['name']}")
+    print(common.format_table(table_rows(cases, ratios), COLUMNS))
+    for key, r in ratios.items():
+        value = r["value"]
+        print(f"  {key}: {value:.3f}" if math.isfinite(value) else f"  {key}: {value}")
+    if not args.no_write:
+        path = common.write_results(args.out, info, {"cases": cases, "ratios": ratios})
+        print(f"results: {path}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""Test setup shared by every test file.
+
+* Without a GPU, Triton kernels run in the interpreter: TRITON_INTERPRET=1 must be set before
+  any module defining @triton.jit kernels is imported, so it is set here, first.
+* Tests marked ``gpu`` are skipped when torch sees no CUDA device (``make gpu-check`` runs them).
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+# Two cores in CI: keep intra-op threads at the core count and make runs deterministic.
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run by `make gpu-check`)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def cpu_generator():
+    return torch.Generator().manual_seed(1234)
