@@ -1,7 +1,7 @@
 # adautomix_fast: the two commands of the README, plus benchmarks and the GPU check.
 #   make train   set up .venv (if absent), install, train on the bundled digits data
 #   make test    set up .venv (if absent), install, run the whole test suite
-# Extra training flags: make train ARGS="--epochs 5 --amp"
+# Extra training flags: make train ARGS="--epochs 5"   (TRAIN_ARGS holds the defaults)
 
 PY      ?= python3
 VENV    ?= .venv
@@ -9,6 +9,8 @@ PYTHON  := $(VENV)/bin/python
 STAMP   := $(VENV)/.adautomix-installed
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h csrc/*.cuh)
 ARGS    ?=
+# bf16 autocast: the default demo runs ~1.8x faster on a CPU with it, and it is what a GPU uses.
+TRAIN_ARGS ?= --amp
 OUT     ?= bench/results
 
 .PHONY: install train test bench bench-cpu gpu-check clean
@@ -26,7 +28,7 @@ $(STAMP): $(SOURCES) | $(PYTHON)
 install: $(STAMP)
 
 train: install
-	$(PYTHON) -m adautomix_fast.train $(ARGS)
+	$(PYTHON) -m adautomix_fast.train $(TRAIN_ARGS) $(ARGS)
 
 test: install
 	$(PYTHON) -m pytest -q tests $(ARGS)

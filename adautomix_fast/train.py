@@ -38,8 +38,15 @@ D = Config()  # defaults shown in --help
 
 
 # ---------------------------------------------------------------------------- arguments
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is a one-line UsageError (exit code 2) like every other input error."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see --help)")
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="python -m adautomix_fast.train",
         description="Train an image classifier with AdAutoMix (adversarial automatic mixup).",
         epilog="Published settings: --preset " + ", ".join(PRESETS) + ". Data sets other than the "
@@ -270,7 +277,7 @@ def checkpoint_state(cfg: Config, model, optimizer, step: ReferenceStep, epoch: 
         "epoch": epoch, "global_step": step.global_step,
         "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step.state_dict(),
         "rng": ckpt_lib.rng_state(), "metrics": metrics, "best_top1": best,
-        "torch_version": torch.__version__,
+        "torch_version": str(torch.__version__),
     }
 
 
@@ -353,7 +360,7 @@ def _train(cfg, args, folder, summary, model, optimizer, step, train_loader, val
     print("config:\n  " + yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip().replace("\n", "\n  "))
     print(f"run folder: {folder.path}" + (f" (resuming after epoch {start_epoch})" if resuming else ""))
     folder.log({"type": "start", "time": time.time(), "resume_epoch": start_epoch if resuming else None,
-                "device": str(device), "torch": torch.__version__, "steps_per_epoch": len(train_loader)})
+                "device": str(device), "torch": str(torch.__version__), "steps_per_epoch": len(train_loader)})
 
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
     for epoch in range(start_epoch, end_epoch):

@@ -232,6 +232,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--num-classes", type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if (args.steps is not None and args.steps < 1) or (args.warmup is not None and args.warmup < 0):
+        p.error("--steps must be >= 1 and --warmup >= 0")
     args.shapes = [s for s in args.shapes.split(",") if s]
     args.impls = [s for s in args.impls.split(",") if s]
     for name, known, flag in ((args.shapes, SHAPES, "--shapes"), (args.impls, IMPLS, "--impls")):
