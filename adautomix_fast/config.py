@@ -113,7 +113,7 @@ class Config:
             raise UsageError(f"--epochs must be at least 1 (got {self.epochs})")
         if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
             raise UsageError(f"need 0 <= --min-lr <= --lr and --lr > 0 (got lr={self.lr}, min_lr={self.min_lr})")
-        if (self.gen_lr is None) != (self.gen_min_lr is None) and self.gen_lr is None:
+        if self.gen_min_lr is not None and self.gen_lr is None:
             raise UsageError("--gen-min-lr needs --gen-lr (the generator's own parameter group)")
         if not 0.0 <= self.beta <= 1.0:
             raise UsageError(f"--beta must be in [0, 1] (got {self.beta})")
