@@ -20,6 +20,8 @@ ARCHS = ("r18", "r34", "r50", "rx50", "tiny")
 DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet", "imagenet", "folder")
 IMPLS = ("reference",)
 AMP_DTYPES = ("bf16", "fp16")
+DATA_BACKENDS = ("auto", "torch", "dali")
+GEN_KERNELS = ("auto", "torch", "triton")
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Config:
     data_dir: Optional[str] = None
     img_size: Optional[int] = None          # None: the data set's native training size
     workers: int = 2
+    data_backend: str = "auto"              # auto: dali when DALI imports and the device is CUDA, else torch
     # --- model
     arch: str = "r18"
     cifar_stem: Optional[bool] = None       # None: automatic (images of 64 px or less)
@@ -37,6 +40,7 @@ class Config:
     lam_concat: bool = False
     gen_norm: bool = False
     upsample: str = "bilinear"
+    gen_kernels: str = "auto"               # auto: Triton kernels with the fused impl on CUDA, else PyTorch
     # --- losses (section 4)
     beta: float = 0.3
     alpha: float = 0.5
@@ -131,6 +135,10 @@ class Config:
             raise UsageError(f"--upsample must be bilinear or nearest (got {self.upsample!r})")
         if self.amp_dtype not in AMP_DTYPES:
             raise UsageError(f"--amp-dtype must be one of {AMP_DTYPES} (got {self.amp_dtype!r})")
+        if self.data_backend not in DATA_BACKENDS:
+            raise UsageError(f"--data-backend must be one of {', '.join(DATA_BACKENDS)} (got {self.data_backend!r})")
+        if self.gen_kernels not in GEN_KERNELS:
+            raise UsageError(f"--gen-kernels must be one of {', '.join(GEN_KERNELS)} (got {self.gen_kernels!r})")
         if self.impl not in IMPLS:
             raise UsageError(f"--impl {self.impl!r} is not available in this build; choose one of {', '.join(IMPLS)}")
         if self.img_size is not None and self.img_size < 8:

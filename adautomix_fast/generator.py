@@ -77,6 +77,18 @@ def upsample_softmax_mix_reference(m: torch.Tensor, x: torch.Tensor, index: torc
     return (x_mix, masks) if return_masks else x_mix
 
 
+def resolve_gen_kernels(choice: str, impl: str, device: torch.device) -> str:
+    """Which implementation of the generator's ops runs: "triton" or "torch".
+
+    auto: the Triton kernels with the fused implementation on a CUDA device, the plain PyTorch
+    reference math otherwise (the reference implementation stays the readable definition).
+    An explicit "triton" asks for the kernels with any implementation.
+    """
+    if choice == "auto":
+        return "triton" if impl == "fused" and device.type == "cuda" else "torch"
+    return choice
+
+
 def _projection(in_ch: int, out_ch: int, norm: bool) -> nn.Sequential:
     """1x1 conv (+ BatchNorm when ``norm``; then the conv has no bias) + ReLU."""
     layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, kernel_size=1, bias=not norm)]
@@ -106,6 +118,9 @@ class MaskGenerator(nn.Module):
         self.lam_concat = lam_concat
         self.norm = norm
         self.upsample = upsample
+        # "torch" (the reference math below) or "triton" (adautomix_fast.kernels); set from the
+        # run config by `resolve_gen_kernels`.
+        self.kernels = "torch"
         self.dim = max(in_channels // reduction, 1)
         slot_channels = in_channels + (1 if lam_concat else 0)
         self.query = _projection(slot_channels, self.dim, norm)

@@ -27,11 +27,12 @@ import torch
 
 from . import checkpoint as ckpt_lib
 from .adautomix import AdAutoMix
-from .config import ARCHS, DATASETS, IMPLS, PRESETS, Config, resolve
+from .config import ARCHS, DATA_BACKENDS, DATASETS, GEN_KERNELS, IMPLS, PRESETS, Config, resolve
 from .data import DATA_ENV, build_loaders
 from .engine import Precision, ReferenceStep, Schedule, build_optimizer, make_plan_generator
 from .errors import UsageError
 from .evaluate import HEADLINE, HEADS, evaluate
+from .generator import resolve_gen_kernels
 
 log = logging.getLogger("adautomix_fast")
 D = Config()  # defaults shown in --help
@@ -74,6 +75,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--data-dir", metavar="DIR", help=f"data set folder (default: ${DATA_ENV}/<dataset>)")
     g.add_argument("--img-size", type=int, help="training image size (default: the data set's: 32, 64 or 224)")
     g.add_argument("-j", "--workers", type=int, help=f"data loading processes (default: {D.workers})")
+    g.add_argument("--data-backend", choices=list(DATA_BACKENDS),
+                   help="data pipeline (default: auto: DALI when it imports and the device is CUDA, else torch)")
 
     g = p.add_argument_group("model")
     g.add_argument("--arch", help=f"one of {', '.join(ARCHS)} (default: {D.arch})")
@@ -87,6 +90,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--lam-concat", action=BOOL, help="feed lambda to the generator as a channel (default: off; ImageNet: on)")
     g.add_argument("--gen-norm", action=BOOL, help="BatchNorm in the generator's query/key projections (default: off; ImageNet: on)")
     g.add_argument("--upsample", choices=["bilinear", "nearest"], help=f"mask upsampling (default: {D.upsample})")
+    g.add_argument("--gen-kernels", choices=list(GEN_KERNELS),
+                   help="generator ops (default: auto: Triton kernels with the fused impl on CUDA, else PyTorch)")
 
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, help="epochs (default: digits 3, CIFAR 800, Tiny 400, ImageNet 100)")
@@ -310,6 +315,7 @@ def run(argv: Optional[list[str]] = None) -> int:
                          f"set has {info.num_classes}; resume with the data it was trained on")
 
     model = AdAutoMix.from_config(cfg, info.num_classes, cifar_stem).to(device)
+    model.generator.kernels = resolve_gen_kernels(cfg.gen_kernels, cfg.impl, device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
@@ -330,7 +336,8 @@ def run(argv: Optional[list[str]] = None) -> int:
 
     summary = (f"AdAutoMix {cfg.arch} on {cfg.dataset} ({info.train_size} train / {info.val_size} val images, "
                f"{info.num_classes} classes, {info.image_size}px{', CIFAR stem' if cifar_stem else ''}), "
-               f"N={cfg.mix_samples}, device {device}, {precision.describe()}, impl {cfg.impl}")
+               f"N={cfg.mix_samples}, device {device}, {precision.describe()}, impl {cfg.impl}, "
+               f"generator ops {model.generator.kernels}")
 
     if eval_only:
         print(summary)
@@ -355,12 +362,13 @@ def _train(cfg, args, folder, summary, model, optimizer, step, train_loader, val
     import yaml
 
     folder.write_config(cfg, {"num_classes": info.num_classes, "cifar_stem": cifar_stem,
-                              "fingerprint": cfg.fingerprint()})
+                              "fingerprint": cfg.fingerprint(), "resolved_gen_kernels": model.generator.kernels})
     print(summary)
     print("config:\n  " + yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip().replace("\n", "\n  "))
     print(f"run folder: {folder.path}" + (f" (resuming after epoch {start_epoch})" if resuming else ""))
     folder.log({"type": "start", "time": time.time(), "resume_epoch": start_epoch if resuming else None,
-                "device": str(device), "torch": str(torch.__version__), "steps_per_epoch": len(train_loader)})
+                "device": str(device), "torch": str(torch.__version__), "steps_per_epoch": len(train_loader),
+                "gen_kernels": model.generator.kernels})
 
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
     for epoch in range(start_epoch, end_epoch):
