@@ -8,6 +8,14 @@
   compiles the CUDA code even on machines without a GPU. Set ADAUTOMIX_NO_CUDA=1 to skip the
   CUDA part, ADAUTOMIX_NO_EXT=1 to skip the extension altogether (the pure PyTorch fallback
   then runs).
+* CUDA architectures: TORCH_CUDA_ARCH_LIST when set. Unset, torch compiles for the GPUs it sees
+  (what `make gpu-check` gets on a GPU machine); with no GPU visible (CI) this file sets
+  DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX" (A100, H100/H200, PTX that newer GPUs JIT-compile) instead
+  of every architecture nvcc knows, which keeps the whole build to a minute or two.
+* CUDA root: CUDA_HOME when set, else found from nvcc on PATH (through links and wrapper
+  scripts). The CUDA part is skipped, with a message, when torch is a CPU-only build or nvcc's
+  CUDA major version differs from torch's (torch's build would refuse it).
+* The extension uses the limited Python C API (one `abi3` library per platform).
 
 Install into an environment that already has torch, without build isolation:
     pip install --no-build-isolation -e .
@@ -15,26 +23,84 @@ Install into an environment that already has torch, without build isolation:
 
 import glob
 import os
+import re
 import shutil
+import subprocess
 import sys
 
 from setuptools import setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# Used when TORCH_CUDA_ARCH_LIST is unset and no GPU is visible (see the docstring).
+DEFAULT_CUDA_ARCHS = "8.0;9.0+PTX"
 
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "0").lower() in ("1", "true", "yes", "on")
 
 
+def _is_cuda_root(path):
+    return bool(path) and os.path.isfile(os.path.join(path, "include", "cuda_runtime.h"))
+
+
 def _find_cuda_home():
-    """CUDA root = the folder above nvcc's bin/ (torch's own guess can be wrong)."""
+    """CUDA root = the folder above nvcc's real bin/ (torch's own guess can be wrong).
+
+    nvcc on PATH may be a link (followed) or a wrapper script; for the latter nvcc itself says
+    where it lives (`_HERE_=<bin>` in its --dryrun output).
+    """
     if os.environ.get("CUDA_HOME"):
         return os.environ["CUDA_HOME"]
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         return None
-    return os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    root = os.path.dirname(os.path.dirname(os.path.realpath(nvcc)))
+    if _is_cuda_root(root):
+        return root
+    here = None
+    try:  # a dry run of a compile lists nvcc's settings, among them its own folder
+        out = subprocess.run([nvcc, "--dryrun", "-c", "-x", "cu", os.devnull, "-o", os.devnull],
+                             capture_output=True, text=True, timeout=60)
+        here = re.search(r"^#\$ _HERE_=(.+)$", out.stdout + out.stderr, re.MULTILINE)
+    except (OSError, subprocess.SubprocessError):
+        pass
+    if here and _is_cuda_root(os.path.dirname(here.group(1).strip())):
+        return os.path.dirname(here.group(1).strip())
+    if _is_cuda_root("/usr/local/cuda"):
+        return "/usr/local/cuda"
+    print(f"setup.py: found {nvcc} but not the CUDA root above it; set CUDA_HOME. Building the "
+          "CPU part only.", file=sys.stderr)
+    return None
+
+
+def _cuda_build_problem(cuda_home):
+    """Why the CUDA part cannot be built against this torch (None when it can)."""
+    import torch
+
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    try:
+        out = subprocess.run([os.path.join(cuda_home, "bin", "nvcc"), "--version"], capture_output=True,
+                             text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"nvcc in {cuda_home} does not run ({exc})"
+    found = re.search(r"release (\d+)\.(\d+)", out)
+    if found and found.group(1) != torch.version.cuda.split(".")[0]:
+        # torch's BuildExtension refuses a different major version; build the CPU part instead.
+        return f"nvcc is CUDA {found.group(1)}.{found.group(2)} but torch was built with CUDA {torch.version.cuda}"
+    return None
+
+
+def _default_cuda_archs():
+    """Compile for DEFAULT_CUDA_ARCHS when nothing says which GPUs to target (no GPU visible)."""
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCHS
+        print(f"setup.py: no GPU visible and TORCH_CUDA_ARCH_LIST unset: building CUDA code for "
+              f"{DEFAULT_CUDA_ARCHS}", file=sys.stderr)
 
 
 def _extensions():
@@ -50,25 +116,40 @@ def _extensions():
     from torch.utils import cpp_extension
 
     include_dirs = [os.path.join(ROOT, "csrc")]
-    # CUDA library headers (cusparse.h, ...) of the pip-installed CUDA wheels.
-    for site in sys.path:
-        for sub in ("nvidia/cu13/include", "nvidia/cuda_runtime/include"):
-            candidate = os.path.join(site, sub)
-            if os.path.isdir(candidate):
-                include_dirs.append(candidate)
+    build_cuda = cuda_home is not None and bool(sources_cu)
+    problem = _cuda_build_problem(cuda_home) if build_cuda else None
+    if problem:
+        print(f"setup.py: building the C++ (CPU) part only: {problem}", file=sys.stderr)
+        build_cuda = False
+    if not (sources_cpp or build_cuda):
+        return [], {}
+    if build_cuda and not os.path.isfile(os.path.join(cuda_home, "include", "cusparse.h")):
+        # A toolkit without the CUDA library headers (cusparse.h, ...) that torch's CUDA headers
+        # may include: use those of the pip-installed CUDA wheels.
+        for site in sys.path:
+            for sub in ("nvidia/cu13/include", "nvidia/cuda_runtime/include"):
+                candidate = os.path.join(site, sub)
+                if os.path.isdir(candidate):
+                    include_dirs.append(candidate)
 
-    extra = {"cxx": ["-O3", "-std=c++17"]}
-    if cuda_home is not None and sources_cu:
+    # The limited API (as extension-cpp): the module only registers ops with the dispatcher, so
+    # it needs neither pybind11 (faster to compile) nor libtorch_python. torch adds the
+    # -DPy_LIMITED_API flag itself when py_limited_api=True.
+    common = dict(include_dirs=include_dirs, py_limited_api=True)
+    # No -std flag: torch adds the standard its headers need (C++17 up to 2.12ish, C++20 on 2.14).
+    extra = {"cxx": ["-O3"]}
+    if build_cuda:
+        _default_cuda_archs()
         extra["cxx"].append("-DWITH_CUDA")
-        extra["nvcc"] = ["-O3", "-std=c++17", "-DWITH_CUDA", "--use_fast_math"]
+        # No --use_fast_math: it flushes denormals to zero, and momentum 1 must keep the EMA
+        # exactly (the op is memory-bound; fast math would buy nothing).
+        extra["nvcc"] = ["-O3", "-DWITH_CUDA"]
         ext = cpp_extension.CUDAExtension(
-            "adautomix_fast._C", sources_cpp + sources_cu,
-            include_dirs=include_dirs, extra_compile_args=extra,
+            "adautomix_fast._C", sources_cpp + sources_cu, extra_compile_args=extra, **common,
         )
     else:
         ext = cpp_extension.CppExtension(
-            "adautomix_fast._C", sources_cpp,
-            include_dirs=include_dirs, extra_compile_args=extra,
+            "adautomix_fast._C", sources_cpp, extra_compile_args=extra, **common,
         )
     cmdclass = {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)}
     return [ext], cmdclass
@@ -98,5 +179,6 @@ setup(
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,
+    options={"bdist_wheel": {"py_limited_api": "cp310"}} if ext_modules else {},
     entry_points={"console_scripts": ["adautomix-train=adautomix_fast.train:cli"]},
 )
