@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .ema import ema_update_, teacher_pairs
-from .generator import MaskGenerator, fp32_region, mix_images, upsample_softmax_mix_reference
+from .generator import MaskGenerator, fp32_region, mix_images
 from .models import Classifier
 
 
@@ -176,10 +176,10 @@ class AdAutoMix(nn.Module):
 
         # Masks: generator side (trained through L_gen), then classifier side (detached).
         m_gen = gen.mask_logits(f3, plan.index_gen, plan.lam_gen)
-        x_gen = upsample_softmax_mix_reference(m_gen, x, plan.index_gen, mode=gen.upsample)
+        x_gen = gen.mix(m_gen, x, plan.index_gen)
         with torch.no_grad():
             m_cls = gen.mask_logits(f3, plan.index_cls, plan.lam_cls)
-            x_cls_generated = upsample_softmax_mix_reference(m_cls, x, plan.index_cls, mode=gen.upsample)
+            x_cls_generated = gen.mix(m_cls, x, plan.index_cls)
             # Margin rule: constant masks M_i = lambda_i, i.e. plain mixup of the sigma tuple.
             x_pixel = mix_images(plan.lam_cls, x, plan.index_cls)
             x_cls = torch.where(plan.use_mixup, x_pixel, x_cls_generated)

@@ -89,6 +89,13 @@ def resolve_gen_kernels(choice: str, impl: str, device: torch.device) -> str:
     return choice
 
 
+def _kernel_ops():
+    """``adautomix_fast.kernels``, imported on first use: it imports Triton, and on a CPU the
+    kernels need TRITON_INTERPRET=1 set before that import."""
+    from . import kernels
+    return kernels
+
+
 def _projection(in_ch: int, out_ch: int, norm: bool) -> nn.Sequential:
     """1x1 conv (+ BatchNorm when ``norm``; then the conv has no bias) + ReLU."""
     layers: list[nn.Module] = [nn.Conv2d(in_ch, out_ch, kernel_size=1, bias=not norm)]
@@ -165,14 +172,24 @@ class MaskGenerator(nn.Module):
         """Low-resolution mask logits m [B,N,h,w] (fp32) for the slots (index [N,B], lam [N])."""
         b, _, h, w = feats.shape
         q, k, v = self.project(self.slot_inputs(feats, index, lam))
-        m = cross_attention_mask_reference(q, k, v, scale=self.dim ** -0.5)   # [N,B,P]
+        if self.kernels == "triton":
+            m = _kernel_ops().cross_attention_mask(q, k, v, scale=self.dim ** -0.5)   # [N,B,P]
+        else:
+            m = cross_attention_mask_reference(q, k, v, scale=self.dim ** -0.5)
         return m.transpose(0, 1).reshape(b, index.shape[0], h, w)
+
+    def mix(self, m: torch.Tensor, x: torch.Tensor, index: torch.Tensor, return_masks: bool = False):
+        """x_mix = sum_i M_i * x[index_i] with M = softmax_N(upsample(m)), by ``self.kernels``:
+        the fused Triton op ("triton") or the reference math ("torch")."""
+        if self.kernels == "triton":
+            return _kernel_ops().upsample_softmax_mix(m, x, index, return_masks=return_masks, mode=self.upsample)
+        return upsample_softmax_mix_reference(m, x, index, return_masks=return_masks, mode=self.upsample)
 
     def forward(self, feats: torch.Tensor, x: torch.Tensor, index: torch.Tensor, lam: torch.Tensor,
                 return_masks: bool = False):
         """Mix the images x [B,C,H,W] with generated masks: x_mix = sum_i M_i * x[pi_i]."""
         m = self.mask_logits(feats, index, lam)
-        return upsample_softmax_mix_reference(m, x, index, return_masks=return_masks, mode=self.upsample)
+        return self.mix(m, x, index, return_masks=return_masks)
 
 
 __all__ = [
