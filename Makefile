@@ -22,7 +22,7 @@ $(PYTHON):
 # build uses this torch instead of fetching another one.
 $(STAMP): $(SOURCES) | $(PYTHON)
 	$(PYTHON) -m pip install --disable-pip-version-check -q "torch>=2.11" "torchvision>=0.26"
-	$(PYTHON) -m pip install --disable-pip-version-check -q --no-build-isolation -e ".[test]"
+	$(PYTHON) -m pip install --disable-pip-version-check -q --no-build-isolation -e ".[test,dali]"
 	touch $(STAMP)
 
 install: $(STAMP)

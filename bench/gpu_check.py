@@ -42,8 +42,8 @@ REPO_RESULTS = os.path.join(ROOT, "bench", "results")
 # work outside this script (the editable install of `make gpu-check`).
 BUDGET_S = 450
 TESTS_CAP_S = 180
-# Benchmark modules beyond the bench/kernels*.py glob (a later issue may list e.g. "data" here).
-EXTRA_BENCHMARKS: list[str] = []
+# Benchmark modules beyond the bench/kernels*.py glob. data: DALI (mixed GPU decoder) vs torchvision.
+EXTRA_BENCHMARKS: list[str] = ["data"]
 
 
 def kernel_benchmarks() -> list[str]:

@@ -8,18 +8,30 @@
 Augmentation is reproducible from ``(seed, epoch, index)`` whatever the number of workers or
 ranks (see :mod:`.sampling`). Every user-facing data problem raises a one-line
 :class:`~adautomix_fast.errors.DataError`, including one met inside a worker process.
+
+Two backends behind the same loader interface: ``torch`` (torchvision transforms in a
+DataLoader, :mod:`.sampling`) and ``dali`` (NVIDIA DALI pipelines, :mod:`.dali`, decoding on
+the GPU when the device is CUDA). ``backend="auto"`` picks dali when DALI imports and the device
+is CUDA, torch otherwise.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Optional
+
+import torch
 
 from ..errors import DataError, UsageError
-from .sampling import EpochLoader, EvalBatchSampler, SeededDataset, TrainBatchSampler
+from .dali import INSTALL_HINT, build_dali_loader, dali_import_error, resolve_backend
+from .sampling import EpochLoader, EvalBatchSampler, SeededDataset, SkipLog, TrainBatchSampler
 from .transforms import NORMALIZATION, build_transforms
 
-__all__ = ["DATASETS", "DATA_ENV", "DataInfo", "resolve_data_dir", "build_loaders"]
+__all__ = ["DATASETS", "DATA_ENV", "BACKENDS", "DataInfo", "resolve_data_dir", "resolve_backend",
+           "build_loaders", "dali_import_error", "INSTALL_HINT"]
+
+BACKENDS = ("auto", "torch", "dali")
 
 DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet", "imagenet", "folder")
 DATA_ENV = "ADAUTOMIX_DATA"  # if --data-dir is not given: $ADAUTOMIX_DATA/<dataset name> is tried
@@ -46,6 +58,7 @@ class DataInfo:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     class_names: list[str]
+    backend: str = "torch"  # the resolved data backend: "torch" or "dali"
 
 
 def _check_name(name: str) -> None:
@@ -110,15 +123,30 @@ def build_loaders(
     rank: int = 0,
     world_size: int = 1,
     pin_memory: bool = False,
+    backend: str = "auto",
+    device: Optional[torch.device | str] = None,
+    skip_corrupt: bool = False,
+    channels_last: bool = False,
+    augment: bool = True,
+    dtype: torch.dtype = torch.float32,
 ):
     """Returns ``(train_loader, val_loader, info)``; validates the data before returning.
 
-    train_loader: iterable of (images float32 [B,3,H,W], labels int64 [B]); ``len()`` = batches
-    per epoch of this rank; call ``set_epoch(epoch)`` before each epoch (order and augmentation
-    follow from (seed, epoch)); the last incomplete batch is dropped. A shard with fewer images
-    than ``batch_size`` is a DataError here.
+    train_loader: iterable of (images [B,3,H,W] of ``dtype``, labels int64 [B]); ``len()`` =
+    batches per epoch of this rank; call ``set_epoch(epoch)`` before each epoch (order and
+    augmentation follow from (seed, epoch)); the last incomplete batch is dropped. A shard with
+    fewer images than ``batch_size`` is a DataError here.
     val_loader: every image of this rank's contiguous shard of the val split exactly once, in
     order, last partial batch kept.
+
+    backend: "torch", "dali", or "auto" (dali when DALI imports and ``device`` is CUDA);
+    ``info.backend`` is the one used. ``device`` (default cpu) is where dali delivers the
+    batches (torch: always on the CPU, ``pin_memory`` for a fast copy). skip_corrupt: skip
+    unreadable image files (replaced in training, dropped in evaluation) instead of raising;
+    each loader's ``skipped`` (shared) counts them. channels_last: dali returns channels-last
+    images (a view of its NHWC output); the torch backend ignores it. augment=False gives the
+    training split the evaluation transform (no random crop or flip): for tests. dtype:
+    float32, or float16 with dali.
     """
     _check_name(name)
     if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
@@ -129,6 +157,7 @@ def build_loaders(
         raise UsageError(f"--img-size must be at least 1 (got {image_size})")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
+    resolved = resolve_backend(backend, device)
 
     root = resolve_data_dir(name, data_dir)
     train_split, val_split, class_names = _load_splits(name, root)
@@ -142,11 +171,23 @@ def build_loaders(
             f"--batch-size {batch_size} is larger than the {train_sampler.shard_size} training images{shard} "
             f"in {where}; use --batch-size {max(1, train_sampler.shard_size)} or less"
         )
-    val_sampler = EvalBatchSampler(len(val_split), eval_batch_size or batch_size, rank=rank, world_size=world_size)
-
-    common = dict(workers=workers, pin_memory=pin_memory, seed=seed)
-    train_loader = EpochLoader(SeededDataset(train_split, train_tf), train_sampler, **common)
-    val_loader = EpochLoader(SeededDataset(val_split, eval_tf), val_sampler, **common)
+    skipped = SkipLog()
+    if resolved == "dali":
+        common = dict(batch_size=batch_size, size=size, seed=seed, rank=rank, world_size=world_size,
+                      workers=workers, device=device, dtype=dtype, channels_last=channels_last,
+                      skip_corrupt=skip_corrupt, skipped=skipped)
+        train_loader = build_dali_loader(name, train_split, train=True, augment=augment, **common)
+        common["batch_size"] = eval_batch_size or batch_size
+        val_loader = build_dali_loader(name, val_split, train=False, augment=False, **common)
+    else:
+        if dtype != torch.float32:
+            raise UsageError(f"the torch data backend outputs float32 images, not {dtype}")
+        val_sampler = EvalBatchSampler(len(val_split), eval_batch_size or batch_size, rank=rank,
+                                       world_size=world_size)
+        common = dict(workers=workers, pin_memory=pin_memory, seed=seed, skipped=skipped)
+        train_loader = EpochLoader(SeededDataset(train_split, train_tf if augment else eval_tf, skip_corrupt),
+                                   train_sampler, **common)
+        val_loader = EpochLoader(SeededDataset(val_split, eval_tf, skip_corrupt), val_sampler, **common)
     mean, std = NORMALIZATION[name]
     info = DataInfo(
         name=name,
@@ -157,5 +198,6 @@ def build_loaders(
         mean=tuple(mean),
         std=tuple(std),
         class_names=list(class_names),
+        backend=resolved,
     )
     return train_loader, val_loader, info

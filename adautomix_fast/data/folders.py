@@ -29,16 +29,30 @@ def _clean(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+class UnreadableImage(DataError):
+    """An image file that cannot be decoded (or vanished); ``path`` and a short ``reason``.
+
+    ``--skip-corrupt`` skips exactly these (both backends); every other DataError still stops.
+    """
+
+    def __init__(self, message: str, path: str, reason: str):
+        super().__init__(message)
+        self.path = path
+        self.reason = reason
+
+
 def open_rgb(path: str) -> Image.Image:
-    """Decode ``path`` as RGB like ImageFolder's pil_loader, raising DataError on a bad file."""
+    """Decode ``path`` as RGB like ImageFolder's pil_loader, raising UnreadableImage on a bad file."""
     try:
         with Image.open(path) as img:
             return img.convert("RGB")  # convert() forces the full decode inside the try
     except FileNotFoundError:
-        raise DataError(f"image file {path} disappeared after the data folder was scanned; restore it and restart") from None
+        raise UnreadableImage(f"image file {path} disappeared after the data folder was scanned; restore it and restart",
+                              path, "file disappeared") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         # UnidentifiedImageError and "image file is truncated" are OSErrors.
-        raise DataError(f"corrupt image file {path} (PIL: {_clean(exc)}); remove or replace it") from None
+        reason = f"PIL: {_clean(exc)}"
+        raise UnreadableImage(f"corrupt image file {path} ({reason}); remove or replace it", path, reason) from None
 
 
 class FolderSplit(Dataset):

@@ -20,16 +20,27 @@ DataLoader gets one too (it otherwise draws its worker base seed from the global
 
 torchvision's random transforms (v1 and v2) draw only from torch's global CPU generator, which
 is what makes this scheme sufficient; Python's ``random`` and NumPy are not used.
+
+Corrupt images (``skip_corrupt=True``)
+-------------------------------------
+A training item whose image cannot be decoded is replaced by the next readable item of the
+data set (index + 1, + 2, ...), so batches keep their fixed size; an evaluation item is dropped
+(never replaced: every other image still counts exactly once). Each skipped file is recorded
+once in the loader's :class:`SkipLog` and logged as a warning with the running count.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from typing import Any, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from ..errors import DataError
+
+log = logging.getLogger("adautomix_fast")
 
 _MASK64 = (1 << 64) - 1
 # Distinct tags keep the shuffle stream and the per-sample streams independent.
@@ -89,10 +100,14 @@ class TrainBatchSampler(Sampler):
     def __len__(self) -> int:
         return self.shard_size // self.batch_size
 
+    def permutation(self) -> torch.Tensor:
+        """The whole epoch's order (all ranks), int64 [size], a pure function of (seed, epoch)."""
+        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, _SHUFFLE_TAG))
+        return torch.randperm(self.size, generator=g)
+
     def shard_indices(self) -> list[int]:
         """This rank's dataset indices for the current epoch, in iteration order (before batching)."""
-        g = torch.Generator().manual_seed(mix_seed(self.seed, self.epoch, _SHUFFLE_TAG))
-        perm = torch.randperm(self.size, generator=g)
+        perm = self.permutation()
         return perm[self.rank : self.shard_size * self.world_size : self.world_size].tolist()
 
     def __iter__(self) -> Iterator[list[tuple[int, Optional[int]]]]:
@@ -113,6 +128,8 @@ class EvalBatchSampler(Sampler):
     def __init__(self, size: int, batch_size: int, *, rank: int = 0, world_size: int = 1):
         self.size = size
         self.batch_size = batch_size
+        self.rank = rank
+        self.world_size = world_size
         self.start = rank * size // world_size
         self.stop = (rank + 1) * size // world_size
         self.shard_size = self.stop - self.start
@@ -147,28 +164,123 @@ class WorkerFailure:
         self.message = message
 
 
+class SkipLog:
+    """The unreadable image files a loader skipped (``--skip-corrupt``): path -> reason.
+
+    Shared by the train and val loaders of one ``build_loaders`` call; ``len()`` is the count.
+    Each file is logged once, as a warning, when it is first met.
+    """
+
+    def __init__(self):
+        self.files: dict[str, str] = {}
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __contains__(self, path: str) -> bool:
+        return path in self.files
+
+    def add(self, path: str, reason: str) -> None:
+        if path in self.files:
+            return
+        self.files[path] = reason
+        log.warning("skipping unreadable image file %s (%s); %d skipped so far (--skip-corrupt)",
+                    path, reason, len(self.files))
+
+
+class Skipped:
+    """What a SeededDataset returns when it skipped unreadable files for one key.
+
+    ``item`` is the replacement ``(image, label)`` (training) or None (evaluation: dropped);
+    ``files`` the ``(path, reason)`` pairs skipped on the way. Travels through collate like
+    WorkerFailure does, so the main process can record the files whatever the worker count.
+    """
+
+    __slots__ = ("item", "files")
+
+    def __init__(self, item, files: list[tuple[str, str]]):
+        self.item = item
+        self.files = files
+
+
+class SkippedBatch:
+    """A collated batch (or None if every item was dropped) plus the files skipped for it."""
+
+    __slots__ = ("batch", "files")
+
+    def __init__(self, batch, files: list[tuple[str, str]]):
+        self.batch = batch
+        self.files = files
+
+
 def collate(batch: list[Any]) -> Any:
-    """default_collate, except that a WorkerFailure in the batch becomes the whole batch."""
+    """default_collate, except that a WorkerFailure in the batch becomes the whole batch and
+    Skipped items are unwrapped (the skipped files ride along in a SkippedBatch)."""
+    files: list[tuple[str, str]] = []
+    items = []
     for item in batch:
         if isinstance(item, WorkerFailure):
             return item
-    return default_collate(batch)
+        if isinstance(item, Skipped):
+            files.extend(item.files)
+            if item.item is not None:
+                items.append(item.item)
+        else:
+            items.append(item)
+    if not files:
+        return default_collate(items)
+    return SkippedBatch(default_collate(items) if items else None, files)
+
+
+# How many following items a training item whose image is unreadable may try before giving up.
+MAX_REPLACEMENT_TRIES = 64
 
 
 class SeededDataset(Dataset):
-    """Applies ``transform`` to ``source[index]`` under the RNG seed carried by the key."""
+    """Applies ``transform`` to ``source[index]`` under the RNG seed carried by the key.
 
-    def __init__(self, source: Dataset, transform):
+    With ``skip_corrupt``, an item whose source raises a DataError carrying a ``path`` (an
+    unreadable image file) is replaced (training keys) or dropped (evaluation keys); see the
+    module docstring.
+    """
+
+    def __init__(self, source: Dataset, transform, skip_corrupt: bool = False):
         self.source = source
         self.transform = transform
+        self.skip_corrupt = skip_corrupt
 
     def __len__(self) -> int:
         return len(self.source)  # type: ignore[arg-type]
 
+    def _load(self, index: int):
+        """``(source item, skipped files)``; item None when an evaluation image was dropped."""
+        try:
+            return self.source[index], []
+        except DataError as exc:
+            path = getattr(exc, "path", None)  # folders.UnreadableImage
+            if not self.skip_corrupt or path is None:
+                raise
+            skipped = [(path, getattr(exc, "reason", str(exc)))]
+        return None, skipped
+
     def __getitem__(self, key: tuple[int, Optional[int]]):
         index, seed = key
         try:
-            image, label = self.source[index]
+            item, skipped = self._load(index)
+            if item is None and seed is not None:  # training: the next readable item instead
+                n = len(self)
+                for step in range(1, min(n, MAX_REPLACEMENT_TRIES + 1)):
+                    item, more = self._load((index + step) % n)
+                    skipped += more
+                    if item is not None:
+                        break
+                if item is None:
+                    raise DataError(
+                        f"--skip-corrupt: image {skipped[0][0]} and the {len(skipped) - 1} images after it "
+                        f"are all unreadable; check the data folder")
+            if item is None:
+                return Skipped(None, skipped)
+            image, label = item
             if seed is None:  # evaluation: deterministic transform, no RNG needed
                 image = self.transform(image)
             else:
@@ -177,7 +289,17 @@ class SeededDataset(Dataset):
                     image = self.transform(image)
         except DataError as exc:
             return WorkerFailure(str(exc))
-        return image, label
+        return Skipped((image, label), skipped) if skipped else (image, label)
+
+
+def worker_start_method(workers: int) -> Optional[str]:
+    """None (the platform default, fork on Linux) unless NVIDIA DALI is loaded in this process:
+    a DALI pipeline's threads may hold a lock (malloc's, mid-prefetch) at the moment of fork(),
+    and the forked worker then hangs forever. forkserver forks workers from a clean server
+    process instead; slower to start, once (workers persist across epochs)."""
+    if workers > 0 and sys.modules.get("nvidia.dali") is not None:
+        return "forkserver"
+    return None
 
 
 class EpochLoader:
@@ -187,10 +309,12 @@ class EpochLoader:
     batches of this rank. Call ``set_epoch(e)`` before each training epoch.
     """
 
-    def __init__(self, dataset: SeededDataset, batch_sampler, *, workers: int, pin_memory: bool, seed: int):
+    def __init__(self, dataset: SeededDataset, batch_sampler, *, workers: int, pin_memory: bool, seed: int,
+                 skipped: Optional[SkipLog] = None):
         self.dataset = dataset
         self.batch_sampler = batch_sampler
         self.batch_size = batch_sampler.batch_size
+        self.skipped = skipped if skipped is not None else SkipLog()
         self.loader = DataLoader(
             dataset,
             batch_sampler=batch_sampler,
@@ -198,6 +322,7 @@ class EpochLoader:
             collate_fn=collate,
             pin_memory=pin_memory,
             persistent_workers=workers > 0,  # keep workers (and their page cache) across epochs
+            multiprocessing_context=worker_start_method(workers),
             generator=loader_generator(seed),
         )
 
@@ -211,4 +336,10 @@ class EpochLoader:
         for batch in self.loader:
             if isinstance(batch, WorkerFailure):
                 raise DataError(batch.message)
+            if isinstance(batch, SkippedBatch):
+                for path, reason in batch.files:
+                    self.skipped.add(path, reason)
+                if batch.batch is None:  # every image of an evaluation batch was unreadable
+                    continue
+                batch = batch.batch
             yield batch

@@ -1,0 +1,472 @@
+"""The DALI data backend (CPU-only DALI here: ``device_id=None``, CPU operators) against the torch one.
+
+Every test but the first two needs DALI (``pip install nvidia-dali-cuda130``) and is skipped
+cleanly without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision.datasets import ImageFolder
+
+from adautomix_fast.data import INSTALL_HINT, build_loaders, resolve_backend
+from adautomix_fast.data import dali as dali_mod
+from adautomix_fast.data.transforms import CIFAR10_MEAN, CIFAR10_STD, DIGITS_MEAN, DIGITS_STD, IMAGENET_STD
+from adautomix_fast.errors import DataError, UsageError
+
+HAVE_DALI = dali_mod.dali_import_error() is None
+needs_dali = pytest.mark.skipif(not HAVE_DALI, reason=f"NVIDIA DALI does not import ({INSTALL_HINT})")
+
+# JPEG-decoder tolerance: the two backends decode with different libjpeg-turbo builds and round
+# the resize differently; measured at most 1 uint8 level apart. In normalised units:
+LEVEL = 1 / 255 / min(IMAGENET_STD)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+def _jpeg(path, rng, size):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = size
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, quality=85)
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """ImageFolder tree of noise JPEGs of random sizes: train 3 classes x 4, val 3 x (3, 2, 2)."""
+    rng = np.random.default_rng(2)
+    root = tmp_path / "folder"
+    for c in ("cat", "ant", "bee"):  # not created in sorted order on purpose
+        for i in range(4):
+            _jpeg(root / "train" / c / f"{i}.jpg", rng, (int(rng.integers(30, 70)), int(rng.integers(30, 70))))
+    for c, n in (("ant", 3), ("bee", 2), ("cat", 2)):
+        for i in range(n):
+            _jpeg(root / "val" / c / f"v{i}.JPEG", rng, (int(rng.integers(30, 70)), int(rng.integers(30, 70))))
+    (root / "train" / "cat" / "notes.txt").write_text("not an image, ignored like ImageFolder does")
+    return root
+
+
+@pytest.fixture
+def ids(tmp_path):
+    """Lossless solid-colour PNGs whose red value identifies the image: train 12 (2 classes), val 7."""
+    root = tmp_path / "ids"
+    value = 10
+    for split, counts in (("train", (5, 7)), ("val", (4, 3))):
+        for c, n in zip(("x", "y"), counts):
+            d = root / split / c
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.new("RGB", (int(20 + 3 * i), 24), (value, 0, 0)).save(d / f"{i}.png")
+                value += 10
+    return root
+
+
+def _image_ids(x):
+    """The red value (0..255) of each image of a normalised ImageNet-statistics batch."""
+    red = x[:, 0, 8, 8] * IMAGENET_STD[0] + 0.485
+    return [int(round(v)) for v in (red * 255).tolist()]
+
+
+def _all(loader):
+    return [(x.clone(), y.clone()) for x, y in loader]
+
+
+def _raises(match, fn, *args, **kwargs):
+    with pytest.raises(DataError) as info:
+        fn(*args, **kwargs)
+    msg = str(info.value)
+    assert str(match) in msg and "\n" not in msg, msg
+    return msg
+
+
+# --------------------------------------------------------------------------- backend selection (no DALI needed)
+
+
+def test_auto_is_torch_on_cpu_and_backend_names_are_checked():
+    assert resolve_backend("auto", torch.device("cpu")) == "torch"
+    assert resolve_backend("auto", None) == "torch"
+    assert resolve_backend("torch", torch.device("cpu")) == "torch"
+    with pytest.raises(UsageError):
+        resolve_backend("opencv", None)
+    *_, info = build_loaders("digits", None, 100, workers=0)
+    assert info.backend == "torch"
+
+
+def test_dali_that_does_not_import_is_a_one_line_usage_error(monkeypatch):
+    monkeypatch.setattr(dali_mod, "_IMPORT", {})
+    monkeypatch.setattr(dali_mod, "_IMPORT_ERROR", {"error": "ModuleNotFoundError: No module named 'nvidia.dali'"})
+    with pytest.raises(UsageError) as info:
+        build_loaders("digits", None, 100, workers=0, backend="dali")
+    msg = str(info.value)
+    assert "pip install nvidia-dali-cuda130" in msg and "\n" not in msg and "--data-backend torch" in msg
+    # auto quietly falls back to torch, even on a CUDA device.
+    assert resolve_backend("auto", torch.device("cuda", 0)) == "torch"
+
+
+@needs_dali
+def test_auto_picks_dali_on_cuda_when_it_runs(monkeypatch):
+    monkeypatch.setattr(dali_mod, "_gpu_probe", lambda device_id: None)
+    assert resolve_backend("auto", torch.device("cuda", 0)) == "dali"
+    monkeypatch.setattr(dali_mod, "_gpu_probe", lambda device_id: "CUDA driver version is insufficient")
+    assert resolve_backend("auto", torch.device("cuda", 0)) == "torch"
+    with pytest.raises(UsageError, match="insufficient"):
+        resolve_backend("dali", torch.device("cuda", 0))
+
+
+# --------------------------------------------------------------------------- image folders
+
+
+@needs_dali
+@pytest.mark.parametrize("size", [28, 31])  # 31: odd centre-crop margins (torchvision rounds half to even)
+def test_folder_batches_equal_torch_without_augmentation(folder, size):
+    kw = dict(eval_batch_size=3, workers=0, seed=4, image_size=size, augment=False)
+    loaders = {b: build_loaders("folder", str(folder), 4, backend=b, **kw) for b in ("torch", "dali")}
+    assert loaders["dali"][2].backend == "dali" and loaders["dali"][2].class_names == loaders["torch"][2].class_names
+    for part in (0, 1):  # train (shuffled, augmentation off), val
+        t, d = loaders["torch"][part], loaders["dali"][part]
+        assert len(t) == len(d)
+        t.set_epoch(1), d.set_epoch(1)
+        tb, db = _all(t), _all(d)
+        assert len(tb) == len(db) == len(d)
+        for (xt, yt), (xd, yd) in zip(tb, db):
+            assert xd.shape == xt.shape and xd.dtype == torch.float32 and xd.is_contiguous()
+            assert yd.dtype == torch.int64 and torch.equal(yd, yt)
+            diff = (xd - xt).abs()
+            assert diff.max() <= 2 * LEVEL and diff.mean() <= 0.5 * LEVEL, (diff.max() / LEVEL, diff.mean() / LEVEL)
+
+
+@needs_dali
+def test_folder_labels_match_imagefolder(folder):
+    tr, va, info = build_loaders("folder", str(folder), 4, eval_batch_size=5, workers=0, image_size=16,
+                                 backend="dali")
+    ref = ImageFolder(str(folder / "train"))
+    assert info.class_names == ref.classes == ["ant", "bee", "cat"]
+    assert tr.samples == ref.samples
+    val_ref = [ref.class_to_idx[os.path.basename(os.path.dirname(p))] for p, _ in ImageFolder(str(folder / "val")).samples]
+    assert torch.cat([y for _, y in va]).tolist() == val_ref
+    tr.set_epoch(0)
+    order = tr.batch_sampler.shard_indices()
+    assert torch.cat([y for _, y in tr]).tolist() == [ref.targets[i] for i in order[: len(tr) * 4]]
+
+
+@needs_dali
+def test_folder_augmentation_is_seeded_per_epoch(folder):
+    tr, _, _ = build_loaders("folder", str(folder), 4, workers=0, image_size=16, backend="dali", seed=1)
+    tr.set_epoch(0)
+    a, b = _all(tr), _all(tr)
+    assert len(a) == 3 and all(x.shape == (4, 3, 16, 16) for x, _ in a)
+    assert all(torch.equal(xa, xb) for (xa, _), (xb, _) in zip(a, b))  # same (seed, epoch): same batches
+    tr.set_epoch(1)
+    assert not torch.equal(_all(tr)[0][0], a[0][0])
+
+
+@needs_dali
+def test_two_shards_partition_the_training_epoch(ids):
+    seen = []
+    for rank in range(2):
+        kw = dict(workers=0, seed=3, image_size=16, augment=False, rank=rank, world_size=2)
+        d, _, _ = build_loaders("folder", str(ids), 3, backend="dali", **kw)
+        t, _, _ = build_loaders("folder", str(ids), 3, backend="torch", **kw)
+        d.set_epoch(2), t.set_epoch(2)
+        got = [i for x, _ in d for i in _image_ids(x)]
+        assert len(d) == 2 and len(got) == 6
+        assert got == [i for x, _ in t for i in _image_ids(x)]  # the torch backend's shard, in its order
+        seen.append(got)
+    assert not set(seen[0]) & set(seen[1]) and sorted(seen[0] + seen[1]) == list(range(10, 130, 10))
+
+
+@needs_dali
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_evaluation_counts_every_image_once(ids, world_size):
+    """7 val images, batch 3 (does not divide): no duplicates from DALI's pad_last_batch, two passes."""
+    every = []
+    for rank in range(world_size):
+        _, va, _ = build_loaders("folder", str(ids), 3, workers=0, image_size=16, backend="dali",
+                                 rank=rank, world_size=world_size)
+        passes = [[i for x, _ in va for i in _image_ids(x)] for _ in range(2)]  # the pipeline is reused
+        assert passes[0] == passes[1]
+        assert len(va) == -(-len(passes[0]) // 3)
+        every += passes[0]
+    assert sorted(every) == every == list(range(130, 200, 10))
+
+
+@needs_dali
+def test_channels_last_is_a_view_of_dali_nhwc_output(folder):
+    kw = dict(eval_batch_size=5, workers=0, image_size=16, backend="dali")
+    _, va, _ = build_loaders("folder", str(folder), 4, channels_last=True, **kw)
+    _, va_chw, _ = build_loaders("folder", str(folder), 4, **kw)
+    x = next(iter(va))[0]
+    assert x.shape == (5, 3, 16, 16) and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    base = x._base  # the tensor DALI handed over, [B,H,W,C]
+    assert base is not None and base.shape == (5, 16, 16, 3) and base.data_ptr() == x.data_ptr()
+    torch.testing.assert_close(x, next(iter(va_chw))[0], rtol=0, atol=0)
+
+
+@needs_dali
+def test_float16_output(folder):
+    _, va, _ = build_loaders("folder", str(folder), 4, workers=0, image_size=16, backend="dali", dtype=torch.float16)
+    _, va32, _ = build_loaders("folder", str(folder), 4, workers=0, image_size=16, backend="dali")
+    x, x32 = next(iter(va))[0], next(iter(va32))[0]
+    assert x.dtype == torch.float16
+    torch.testing.assert_close(x.float(), x32, rtol=0, atol=4e-3)
+
+
+# --------------------------------------------------------------------------- in-memory arrays
+
+
+@pytest.fixture
+def cifar10(tmp_path):
+    """cifar-10-batches-py with 5 x 8 training rows and 13 test rows (bytes keys, like the originals)."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+
+    def dump(name, obj):
+        with open(root / name, "wb") as f:
+            pickle.dump(obj, f)
+
+    for i in range(1, 6):
+        dump(f"data_batch_{i}", {b"data": rng.integers(0, 256, (8, 3072), dtype=np.uint8),
+                                 b"labels": rng.integers(0, 10, 8).tolist()})
+    dump("test_batch", {b"data": rng.integers(0, 256, (13, 3072), dtype=np.uint8),
+                        b"labels": rng.integers(0, 10, 13).tolist()})
+    dump("batches.meta", {b"label_names": [f"c{i}".encode() for i in range(10)]})
+    return root
+
+
+def _expected_train(loader, images, indices, epoch, mean, std, flip):
+    """The pad-4 crop + flip of ``loader.augmentation(epoch)`` done in NumPy, normalised."""
+    start, flips = loader.augmentation(epoch)
+    pad = loader.pad
+    out = []
+    for i in indices:
+        padded = np.pad(images[i], ((pad, pad), (pad, pad), (0, 0)))
+        y, x = start[i] + pad
+        crop = padded[y:y + 32, x:x + 32]
+        if flip and flips[i]:
+            crop = crop[:, ::-1]
+        out.append(torch.from_numpy(crop.astype(np.float32) / 255).permute(2, 0, 1))
+    x = torch.stack(out)
+    return (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+@needs_dali
+def test_cifar_layout_arrays_through_dali(cifar10):
+    kw = dict(eval_batch_size=5, workers=0, seed=2)
+    ttr, tva, _ = build_loaders("cifar10", str(cifar10), 16, backend="torch", **kw)
+    dtr, dva, info = build_loaders("cifar10", str(cifar10), 16, backend="dali", **kw)
+    assert info.backend == "dali" and (len(dtr), len(dva)) == (len(ttr), len(tva)) == (2, 3)
+    # Evaluation: no augmentation, exactly the torch backend's batches (lossless source).
+    tb, db = _all(tva), _all(dva)
+    assert [len(y) for _, y in db] == [5, 5, 3]
+    for (xt, yt), (xd, yd) in zip(tb, db):
+        torch.testing.assert_close(xd, xt, rtol=0, atol=1e-5)
+        assert torch.equal(yd, yt)
+    # Training: the torch backend's order, with the loader's own crop offsets and flips.
+    images = dtr.source.images
+    for epoch in (0, 1):
+        ttr.set_epoch(epoch), dtr.set_epoch(epoch)
+        order = ttr.batch_sampler.shard_indices()
+        got = _all(dtr)
+        assert torch.equal(torch.cat([y for _, y in got]), torch.cat([y for _, y in ttr]))
+        for b, (x, _) in enumerate(got):
+            expect = _expected_train(dtr, images, order[16 * b:16 * (b + 1)], epoch, CIFAR10_MEAN, CIFAR10_STD, True)
+            torch.testing.assert_close(x, expect, rtol=0, atol=1e-5)
+    start, flips = dtr.augmentation(1)
+    assert start.min() == -4 and start.max() == 4 and 0 < flips.mean() < 1
+
+
+@needs_dali
+def test_digits_are_cropped_but_not_flipped():
+    tr, va, info = build_loaders("digits", None, 100, workers=0, backend="dali", seed=0, channels_last=True)
+    assert not tr.flip and tr.augment and info.backend == "dali"
+    tr.set_epoch(0)
+    x, _ = next(iter(tr))
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    expect = _expected_train(tr, tr.source.images, tr.batch_sampler.shard_indices()[:100], 0, DIGITS_MEAN,
+                             DIGITS_STD, False)
+    torch.testing.assert_close(x, expect, rtol=0, atol=1e-5)
+    assert sum(len(y) for _, y in va) == 360
+
+
+@needs_dali
+def test_array_shards_cover_evaluation_once(cifar10):
+    labels = []
+    for rank in range(2):
+        _, va, _ = build_loaders("cifar10", str(cifar10), 8, eval_batch_size=5, workers=0, backend="dali",
+                                 rank=rank, world_size=2)
+        labels += [y for _, y in va]
+    with open(cifar10 / "test_batch", "rb") as f:
+        assert torch.cat(labels).tolist() == pickle.load(f, encoding="bytes")[b"labels"]
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _damage(folder):
+    bad_train = folder / "train" / "bee" / "2.jpg"
+    bad_train.write_bytes(b"\xff\xd8 definitely not a jpeg")
+    bad_val = folder / "val" / "ant" / "v1.JPEG"
+    data = bad_val.read_bytes()
+    bad_val.write_bytes(data[: len(data) // 2])
+    return bad_train, bad_val
+
+
+@needs_dali
+def test_corrupt_image_is_named_in_one_line(folder):
+    bad_train, bad_val = _damage(folder)
+    tr, va, _ = build_loaders("folder", str(folder), 12, eval_batch_size=7, workers=0, image_size=16, backend="dali")
+    msg = _raises(bad_train, list, tr)
+    assert msg.startswith(f"corrupt image file {bad_train} (") and msg.endswith("; remove or replace it")
+    _raises(bad_val, list, va)
+    _jpeg(bad_val, np.random.default_rng(0), (30, 30))  # repaired
+    _, va, _ = build_loaders("folder", str(folder), 12, eval_batch_size=2, workers=0, image_size=16, backend="dali")
+    gone = folder / "val" / "cat" / "v0.JPEG"
+    gone.unlink()  # after the scan: named as the torch backend does
+    msg = _raises(gone, list, va)
+    assert "disappeared" in msg
+
+
+@needs_dali
+def test_image_dali_cannot_decode_is_named(folder):
+    gif = folder / "train" / "ant" / "1.jpg"  # PIL reads a GIF whatever its name; DALI does not
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(gif, format="GIF")
+    tr, _, _ = build_loaders("folder", str(folder), 12, workers=0, image_size=16, backend="dali")
+    msg = _raises(gif, list, tr)
+    assert "format DALI cannot decode" in msg and "--data-backend torch" in msg
+
+
+@pytest.mark.parametrize("backend,workers", [
+    pytest.param("dali", 2, marks=needs_dali), ("torch", 0), ("torch", 1)])
+def test_skip_corrupt_skips_and_counts(folder, backend, workers):
+    bad_train, bad_val = _damage(folder)
+    tr, va, _ = build_loaders("folder", str(folder), 4, eval_batch_size=3, workers=workers, image_size=16,
+                              backend=backend, skip_corrupt=True, augment=False)
+    assert tr.skipped is va.skipped
+    if backend == "torch" and workers and HAVE_DALI:
+        # DALI's threads may hold a lock when fork() runs: workers then came from a clean forkserver
+        # (a forked worker hung this test once DALI pipelines had run in the process).
+        assert tr.loader.multiprocessing_context.get_start_method() == "forkserver"
+    for epoch in (0, 1):
+        tr.set_epoch(epoch)
+        batches = _all(tr)
+        assert len(batches) == len(tr) == 3 and all(len(y) == 4 for _, y in batches)  # replaced: fixed shapes
+        assert sum(len(y) for _, y in va) == 6  # 7 val images, one dropped, none counted twice
+    assert set(tr.skipped.files) == {str(bad_train), str(bad_val)} and len(tr.skipped) == 2
+
+
+@needs_dali
+@pytest.mark.parametrize("damage", ["empty class", "missing split"])
+def test_folder_layout_errors_are_one_line(folder, damage):
+    if damage == "empty class":
+        (folder / "train" / "dog").mkdir()
+        target = folder / "train" / "dog"
+    else:
+        import shutil
+        shutil.rmtree(folder / "val")
+        target = folder / "val"
+    _raises(target, build_loaders, "folder", str(folder), 2, workers=0, backend="dali")
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+@needs_dali
+def test_cli_trains_one_epoch_on_digits_with_dali(tmp_path, capsys, monkeypatch):
+    from adautomix_fast.train import main
+
+    monkeypatch.delenv("ADAUTOMIX_DATA", raising=False)
+    code = main(["--arch", "tiny", "--workers", "0", "--batch-size", "100", "--epochs", "1", "--img-size", "16",
+                 "--mix-samples", "2", "--data-backend", "dali", "--output", str(tmp_path), "--run-name", "r"])
+    out = capsys.readouterr().out
+    assert code == 0 and "data dali" in out
+    with open(tmp_path / "r" / "log.jsonl") as f:
+        records = [json.loads(line) for line in f]
+    start = next(r for r in records if r["type"] == "start")
+    epoch = next(r for r in records if r["type"] == "epoch")
+    assert start["data_backend"] == "dali" and start["steps_per_epoch"] == 14
+    assert epoch["images"] == 360 and epoch["skipped_corrupt"] == 0
+
+
+@pytest.mark.parametrize("backend", [pytest.param("dali", marks=needs_dali), "torch"])
+def test_cli_skip_corrupt_trains_and_counts(tmp_path, capsys, monkeypatch, backend):
+    from adautomix_fast.train import main
+
+    rng = np.random.default_rng(5)
+    for split in ("train", "val"):
+        for c in ("a", "b"):
+            for i in range(5):
+                _jpeg(tmp_path / "data" / split / c / f"{i}.jpg", rng, (20, 18))
+    (tmp_path / "data" / "train" / "a" / "3.jpg").write_bytes(b"this is not a jpeg")
+    args = ["--arch", "tiny", "--workers", "0", "--dataset", "folder", "--img-size", "16", "--batch-size", "5",
+            "--epochs", "1", "--mix-samples", "2", "--data-dir", str(tmp_path / "data"), "--data-backend", backend,
+            "--output", str(tmp_path / "runs"), "--run-name", "r"]
+    assert main(args) == 2 and "corrupt image file" in capsys.readouterr().err  # stops without the flag
+    assert main(args + ["--skip-corrupt"]) == 0
+    assert f"data {backend}" in capsys.readouterr().out
+    with open(tmp_path / "runs" / "r" / "log.jsonl") as f:
+        epoch = [json.loads(line) for line in f][-1]
+    assert epoch["type"] == "epoch" and epoch["skipped_corrupt"] == 1 and epoch["images"] == 10
+
+
+def test_bench_data_writes_results(tmp_path):
+    """bench/data.py at toy size: every case measured or reported unmeasured with a reason."""
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:  # bench/ is a folder of the repo, not an installed package
+        sys.path.insert(0, root)
+    from bench import data as bench_data
+
+    argv = ["--out", str(tmp_path), "--images", "16", "--batch-size", "4", "--img-size", "32", "--epochs", "1",
+            "--workers", "0"]
+    assert bench_data.main(argv) == 0
+    (path,) = [p for p in os.listdir(tmp_path) if p.endswith(".json")]
+    with open(tmp_path / path) as f:
+        results = json.load(f)
+    cases = {k.rsplit("/", 1)[1]: r for k, r in results["cases"].items() if k.startswith("data/")}
+    assert set(cases) == {"torch", "torch-gpu", "dali-cpu", "dali-gpu"}
+    for name, r in cases.items():
+        assert r["error"] is None, (name, r["error"])
+        assert (r.get("images_per_s") or 0) > 0 or r["unmeasured"], name
+    assert cases["torch"]["images_per_s"] > 0
+    if not HAVE_DALI:
+        assert cases["dali-cpu"]["unmeasured"] == "DALI not installed"
+    else:
+        assert any(k.endswith("dali-cpu_over_torch") for k in results["ratios"])
+
+
+# --------------------------------------------------------------------------- GPU (make gpu-check, where DALI is installed)
+
+
+@needs_dali
+@pytest.mark.gpu
+def test_gpu_pipelines_match_the_cpu_ones(folder, cifar10):
+    """Mixed nvJPEG decode + GPU resize/crop/normalise vs the CPU-only pipeline on the same files."""
+    cuda = torch.device("cuda", torch.cuda.current_device())
+    kw = dict(eval_batch_size=3, workers=2, image_size=24, backend="dali", augment=False, seed=1)
+    gpu = build_loaders("folder", str(folder), 4, device=cuda, channels_last=True, **kw)
+    cpu = build_loaders("folder", str(folder), 4, **kw)
+    assert gpu[2].backend == "dali"
+    for part in (0, 1):
+        gpu[part].set_epoch(1), cpu[part].set_epoch(1)
+        for (xg, yg), (xc, yc) in zip(_all(gpu[part]), _all(cpu[part])):
+            assert xg.device == cuda and yg.device == cuda and xg.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(yg.cpu(), yc)
+            diff = (xg.cpu() - xc).abs()  # nvJPEG's IDCT differs from libjpeg-turbo's by a few levels
+            assert diff.mean() <= 1.0 * LEVEL and diff.max() <= 12 * LEVEL, (diff.mean() / LEVEL, diff.max() / LEVEL)
+    # Arrays: the same crop offsets and flips on the GPU, exactly.
+    tg, vg, _ = build_loaders("cifar10", str(cifar10), 16, eval_batch_size=5, workers=0, backend="dali", device=cuda)
+    tc, vc, _ = build_loaders("cifar10", str(cifar10), 16, eval_batch_size=5, workers=0, backend="dali")
+    for a, b in ((tg, tc), (vg, vc)):
+        a.set_epoch(3), b.set_epoch(3)
+        for (xg, yg), (xc, yc) in zip(_all(a), _all(b)):
+            torch.testing.assert_close(xg.cpu(), xc, rtol=0, atol=1e-5)
+            assert torch.equal(yg.cpu(), yc)
