@@ -18,7 +18,7 @@ from .errors import UsageError
 
 ARCHS = ("r18", "r34", "r50", "rx50", "tiny")
 DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet", "imagenet", "folder")
-IMPLS = ("reference",)
+IMPLS = ("auto", "reference", "fused")
 AMP_DTYPES = ("bf16", "fp16")
 DATA_BACKENDS = ("auto", "torch", "dali")
 GEN_KERNELS = ("auto", "torch", "triton")
@@ -32,6 +32,7 @@ class Config:
     img_size: Optional[int] = None          # None: the data set's native training size
     workers: int = 2
     data_backend: str = "auto"              # auto: dali when DALI imports and the device is CUDA, else torch
+    skip_corrupt: bool = False              # skip (and count) unreadable image files instead of stopping
     # --- model
     arch: str = "r18"
     cifar_stem: Optional[bool] = None       # None: automatic (images of 64 px or less)
@@ -61,10 +62,13 @@ class Config:
     ema_end: float = 0.999999
     ema_warmup: float = 0.1                 # fraction of training at constant ema_start
     # --- precision and layout
-    amp: bool = False
+    amp: Optional[bool] = None              # None: bf16 autocast on CUDA, fp32 on CPU
     amp_dtype: str = "bf16"
-    channels_last: bool = False
-    impl: str = "reference"
+    channels_last: Optional[bool] = None    # None: on with CUDA, off on CPU
+    impl: str = "auto"                      # auto: fused on CUDA, reference on CPU
+    student_passes: str = "batched"         # fused impl: one [3B] pass with segmented BN, or "separate"
+    teacher_bn_stats: str = "exact"         # fused impl: replay the reference's BN updates, or "single"
+    compile_mode: Optional[str] = None      # fused impl: torch.compile mode (None: reduce-overhead on CUDA)
     device: str = "auto"
     # --- run
     seed: int = 0
@@ -140,7 +144,11 @@ class Config:
         if self.gen_kernels not in GEN_KERNELS:
             raise UsageError(f"--gen-kernels must be one of {', '.join(GEN_KERNELS)} (got {self.gen_kernels!r})")
         if self.impl not in IMPLS:
-            raise UsageError(f"--impl {self.impl!r} is not available in this build; choose one of {', '.join(IMPLS)}")
+            raise UsageError(f"--impl {self.impl!r} is not available; choose one of {', '.join(IMPLS)}")
+        if self.student_passes not in ("batched", "separate"):
+            raise UsageError(f"--student-passes must be batched or separate (got {self.student_passes!r})")
+        if self.teacher_bn_stats not in ("exact", "single"):
+            raise UsageError(f"--teacher-bn-stats must be exact or single (got {self.teacher_bn_stats!r})")
         if self.img_size is not None and self.img_size < 8:
             raise UsageError(f"--img-size must be at least 8 (got {self.img_size})")
         if self.workers < 0:

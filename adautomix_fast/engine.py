@@ -189,3 +189,25 @@ def make_plan_generator(device: torch.device, seed: int) -> torch.Generator:
     g = torch.Generator(device=device)
     g.manual_seed(seed + 0x5EED)
     return g
+
+
+# ---------------------------------------------------------------------------- choosing the step
+def resolve_impl(choice: str, device: torch.device) -> str:
+    """auto: the fused, compiled step on CUDA; the eager reference step on a CPU (compiling the
+    whole step for the CPU costs minutes and gains little there)."""
+    if choice == "auto":
+        return "fused" if device.type == "cuda" else "reference"
+    return choice
+
+
+def build_step(impl: str, model: AdAutoMix, optimizer, schedule: Schedule, precision: Precision,
+               cfg: Config, device: torch.device):
+    """The train step of the resolved implementation (same call and state API for both)."""
+    plan_generator = make_plan_generator(device, cfg.seed)
+    if impl == "fused":
+        from .fused import FusedStep
+        return FusedStep(model, optimizer, schedule, precision, channels_last=cfg.channels_last,
+                         mode=cfg.compile_mode, batched_student=cfg.student_passes == "batched",
+                         teacher_bn_stats=cfg.teacher_bn_stats, plan_generator=plan_generator)
+    return ReferenceStep(model, optimizer, schedule, precision, channels_last=cfg.channels_last,
+                         plan_generator=plan_generator)

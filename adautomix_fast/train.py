@@ -29,7 +29,7 @@ from . import checkpoint as ckpt_lib
 from .adautomix import AdAutoMix
 from .config import ARCHS, DATA_BACKENDS, DATASETS, GEN_KERNELS, IMPLS, PRESETS, Config, resolve
 from .data import DATA_ENV, build_loaders
-from .engine import Precision, ReferenceStep, Schedule, build_optimizer, make_plan_generator
+from .engine import Precision, ReferenceStep, Schedule, build_optimizer, build_step, resolve_impl
 from .errors import UsageError
 from .evaluate import HEADLINE, HEADS, evaluate
 from .generator import resolve_gen_kernels
@@ -68,7 +68,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, help=f"random seed of model init, data order and mixing (default: {D.seed})")
     g.add_argument("--log-interval", type=int, help=f"steps between training log records (default: {D.log_interval})")
     g.add_argument("--device", help=f"auto, cpu, cuda or cuda:N (default: {D.device}: the GPU when present)")
-    g.add_argument("--impl", choices=list(IMPLS), help=f"step implementation (default: {D.impl})")
+    g.add_argument("--impl", choices=list(IMPLS),
+                   help="step implementation: fused (one compiled, CUDA-graph step) or reference (eager) "
+                        "(default: auto: fused on CUDA, reference on CPU)")
+    g.add_argument("--student-passes", choices=["batched", "separate"],
+                   help="fused impl: student passes as one [3B] batch with segmented BatchNorm, or separate (default: batched)")
+    g.add_argument("--teacher-bn-stats", choices=["exact", "single"],
+                   help="fused impl: replay the reference's teacher BN running-stat updates (exact) or keep one per "
+                        "real pass (single) (default: exact)")
+    g.add_argument("--compile-mode", help="fused impl: torch.compile mode (default: reduce-overhead on CUDA, default on CPU)")
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (default: {D.dataset}, bundled)")
@@ -77,6 +85,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("-j", "--workers", type=int, help=f"data loading processes (default: {D.workers})")
     g.add_argument("--data-backend", choices=list(DATA_BACKENDS),
                    help="data pipeline (default: auto: DALI when it imports and the device is CUDA, else torch)")
+    g.add_argument("--skip-corrupt", action=BOOL,
+                   help="skip unreadable image files, counting them, instead of stopping (default: off)")
 
     g = p.add_argument_group("model")
     g.add_argument("--arch", help=f"one of {', '.join(ARCHS)} (default: {D.arch})")
@@ -109,9 +119,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema-warmup", type=float, help=f"fraction of training at constant --ema-start (default: {D.ema_warmup})")
 
     g = p.add_argument_group("precision and layout")
-    g.add_argument("--amp", action=BOOL, help="mixed precision autocast (default: off)")
+    g.add_argument("--amp", action=BOOL, help="mixed precision autocast (default: on with CUDA, off on CPU)")
     g.add_argument("--amp-dtype", choices=["bf16", "fp16"], help=f"autocast dtype; fp16 adds a GradScaler (default: {D.amp_dtype})")
-    g.add_argument("--channels-last", action=BOOL, help="channels-last memory format (default: off)")
+    g.add_argument("--channels-last", action=BOOL, help="channels-last memory format (default: on with CUDA, off on CPU)")
     return p
 
 
@@ -232,6 +242,7 @@ def train_one_epoch(step: ReferenceStep, loader, epoch: int, device: torch.devic
     sums: dict[str, torch.Tensor] = {}
     epoch_sums: dict[str, float] = {}
     count = epoch_count = 0
+    skipped_before = step_health(step).get("nonfinite_steps", 0)
     t0 = time.perf_counter()
     images = 0
     for x, y in bar:
@@ -244,13 +255,18 @@ def train_one_epoch(step: ReferenceStep, loader, epoch: int, device: torch.devic
         images += x.shape[0]
         if count == cfg.log_interval:
             values = {k: float(v) / count for k, v in sums.items()}  # one host sync per interval
-            if not math.isfinite(values["loss"]):
+            health = step_health(step)
+            skipped = health.get("nonfinite_steps", 0) - skipped_before
+            skipped_before += skipped
+            # The reference step has no guard: a non-finite loss has already reached the weights.
+            # The fused step skips such steps on the device; stop only when it skipped them all.
+            if not math.isfinite(values["loss"]) and ("nonfinite_steps" not in health or skipped >= count):
                 raise FloatingPointError(
                     f"loss became {values['loss']} at step {step.global_step}; lower --lr, or with --amp "
                     "use --amp-dtype bf16")
             dt = time.perf_counter() - t0
             record = {"type": "train", "epoch": epoch + 1, "step": step.global_step,
-                      "img_per_s": images / dt if dt > 0 else None, **values}
+                      "img_per_s": images / dt if dt > 0 else None, **values, **health}
             run.log(record)
             bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.4f}",
                             img_s=f"{record['img_per_s']:.0f}")
@@ -263,6 +279,17 @@ def train_one_epoch(step: ReferenceStep, loader, epoch: int, device: torch.devic
             epoch_sums[k] = epoch_sums.get(k, 0.0) + float(v)
         epoch_count += count
     return {k: v / max(epoch_count, 1) for k, v in epoch_sums.items()}
+
+
+def step_health(step) -> dict:
+    """Counters the fused step keeps on the device, read at the log interval only: steps skipped
+    for a non-finite loss or gradient, and graphs compiled after warm-up (0 is the target)."""
+    health = {}
+    if hasattr(step, "nonfinite_steps"):
+        health["nonfinite_steps"] = int(step.nonfinite_steps)
+    if hasattr(step, "recompiles_after_warmup") and step.recompiles_after_warmup() is not None:
+        health["recompiles_after_warmup"] = step.recompiles_after_warmup()
+    return health
 
 
 def format_metrics(metrics: dict) -> str:
@@ -303,26 +330,32 @@ def run(argv: Optional[list[str]] = None) -> int:
         raise UsageError(f"--stop-after must be at least 1 (got {stop_after})")
 
     device = pick_device(cfg.device)
+    # Defaults that depend on the device: bf16 autocast and channels-last on a GPU.
+    if cfg.amp is None:
+        cfg.amp = device.type == "cuda"
+    if cfg.channels_last is None:
+        cfg.channels_last = device.type == "cuda"
     torch.manual_seed(cfg.seed)
 
     # Data first: a missing or broken data set fails here, before anything is written.
     train_loader, val_loader, info = build_loaders(
         cfg.dataset, cfg.data_dir, cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-        workers=cfg.workers, seed=cfg.seed, image_size=cfg.img_size, pin_memory=device.type == "cuda")
+        workers=cfg.workers, seed=cfg.seed, image_size=cfg.img_size, pin_memory=device.type == "cuda",
+        backend=cfg.data_backend, device=device, skip_corrupt=cfg.skip_corrupt, channels_last=cfg.channels_last)
     cifar_stem = cfg.cifar_stem if cfg.cifar_stem is not None else info.image_size <= 64
     if resumed is not None and resumed.get("num_classes") not in (None, info.num_classes):
         raise UsageError(f"checkpoint {resume_path} has {resumed['num_classes']} classes but the data "
                          f"set has {info.num_classes}; resume with the data it was trained on")
 
     model = AdAutoMix.from_config(cfg, info.num_classes, cifar_stem).to(device)
-    model.generator.kernels = resolve_gen_kernels(cfg.gen_kernels, cfg.impl, device)
+    impl = resolve_impl(cfg.impl, device)
+    model.generator.kernels = resolve_gen_kernels(cfg.gen_kernels, impl, device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
     schedule = Schedule(cfg, steps_per_epoch=len(train_loader))
     precision = Precision.from_config(cfg, device)
-    step = ReferenceStep(model, optimizer, schedule, precision, channels_last=cfg.channels_last,
-                         plan_generator=make_plan_generator(device, cfg.seed))
+    step = build_step(impl, model, optimizer, schedule, precision, cfg, device)
 
     start_epoch, best, metrics = 0, -1.0, {}
     if resumed is not None:
@@ -336,7 +369,7 @@ def run(argv: Optional[list[str]] = None) -> int:
 
     summary = (f"AdAutoMix {cfg.arch} on {cfg.dataset} ({info.train_size} train / {info.val_size} val images, "
                f"{info.num_classes} classes, {info.image_size}px{', CIFAR stem' if cifar_stem else ''}), "
-               f"N={cfg.mix_samples}, device {device}, {precision.describe()}, impl {cfg.impl}, "
+               f"N={cfg.mix_samples}, device {device}, data {info.backend}, {precision.describe()}, impl {impl}, "
                f"generator ops {model.generator.kernels}")
 
     if eval_only:
@@ -368,6 +401,7 @@ def _train(cfg, args, folder, summary, model, optimizer, step, train_loader, val
     print(f"run folder: {folder.path}" + (f" (resuming after epoch {start_epoch})" if resuming else ""))
     folder.log({"type": "start", "time": time.time(), "resume_epoch": start_epoch if resuming else None,
                 "device": str(device), "torch": str(torch.__version__), "steps_per_epoch": len(train_loader),
+                "data_backend": info.backend,
                 "gen_kernels": model.generator.kernels})
 
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
@@ -381,7 +415,8 @@ def _train(cfg, args, folder, summary, model, optimizer, step, train_loader, val
         best = max(best, top1)
         record = {"type": "epoch", "epoch": epoch + 1, "step": step.global_step, "train_time_s": train_time,
                   "img_per_s": len(train_loader) * cfg.batch_size / train_time,
-                  **{f"train_{k}": v for k, v in train_stats.items()}, **metrics, "best_top1": best}
+                  **{f"train_{k}": v for k, v in train_stats.items()}, **metrics, "best_top1": best,
+                  "skipped_corrupt": len(getattr(train_loader, "skipped", ()))}
         folder.log(record)
         folder.summary_row({"epoch": epoch + 1, "lr": train_stats.get("lr"), "train_loss": train_stats.get("loss"),
                             **{k: metrics[k] for k in metrics if k != "images"}, "best_top1": best})

@@ -31,7 +31,8 @@ import torch.nn.functional as F
 
 from adautomix_fast.adautomix import AdAutoMix
 from adautomix_fast.config import Config, resolve
-from adautomix_fast.engine import Precision, ReferenceStep, Schedule, build_optimizer, make_plan_generator
+from adautomix_fast.engine import Precision, ReferenceStep, Schedule, build_optimizer, build_step, make_plan_generator
+from adautomix_fast.generator import resolve_gen_kernels
 from adautomix_fast.models import Classifier
 from bench import common
 
@@ -148,10 +149,80 @@ def build_reference(case: Case) -> StepFn:
     return lambda: ref(x, y)["loss"]
 
 
-# name -> builder. A later issue adds "fused" here; the ratios below pick it up by name.
+def build_vanilla_compiled(case: Case) -> StepFn:
+    """The vanilla step compiled the way the fused step is: forward, torch.autograd.grad and a
+    foreach SGD update in one fullgraph torch.compile (CUDA graphs on a GPU). The fair floor
+    for the fused step's cost ratio (spec/BENCHMARKS.md)."""
+    cfg = case.config()
+    model = Classifier(case.arch, case.num_classes, case.cifar_stem).to(case.device)
+    if case.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    params = [p for n, p in model.named_parameters() if not n.startswith("head_mix.")]
+    bufs = [torch.zeros_like(p) for p in params]
+    lr = torch.tensor(cfg.lr, device=case.device)
+    precision = Precision.from_config(cfg, case.device)
+    x, y = case.x, case.y
+    if precision.dtype is torch.float16:
+        raise ValueError("vanilla_compiled has no loss scaling: use bf16 or fp32")
+
+    def body(x, y):
+        with precision.autocast():
+            loss = F.cross_entropy(model.head_one(model.pooled(x)).float(), y)
+        grads = list(torch.autograd.grad(loss, params))
+        with torch.no_grad():
+            torch._foreach_add_(grads, params, alpha=1e-4)
+            torch._foreach_mul_(bufs, 0.9)
+            torch._foreach_add_(bufs, grads)
+            torch._foreach_sub_(params, torch._foreach_mul(bufs, lr))
+        return loss.detach()
+
+    torch._dynamo.config.trace_autograd_ops = True
+    mode = "reduce-overhead" if case.device.type == "cuda" else None
+    if case.device.type == "cuda":
+        for t in [lr, *bufs]:
+            torch._dynamo.mark_static_address(t)
+    compiled = torch.compile(body, fullgraph=True, dynamic=False, mode=mode)
+
+    def step() -> torch.Tensor:
+        if case.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        return compiled(x, y).clone()
+
+    return step
+
+
+def _build_fused(case: Case, student_passes: str) -> StepFn:
+    cfg = case.config()
+    cfg.student_passes = student_passes
+    model = AdAutoMix.from_config(cfg, case.num_classes, case.cifar_stem).to(case.device)
+    if case.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.generator.kernels = resolve_gen_kernels("auto", "fused", case.device)
+    optimizer = build_optimizer(model, cfg)
+    schedule = Schedule(cfg, steps_per_epoch=case.steps_per_epoch())
+    step = build_step("fused", model, optimizer, schedule, Precision.from_config(cfg, case.device), cfg, case.device)
+    x, y = case.x, case.y
+    return lambda: step(x, y)["loss"]
+
+
+def build_fused(case: Case) -> StepFn:
+    """The fused, compiled step (CUDA graphs on a GPU), student passes batched [3B]."""
+    return _build_fused(case, "batched")
+
+
+def build_fused_separate(case: Case) -> StepFn:
+    """The fused step with the three student passes kept separate (for the side-by-side)."""
+    return _build_fused(case, "separate")
+
+
+# name -> builder; the ratios below pick new impls up by name.
 IMPLS: dict[str, Callable[[Case], StepFn]] = {
     "vanilla": build_vanilla,
     "reference": build_reference,
+    "vanilla_compiled": build_vanilla_compiled,
+    "fused": build_fused,
+    "fused_separate": build_fused_separate,
 }
 
 
@@ -206,8 +277,12 @@ def ratios_for(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
     for impl in ms:
         add(impl, "vanilla", f"step time {impl} / vanilla (cost of AdAutoMix over plain training)")
-        if impl not in ("vanilla", "reference"):
+        if impl not in ("vanilla", "reference", "vanilla_compiled"):
             add("reference", impl, f"step time reference / {impl} (speed-up of {impl})")
+        if impl.startswith("fused"):
+            add(impl, "vanilla_compiled", f"step time {impl} / vanilla compiled the same way (target: "
+                "<= 4.0 cifar, <= 3.3 imagenet)")
+    add("fused_separate", "fused", "step time separate / batched student passes")
     return out
 
 

@@ -1,0 +1,305 @@
+"""The fused AdAutoMix step: one torch.compile'd function, CUDA-graph captured on a GPU.
+
+It computes the same losses, gradients and updates as the reference step (ALGORITHM.md sections
+3-6) with four changes that do not alter the mathematics:
+
+1. **One teacher pass on the clean batch.** Train-mode BatchNorm statistics do not depend on the
+   order of the samples, so f_k(x[pi_i]) = f_k(x)[pi_i]: the clean pass gives both the
+   generator's stage-3 features and every cosine-source logit (the reference runs N more teacher
+   forwards). Only the teacher's BatchNorm *running* statistics could differ: the reference
+   updates them N + 2 times per step (x, x_g, the N sources), one pass here updates them twice.
+   With ``teacher_bn_stats="exact"`` (the default) the N source updates are replayed from the
+   clean batch's statistics right after the x_g pass, which reproduces the reference's sequence
+   of running statistics; ``"single"`` keeps only the two real updates.
+2. **Batched student passes.** The clean batch, the pixel mixup (N >= 3) and the generated mix
+   run as one [3B] (or [2B]) forward/backward through a segmented BatchNorm that normalises each
+   segment of B by its own statistics and applies the running-statistics updates in the
+   reference's order: exactly the separate passes, with fewer, larger kernels
+   (``batched_student=False`` keeps three passes).
+3. **Everything on the device.** lambda and the permutations are sampled inside the function from
+   the default generator (graph-safe on CUDA); the adversarial/cooperative choice and the margin
+   rule are ``torch.where`` selections; learning rates, EMA momentum and the fp16 loss scale are
+   0-dim device tensors updated in place between steps; SGD is written with ``torch._foreach_*``
+   ops and gradients come from ``torch.autograd.grad`` inside the graph (``optimizer.step()``
+   would break the graph, spec/COMPILE.md fact 1). No ``.item()``, no Python branch on a value.
+4. **Non-finite steps are skipped on the device.** If the loss or any gradient is not finite, the
+   SGD update, the EMA update and the BatchNorm running statistics of that step are discarded
+   (selected with ``torch.where``, no host sync), the fp16 loss scale backs off, and a device
+   counter records the step; the trainer reads the counter at its log interval.
+
+SGD momentum buffers live in the torch.optim.SGD object's state, so checkpoints of the fused and
+the reference implementation are interchangeable.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from .adautomix import AdAutoMix, MixPlan, mixed_cross_entropy, weighted_cosine
+from .ema import ema_update_
+from .generator import fp32_region, mix_images
+from .segmented_bn import (SegmentedBatchNorm2d, convert_batchnorm, segmented_norms,
+                           set_segment_size, snapshot_batch_stats)
+
+# fp16 loss scaling, as torch.amp.GradScaler's defaults.
+_SCALE_INIT, _GROWTH, _BACKOFF, _GROWTH_INTERVAL = 2.0 ** 16, 2.0, 0.5, 2000
+
+
+def fused_losses(model: AdAutoMix, x: torch.Tensor, y: torch.Tensor, plan: MixPlan, *,
+                 batched_student: bool = True, teacher_bn_stats: str = "exact") -> dict[str, torch.Tensor]:
+    """Every loss term of one step, computed with the fused engine's savings (module docstring).
+
+    The model's BatchNorm layers must be SegmentedBatchNorm2d with the segment size set to the
+    batch size (`FusedStep` does this).
+    """
+    teacher, student, gen = model.teacher, model.student, model.generator
+    n = model.mix_samples
+
+    # Teacher, clean batch, once: stage-3 features for G and the cosine-source logits.
+    f3 = teacher.stem_to_stage3(x)
+    with torch.no_grad():
+        z_clean = teacher.head_mix(teacher.stage3_to_pooled(f3))
+    teacher_norms = segmented_norms(teacher)
+    clean_stats = snapshot_batch_stats(teacher_norms) if teacher_bn_stats == "exact" else None
+
+    # Masks: generator side (trained through L_gen), then classifier side (detached).
+    m_gen = gen.mask_logits(f3, plan.index_gen, plan.lam_gen)
+    x_gen = gen.mix(m_gen, x, plan.index_gen)
+    with torch.no_grad():
+        m_cls = gen.mask_logits(f3, plan.index_cls, plan.lam_cls)
+        x_cls_generated = gen.mix(m_cls, x, plan.index_cls)
+        x_pixel = mix_images(plan.lam_cls, x, plan.index_cls)
+        x_cls = torch.where(plan.use_mixup, x_pixel, x_cls_generated)
+
+    # Teacher on the generated mix (gradient flows back into G through x_gen).
+    z_gen = teacher.head_mix(teacher.pooled(x_gen))
+    if clean_stats is not None:
+        # The reference's N source passes, replayed: same batch statistics as the clean pass.
+        for norm, (mean, var) in zip(teacher_norms, clean_stats):
+            norm.replay_running_stats(mean, var, times=n)
+    loss_k = mixed_cross_entropy(z_gen, y, plan.index_gen, plan.lam_gen)
+    sources = [z_clean[plan.index_gen[i]] for i in range(n)]
+    cos = weighted_cosine(z_gen, sources, plan.lam_gen)
+    adversarial = model.adversarial()
+    loss_gen = torch.where(adversarial, -model.beta * loss_k + (1.0 - model.beta) * cos, loss_k)
+
+    # Student: clean, pixel mixup (N >= 3), generated mix, batched or separate.
+    inputs = [x, x_pixel, x_cls] if n >= 3 else [x, x_cls]
+    if batched_student:
+        pooled = student.pooled(torch.cat(inputs)).split(x.shape[0])
+    else:
+        pooled = [student.pooled(t) for t in inputs]
+    z_one = student.head_one(pooled[0])
+    with fp32_region(z_one):
+        loss_one = F.cross_entropy(z_one.float(), y)
+    terms: dict[str, torch.Tensor] = {}
+    if n >= 3:
+        loss_mce = mixed_cross_entropy(student.head_mix(pooled[1]), y, plan.index_cls, plan.lam_cls)
+        loss_re = (1.0 - model.alpha) * loss_one + model.alpha * loss_mce
+        terms["loss_mce"] = loss_mce
+    else:
+        loss_re = loss_one
+    loss_amce = mixed_cross_entropy(student.head_mix(pooled[-1]), y, plan.index_cls, plan.lam_cls)
+
+    loss = loss_amce + loss_re + loss_gen
+    terms.update(loss=loss, loss_amce=loss_amce, loss_re=loss_re, loss_one=loss_one, loss_gen=loss_gen,
+                 loss_k=loss_k, cos=cos, adversarial=adversarial.float(), use_mixup=plan.use_mixup.float())
+    return terms
+
+
+class FusedStep:
+    """The fused train step. Same call signature and state API as `engine.ReferenceStep`.
+
+    Args:
+        compile: torch.compile the step (``fullgraph=True``); False runs the same code eagerly
+            (for debugging and for tests of the step's mathematics).
+        mode: torch.compile mode; default ``"reduce-overhead"`` (CUDA graphs) on CUDA, the
+            default mode on CPU.
+        batched_student: one [3B] student pass with segmented BatchNorm (default) or three.
+        teacher_bn_stats: "exact" (reference running statistics) or "single" (module docstring).
+    """
+
+    def __init__(self, model: AdAutoMix, optimizer: torch.optim.Optimizer, schedule, precision, *,
+                 channels_last: bool = False, compile: bool = True, mode: Optional[str] = None,
+                 batched_student: bool = True, teacher_bn_stats: str = "exact",
+                 plan_generator: Optional[torch.Generator] = None):
+        if teacher_bn_stats not in ("exact", "single"):
+            raise ValueError(f"teacher_bn_stats must be 'exact' or 'single', got {teacher_bn_stats!r}")
+        if len(optimizer.param_groups) != 2:
+            raise ValueError("FusedStep expects the optimizer of engine.build_optimizer (student, generator groups)")
+        self.model = model
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.precision = precision
+        self.channels_last = channels_last
+        self.batched_student = batched_student
+        self.teacher_bn_stats = teacher_bn_stats
+        self.plan_generator = plan_generator  # unused inside the graph: the default generator is graph-safe
+        self.global_step = 0
+        self.device = model.device
+        convert_batchnorm(model)
+        dev = self.device
+        f32 = dict(dtype=torch.float32, device=dev)
+        # Device state, changed in place between steps (never recompiles or re-captures).
+        self.lr_student = torch.zeros((), **f32)
+        self.lr_gen = torch.zeros((), **f32)
+        self.ema_momentum = torch.zeros((), **f32)
+        self.fp16 = precision.dtype is torch.float16
+        self.loss_scale = torch.full((), _SCALE_INIT if self.fp16 else 1.0, **f32)
+        self.growth_tracker = torch.zeros((), dtype=torch.int32, device=dev)
+        self.nonfinite_steps = torch.zeros((), dtype=torch.int64, device=dev)
+        self.compile = compile
+        self.mode = mode if mode is not None else ("reduce-overhead" if dev.type == "cuda" else None)
+        self._compiled = None
+        self._batch_size = None
+        self._compiles_after_warmup: Optional[int] = None
+        self._graphs_at_warmup: Optional[int] = None
+
+    # ------------------------------------------------------------------ state binding
+    def _bind(self, batch_size: int) -> None:
+        """Fix the batch size and collect the tensors the graph updates in place. Called on the
+        first step (after a possible load_state_dict, which replaces optimizer tensors)."""
+        model = self.model
+        self._batch_size = batch_size
+        set_segment_size(model, batch_size)
+        student_params, gen_params = model.trainable_parameters()
+        self.groups = [student_params, gen_params]
+        self.momentum_buffers = []
+        for group in self.groups:
+            bufs = []
+            for p in group:
+                state = self.optimizer.state[p]
+                if state.get("momentum_buffer") is None:
+                    # Zero buffers: mu * 0 + d = d, exactly torch.optim.SGD's first step.
+                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                bufs.append(state["momentum_buffer"])
+            self.momentum_buffers.append(bufs)
+        self.bn_buffers = [b for norm in segmented_norms(model)
+                           for b in (norm.running_mean, norm.running_var, norm.num_batches_tracked)]
+        self.ema_pairs = model.ema_pairs()
+        if self.compile:
+            torch._dynamo.config.trace_autograd_ops = True   # autograd.grad inside the graph
+            if self.device.type == "cuda":
+                for t in self._static_tensors():
+                    torch._dynamo.mark_static_address(t)
+            self._compiled = torch.compile(self._step_graph, fullgraph=True, dynamic=False, mode=self.mode)
+
+    def _static_tensors(self):
+        yield from (self.lr_student, self.lr_gen, self.ema_momentum, self.loss_scale, self.growth_tracker,
+                    self.nonfinite_steps)
+        for bufs in self.momentum_buffers:
+            yield from bufs
+
+    # ------------------------------------------------------------------ the step
+    def _step_graph(self, x: torch.Tensor, y: torch.Tensor, plan: Optional[MixPlan]):
+        model = self.model
+        if plan is None:
+            plan = model.sample_plan(x.shape[0])
+        saved_bn = [b.clone() for b in self.bn_buffers]
+        with self.precision.autocast():
+            terms = fused_losses(model, x, y, plan, batched_student=self.batched_student,
+                                 teacher_bn_stats=self.teacher_bn_stats)
+        params = self.groups[0] + self.groups[1]
+        scaled = terms["loss"] * self.loss_scale if self.fp16 else terms["loss"]
+        grads = torch.autograd.grad(scaled, params)
+        self._update(list(grads), terms["loss"], saved_bn)
+        return {k: v.detach() for k, v in terms.items()}
+
+    @torch.no_grad()
+    def _update(self, grads: list[torch.Tensor], loss: torch.Tensor, saved_bn: list[torch.Tensor]) -> None:
+        found_inf = torch.zeros(1, dtype=torch.float32, device=loss.device)
+        inv_scale = (1.0 / self.loss_scale).reshape(1)
+        # Unscales in place and flags any inf/NaN gradient (GradScaler's own kernel).
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
+        ok = (found_inf[0] == 0) & torch.isfinite(loss)
+        keep = ok.to(torch.float32)
+        # Sanitise so that a skipped step multiplies zeros, never NaN * 0.
+        grads = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
+        offset = 0
+        for group_index, group in enumerate(self.groups):
+            cfg = self.optimizer.param_groups[group_index]
+            lr = self.lr_student if group_index == 0 else self.lr_gen
+            g = grads[offset:offset + len(group)]
+            offset += len(group)
+            if cfg["weight_decay"]:
+                torch._foreach_add_(g, group, alpha=cfg["weight_decay"])    # d = g + wd * p
+            torch._foreach_mul_(g, keep)                                     # skipped: d = 0
+            bufs = self.momentum_buffers[group_index]
+            mu = torch.where(ok, cfg["momentum"], 1.0)                      # skipped: buffer kept
+            torch._foreach_mul_(bufs, mu)
+            torch._foreach_add_(bufs, g)                                     # buf = mu * buf + d
+            torch._foreach_sub_(group, torch._foreach_mul(bufs, lr * keep))  # p -= lr * buf
+        momentum = torch.where(ok, self.ema_momentum, 1.0)                   # skipped: teacher kept
+        ema, src = self.ema_pairs
+        ema_update_(ema, src, momentum)
+        for buf, old in zip(self.bn_buffers, saved_bn):                     # skipped: BN stats kept
+            buf.copy_(torch.where(ok, buf, old))
+        self.model.num_updates.add_(1)
+        self.nonfinite_steps.add_((~ok).to(torch.int64))
+        if self.fp16:
+            grown = self.growth_tracker + 1
+            grow = grown >= _GROWTH_INTERVAL
+            self.loss_scale.copy_(torch.where(ok, torch.where(grow, self.loss_scale * _GROWTH, self.loss_scale),
+                                              self.loss_scale * _BACKOFF))
+            self.growth_tracker.copy_(torch.where(ok & ~grow, grown, torch.zeros_like(grown)))
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, plan: Optional[MixPlan] = None) -> dict[str, torch.Tensor]:
+        model = self.model
+        model.train()
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self._batch_size is None:
+            self._bind(x.shape[0])
+        elif x.shape[0] != self._batch_size:
+            raise ValueError(f"the fused step is built for batches of {self._batch_size}, got {x.shape[0]} "
+                             "(training loaders drop the last incomplete batch)")
+        step = self.global_step
+        lrs = self.schedule.lrs(step)
+        momentum = self.schedule.ema(step)
+        self.lr_student.fill_(lrs[0])
+        self.lr_gen.fill_(lrs[1])
+        self.ema_momentum.fill_(momentum)
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr     # kept in sync for checkpoints and logs
+        fn = self._compiled if self._compiled is not None else self._step_graph
+        if self._compiled is not None and self.device.type == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()
+        out = fn(x, y, plan)
+        # CUDA-graph outputs are overwritten by the next replay: keep copies.
+        out = {k: v.clone() for k, v in out.items()}
+        self.global_step += 1
+        if self._compiled is not None and step == 1:
+            self._graphs_at_warmup = _unique_graphs()
+        out["lr"] = torch.tensor(lrs[0])
+        out["lr_gen"] = torch.tensor(lrs[1])
+        out["ema_momentum"] = torch.tensor(momentum)
+        return out
+
+    def recompiles_after_warmup(self) -> Optional[int]:
+        """Graphs compiled after the first two steps (0 is the target); None before warm-up."""
+        if self._graphs_at_warmup is None:
+            return None
+        return _unique_graphs() - self._graphs_at_warmup
+
+    # ------------------------------------------------------------------ resumable state
+    def state_dict(self) -> dict:
+        return {"global_step": self.global_step, "loss_scale": self.loss_scale.detach().cpu(),
+                "growth_tracker": self.growth_tracker.detach().cpu(),
+                "nonfinite_steps": self.nonfinite_steps.detach().cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.global_step = int(state["global_step"])
+        for name in ("loss_scale", "growth_tracker", "nonfinite_steps"):
+            if name in state:
+                getattr(self, name).copy_(state[name])
+
+
+def _unique_graphs() -> int:
+    from torch._dynamo.utils import counters
+    return int(counters["stats"]["unique_graphs"])
+
+
+__all__ = ["FusedStep", "fused_losses", "SegmentedBatchNorm2d"]
