@@ -137,7 +137,12 @@ def _extensions():
     # -DPy_LIMITED_API flag itself when py_limited_api=True.
     common = dict(include_dirs=include_dirs, py_limited_api=True)
     # No -std flag: torch adds the standard its headers need (C++17 up to 2.12ish, C++20 on 2.14).
-    extra = {"cxx": ["-O3"]}
+    # -fopenmp: at::parallel_for is a header template whose `#pragma omp parallel` is compiled
+    # into *this* extension; without the flag it silently runs on one thread (measured: the CPU
+    # op took 10.0 ms for ResNet-50's parameters on 2 cores, vs 7.5 ms for _foreach_lerp_).
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]
+    extra = {"cxx": ["-O3", *openmp]}
+    common["extra_link_args"] = openmp
     if build_cuda:
         _default_cuda_archs()
         extra["cxx"].append("-DWITH_CUDA")
