@@ -165,16 +165,34 @@ class AdAutoMix(nn.Module):
         G, as in the released implementation).
         """
         self.check_plan(plan, x.shape[0])
-        teacher, student, gen = self.teacher, self.student, self.generator
-        n = self.mix_samples
+        teacher, student = self.teacher, self.student
 
         # Teacher on the clean batch: the whole trunk runs, as the released backbone does
         # (out_indices (2, 3)); layer3's output is G's input. No gradient reaches the teacher.
         f3 = teacher.stem_to_stage3(x)
         with torch.no_grad():
             teacher.layer4(f3)
+        x_gen, x_pixel, x_cls = self.mixed_batches(f3, x, plan)
 
-        # Masks: generator side (trained through L_gen), then classifier side (detached).
+        # Generator objective, on the teacher: x_g, then one pass per cosine source x[pi_i].
+        z_gen = teacher.head_mix(teacher.pooled(x_gen))
+        with torch.no_grad():
+            sources = [teacher.head_mix(teacher.pooled(x[plan.index_gen[i]])) for i in range(self.mix_samples)]
+        terms = self.generator_objective(z_gen, sources, y, plan)
+
+        # Classifier objective, on the student: three separate passes (own BN statistics each).
+        z_one = student.head_one(student.pooled(x))
+        z_pixel = student.head_mix(student.pooled(x_pixel)) if self.mix_samples >= 3 else None
+        z_cls = student.head_mix(student.pooled(x_cls))
+        return self.total_loss(terms, self.classifier_objective(z_one, z_pixel, z_cls, y, plan), plan)
+
+    # The pieces below are shared with the fused step (adautomix_fast.fused), so both compute
+    # the same formulas; they differ only in how the networks' passes are arranged.
+    def mixed_batches(self, f3: torch.Tensor, x: torch.Tensor, plan: MixPlan):
+        """(x_gen, x_pixel, x_cls): the generator-side mix (trained through L_gen), the pixel
+        mixup of the sigma tuple and the classifier-side mix (detached masks, or plain mixup
+        under the margin rule). Generator side first, as released (G's BN running statistics)."""
+        gen = self.generator
         m_gen = gen.mask_logits(f3, plan.index_gen, plan.lam_gen)
         x_gen = gen.mix(m_gen, x, plan.index_gen)
         with torch.no_grad():
@@ -183,35 +201,37 @@ class AdAutoMix(nn.Module):
             # Margin rule: constant masks M_i = lambda_i, i.e. plain mixup of the sigma tuple.
             x_pixel = mix_images(plan.lam_cls, x, plan.index_cls)
             x_cls = torch.where(plan.use_mixup, x_pixel, x_cls_generated)
+        return x_gen, x_pixel, x_cls
 
-        # Generator objective, on the teacher.
-        z_gen = teacher.head_mix(teacher.pooled(x_gen))
+    def generator_objective(self, z_gen: torch.Tensor, sources: list[torch.Tensor], y: torch.Tensor,
+                            plan: MixPlan) -> dict[str, torch.Tensor]:
+        """L_k, the weighted cosine and L_gen (adversarial on odd steps, cooperative on even)."""
         loss_k = mixed_cross_entropy(z_gen, y, plan.index_gen, plan.lam_gen)
-        with torch.no_grad():
-            sources = [teacher.head_mix(teacher.pooled(x[plan.index_gen[i]])) for i in range(n)]
         cos = weighted_cosine(z_gen, sources, plan.lam_gen)
         adversarial = self.adversarial()
         loss_gen = torch.where(adversarial, -self.beta * loss_k + (1.0 - self.beta) * cos, loss_k)
+        return dict(loss_gen=loss_gen, loss_k=loss_k, cos=cos, adversarial=adversarial.float())
 
-        # Classifier objective, on the student: three separate passes (own BN statistics each).
-        z_one = student.head_one(student.pooled(x))
+    def classifier_objective(self, z_one: torch.Tensor, z_pixel: Optional[torch.Tensor], z_cls: torch.Tensor,
+                             y: torch.Tensor, plan: MixPlan) -> dict[str, torch.Tensor]:
+        """L_one, L_mce (N >= 3), L_re and L_amce from the student's logits."""
         with fp32_region(z_one):
             loss_one = F.cross_entropy(z_one.float(), y)
         terms: dict[str, torch.Tensor] = {}
-        if n >= 3:
-            z_pixel = student.head_mix(student.pooled(x_pixel))
+        if z_pixel is not None:
             loss_mce = mixed_cross_entropy(z_pixel, y, plan.index_cls, plan.lam_cls)
-            loss_re = (1.0 - self.alpha) * loss_one + self.alpha * loss_mce
-            terms["loss_mce"] = loss_mce
+            terms.update(loss_mce=loss_mce, loss_re=(1.0 - self.alpha) * loss_one + self.alpha * loss_mce)
         else:
-            loss_re = loss_one
-        z_cls = student.head_mix(student.pooled(x_cls))
-        loss_amce = mixed_cross_entropy(z_cls, y, plan.index_cls, plan.lam_cls)
+            terms["loss_re"] = loss_one
+        terms.update(loss_one=loss_one, loss_amce=mixed_cross_entropy(z_cls, y, plan.index_cls, plan.lam_cls))
+        return terms
 
-        loss = loss_amce + loss_re + loss_gen
-        terms.update(loss=loss, loss_amce=loss_amce, loss_re=loss_re, loss_one=loss_one,
-                     loss_gen=loss_gen, loss_k=loss_k, cos=cos,
-                     adversarial=adversarial.float(), use_mixup=plan.use_mixup.float())
+    @staticmethod
+    def total_loss(gen_terms: dict, cls_terms: dict, plan: MixPlan) -> dict[str, torch.Tensor]:
+        """L = L_amce + L_re + L_gen, with every term (and the plan's flags) for logging."""
+        terms = {**cls_terms, **gen_terms}
+        terms["loss"] = cls_terms["loss_amce"] + cls_terms["loss_re"] + gen_terms["loss_gen"]
+        terms["use_mixup"] = plan.use_mixup.float()
         return terms
 
     # ------------------------------------------------------------------ EMA (section 6)

@@ -36,11 +36,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
-from .adautomix import AdAutoMix, MixPlan, mixed_cross_entropy, weighted_cosine
+from .adautomix import AdAutoMix, MixPlan
 from .ema import ema_update_
-from .generator import fp32_region, mix_images
 from .segmented_bn import (SegmentedBatchNorm2d, convert_batchnorm, segmented_norms,
                            set_segment_size, snapshot_batch_stats)
 
@@ -55,7 +53,7 @@ def fused_losses(model: AdAutoMix, x: torch.Tensor, y: torch.Tensor, plan: MixPl
     The model's BatchNorm layers must be SegmentedBatchNorm2d with the segment size set to the
     batch size (`FusedStep` does this).
     """
-    teacher, student, gen = model.teacher, model.student, model.generator
+    teacher, student = model.teacher, model.student
     n = model.mix_samples
 
     # Teacher, clean batch, once: stage-3 features for G and the cosine-source logits.
@@ -64,15 +62,7 @@ def fused_losses(model: AdAutoMix, x: torch.Tensor, y: torch.Tensor, plan: MixPl
         z_clean = teacher.head_mix(teacher.stage3_to_pooled(f3))
     teacher_norms = segmented_norms(teacher)
     clean_stats = snapshot_batch_stats(teacher_norms) if teacher_bn_stats == "exact" else None
-
-    # Masks: generator side (trained through L_gen), then classifier side (detached).
-    m_gen = gen.mask_logits(f3, plan.index_gen, plan.lam_gen)
-    x_gen = gen.mix(m_gen, x, plan.index_gen)
-    with torch.no_grad():
-        m_cls = gen.mask_logits(f3, plan.index_cls, plan.lam_cls)
-        x_cls_generated = gen.mix(m_cls, x, plan.index_cls)
-        x_pixel = mix_images(plan.lam_cls, x, plan.index_cls)
-        x_cls = torch.where(plan.use_mixup, x_pixel, x_cls_generated)
+    x_gen, x_pixel, x_cls = model.mixed_batches(f3, x, plan)
 
     # Teacher on the generated mix (gradient flows back into G through x_gen).
     z_gen = teacher.head_mix(teacher.pooled(x_gen))
@@ -80,11 +70,8 @@ def fused_losses(model: AdAutoMix, x: torch.Tensor, y: torch.Tensor, plan: MixPl
         # The reference's N source passes, replayed: same batch statistics as the clean pass.
         for norm, (mean, var) in zip(teacher_norms, clean_stats):
             norm.replay_running_stats(mean, var, times=n)
-    loss_k = mixed_cross_entropy(z_gen, y, plan.index_gen, plan.lam_gen)
     sources = [z_clean[plan.index_gen[i]] for i in range(n)]
-    cos = weighted_cosine(z_gen, sources, plan.lam_gen)
-    adversarial = model.adversarial()
-    loss_gen = torch.where(adversarial, -model.beta * loss_k + (1.0 - model.beta) * cos, loss_k)
+    gen_terms = model.generator_objective(z_gen, sources, y, plan)
 
     # Student: clean, pixel mixup (N >= 3), generated mix, batched or separate.
     inputs = [x, x_pixel, x_cls] if n >= 3 else [x, x_cls]
@@ -92,22 +79,9 @@ def fused_losses(model: AdAutoMix, x: torch.Tensor, y: torch.Tensor, plan: MixPl
         pooled = student.pooled(torch.cat(inputs)).split(x.shape[0])
     else:
         pooled = [student.pooled(t) for t in inputs]
-    z_one = student.head_one(pooled[0])
-    with fp32_region(z_one):
-        loss_one = F.cross_entropy(z_one.float(), y)
-    terms: dict[str, torch.Tensor] = {}
-    if n >= 3:
-        loss_mce = mixed_cross_entropy(student.head_mix(pooled[1]), y, plan.index_cls, plan.lam_cls)
-        loss_re = (1.0 - model.alpha) * loss_one + model.alpha * loss_mce
-        terms["loss_mce"] = loss_mce
-    else:
-        loss_re = loss_one
-    loss_amce = mixed_cross_entropy(student.head_mix(pooled[-1]), y, plan.index_cls, plan.lam_cls)
-
-    loss = loss_amce + loss_re + loss_gen
-    terms.update(loss=loss, loss_amce=loss_amce, loss_re=loss_re, loss_one=loss_one, loss_gen=loss_gen,
-                 loss_k=loss_k, cos=cos, adversarial=adversarial.float(), use_mixup=plan.use_mixup.float())
-    return terms
+    z_pixel = student.head_mix(pooled[1]) if n >= 3 else None
+    cls_terms = model.classifier_objective(student.head_one(pooled[0]), z_pixel, student.head_mix(pooled[-1]), y, plan)
+    return model.total_loss(gen_terms, cls_terms, plan)
 
 
 class FusedStep:
