@@ -186,6 +186,10 @@ class AdAutoMix(nn.Module):
         z_cls = student.head_mix(student.pooled(x_cls))
         return self.total_loss(terms, self.classifier_objective(z_one, z_pixel, z_cls, y, plan), plan)
 
+    def forward(self, x: torch.Tensor, y: torch.Tensor, plan: MixPlan) -> dict[str, torch.Tensor]:
+        """One step's losses (so that DistributedDataParallel can wrap the whole model)."""
+        return self.step_losses(x, y, plan)
+
     # The pieces below are shared with the fused step (adautomix_fast.fused), so both compute
     # the same formulas; they differ only in how the networks' passes are arranged.
     def mixed_batches(self, f3: torch.Tensor, x: torch.Tensor, plan: MixPlan):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any
+from typing import Any, Optional
 
 import torch
 
@@ -39,17 +39,23 @@ def atomic_save(obj: Any, path: str) -> None:
         raise
 
 
-def rng_state() -> dict:
+def rng_state(device: torch.device, plan_generator: Optional[torch.Generator] = None) -> dict:
+    """This process's random state: the CPU generator, the device's CUDA generator (the fused
+    step samples its plan from it inside the graph) and the reference step's plan generator."""
     state = {"torch_cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["torch_cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["torch_cuda"] = torch.cuda.get_rng_state(device)
+    if plan_generator is not None:
+        state["plan"] = plan_generator.get_state()
     return state
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict, device: torch.device, plan_generator: Optional[torch.Generator] = None) -> None:
     torch.set_rng_state(state["torch_cpu"])
-    if "torch_cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["torch_cuda"])
+    if device.type == "cuda" and "torch_cuda" in state:
+        torch.cuda.set_rng_state(state["torch_cuda"], device)
+    if plan_generator is not None and "plan" in state:
+        plan_generator.set_state(state["plan"])
 
 
 def load(path: str) -> dict:

@@ -75,6 +75,8 @@ class Config:
     output: str = "runs"
     run_name: Optional[str] = None
     log_interval: int = 20
+    save_every_steps: int = 0               # also checkpoint every N steps (0: at epoch ends only)
+    sync_bn: bool = False                   # SyncBatchNorm across ranks (reference impl, CUDA)
     preset: Optional[str] = None
     notes: str = ""
 
@@ -151,6 +153,8 @@ class Config:
             raise UsageError(f"--teacher-bn-stats must be exact or single (got {self.teacher_bn_stats!r})")
         if self.img_size is not None and self.img_size < 8:
             raise UsageError(f"--img-size must be at least 8 (got {self.img_size})")
+        if self.save_every_steps < 0:
+            raise UsageError(f"--save-every-steps must be >= 0 (got {self.save_every_steps})")
         if self.workers < 0:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
 

@@ -120,8 +120,11 @@ class ReferenceStep:
 
     def __init__(self, model: AdAutoMix, optimizer: torch.optim.Optimizer, schedule: Schedule,
                  precision: Precision, channels_last: bool = False,
-                 plan_generator: Optional[torch.Generator] = None):
+                 plan_generator: Optional[torch.Generator] = None, forward=None):
         self.model = model
+        # What computes the losses: the model itself, or its DistributedDataParallel wrapper
+        # (whose forward is the model's, plus the gradient all-reduce hooks).
+        self.forward = forward if forward is not None else model
         self.optimizer = optimizer
         self.schedule = schedule
         self.precision = precision
@@ -145,7 +148,7 @@ class ReferenceStep:
             plan = model.sample_plan(x.shape[0], generator=self.plan_generator)
 
         with self.precision.autocast():
-            losses = model.step_losses(x, y, plan)
+            losses = self.forward(x, y, plan)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(losses["loss"]).backward()
@@ -166,21 +169,18 @@ class ReferenceStep:
         out["ema_momentum"] = torch.tensor(momentum)
         return out
 
-    # Resumable state beyond the model's and the optimizer's state dicts.
+    # Resumable state beyond the model's and the optimizer's state dicts (the plan generator's
+    # state is saved per rank with the other random states: checkpoint.rng_state).
     def state_dict(self) -> dict:
         state = {"global_step": self.global_step}
         if self.scaler is not None:
             state["scaler"] = self.scaler.state_dict()
-        if self.plan_generator is not None:
-            state["plan_rng"] = self.plan_generator.get_state()
         return state
 
     def load_state_dict(self, state: dict) -> None:
         self.global_step = int(state["global_step"])
         if self.scaler is not None and "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
-        if self.plan_generator is not None and "plan_rng" in state:
-            self.plan_generator.set_state(state["plan_rng"])
 
 
 def make_plan_generator(device: torch.device, seed: int) -> torch.Generator:
@@ -201,13 +201,18 @@ def resolve_impl(choice: str, device: torch.device) -> str:
 
 
 def build_step(impl: str, model: AdAutoMix, optimizer, schedule: Schedule, precision: Precision,
-               cfg: Config, device: torch.device):
-    """The train step of the resolved implementation (same call and state API for both)."""
-    plan_generator = make_plan_generator(device, cfg.seed)
+               cfg: Config, device: torch.device, *, rank: int = 0, forward=None, grad_sync=None):
+    """The train step of the resolved implementation (same call and state API for both).
+
+    Distributed: ``forward`` is the reference model's DDP wrapper, ``grad_sync`` the fused step's
+    in-graph gradient all-reduce; each rank draws its own mixing plans (seed offset by rank).
+    """
+    plan_generator = make_plan_generator(device, cfg.seed + 7919 * rank)
     if impl == "fused":
         from .fused import FusedStep
         return FusedStep(model, optimizer, schedule, precision, channels_last=cfg.channels_last,
                          mode=cfg.compile_mode, batched_student=cfg.student_passes == "batched",
-                         teacher_bn_stats=cfg.teacher_bn_stats, plan_generator=plan_generator)
+                         teacher_bn_stats=cfg.teacher_bn_stats, plan_generator=plan_generator,
+                         grad_sync=grad_sync)
     return ReferenceStep(model, optimizer, schedule, precision, channels_last=cfg.channels_last,
-                         plan_generator=plan_generator)
+                         plan_generator=plan_generator, forward=forward)

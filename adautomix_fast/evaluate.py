@@ -26,8 +26,12 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> list[torch
 
 @torch.no_grad()
 def evaluate(model, loader: Iterable, device: torch.device, precision=None, channels_last: bool = False,
-             progress: bool = False) -> dict:
-    """Returns {"images": n, "<head>_top1": %, "<head>_top5": %} for the four heads."""
+             progress: bool = False, ctx=None) -> dict:
+    """Returns {"images": n, "<head>_top1": %, "<head>_top5": %} for the four heads.
+
+    Distributed (``ctx``): each rank counts its shard of the validation set and the counts are
+    summed across ranks, so the result equals one process evaluating every image once.
+    """
     was_training = model.training
     model.eval()
     counts = torch.zeros(len(HEADS), 2, dtype=torch.long, device=device)
@@ -41,8 +45,8 @@ def evaluate(model, loader: Iterable, device: torch.device, precision=None, chan
         y = y.to(device, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        ctx = precision.autocast() if precision is not None else torch.autocast(device.type, enabled=False)
-        with ctx:
+        autocast = precision.autocast() if precision is not None else torch.autocast(device.type, enabled=False)
+        with autocast:
             t_one, t_mix = model.teacher(x)
             s_one, s_mix = model.student(x)
         for h, logits in enumerate((t_one, t_mix, s_one, s_mix)):
@@ -51,6 +55,10 @@ def evaluate(model, loader: Iterable, device: torch.device, precision=None, chan
             counts[h, 1] += top5
         n += y.shape[0]
     model.train(was_training)
+    if ctx is not None and ctx.enabled:
+        from .distributed import all_reduce_sum_
+        all_reduce_sum_(counts, ctx)
+        all_reduce_sum_(n, ctx)
     counts, total = counts.cpu(), int(n)
     result: dict = {"images": total}
     for h, name in enumerate(HEADS):

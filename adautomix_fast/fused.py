@@ -99,7 +99,7 @@ class FusedStep:
     def __init__(self, model: AdAutoMix, optimizer: torch.optim.Optimizer, schedule, precision, *,
                  channels_last: bool = False, compile: bool = True, mode: Optional[str] = None,
                  batched_student: bool = True, teacher_bn_stats: str = "exact",
-                 plan_generator: Optional[torch.Generator] = None):
+                 plan_generator: Optional[torch.Generator] = None, grad_sync=None):
         if teacher_bn_stats not in ("exact", "single"):
             raise ValueError(f"teacher_bn_stats must be 'exact' or 'single', got {teacher_bn_stats!r}")
         if len(optimizer.param_groups) != 2:
@@ -112,6 +112,9 @@ class FusedStep:
         self.batched_student = batched_student
         self.teacher_bn_stats = teacher_bn_stats
         self.plan_generator = plan_generator  # unused inside the graph: the default generator is graph-safe
+        # Distributed: averages (gradients, loss) across ranks inside the graph
+        # (adautomix_fast.distributed.make_graph_grad_sync); None for one process.
+        self.grad_sync = grad_sync
         self.global_step = 0
         self.device = model.device
         convert_batchnorm(model)
@@ -178,8 +181,13 @@ class FusedStep:
                                  teacher_bn_stats=self.teacher_bn_stats)
         params = self.groups[0] + self.groups[1]
         scaled = terms["loss"] * self.loss_scale if self.fp16 else terms["loss"]
-        grads = torch.autograd.grad(scaled, params)
-        self._update(list(grads), terms["loss"], saved_bn)
+        grads = list(torch.autograd.grad(scaled, params))
+        loss = terms["loss"]
+        if self.grad_sync is not None:
+            # Averaged across ranks: every rank applies the same update and takes the same
+            # decision for a non-finite step (the loss is averaged with the gradients).
+            grads, loss = self.grad_sync(grads, loss)
+        self._update(grads, loss, saved_bn)
         return {k: v.detach() for k, v in terms.items()}
 
     @torch.no_grad()

@@ -12,13 +12,8 @@ trained (architecture, data set, schedule, ...) is refused.
 from __future__ import annotations
 
 import argparse
-import csv
-import datetime
-import json
 import logging
-import math
 import os
-import shutil
 import sys
 import time
 from typing import Any, Optional
@@ -26,13 +21,15 @@ from typing import Any, Optional
 import torch
 
 from . import checkpoint as ckpt_lib
+from . import distributed
 from .adautomix import AdAutoMix
 from .config import ARCHS, DATA_BACKENDS, DATASETS, GEN_KERNELS, IMPLS, PRESETS, Config, resolve
 from .data import DATA_ENV, build_loaders
-from .engine import Precision, ReferenceStep, Schedule, build_optimizer, build_step, resolve_impl
+from .engine import Precision, Schedule, build_optimizer, build_step, resolve_impl
 from .errors import UsageError
-from .evaluate import HEADLINE, HEADS, evaluate
+from .runfolder import LAST, RunFolder, SilentRunFolder, default_run_name
 from .generator import resolve_gen_kernels
+from .trainer import Trainer, format_metrics
 
 log = logging.getLogger("adautomix_fast")
 D = Config()  # defaults shown in --help
@@ -65,6 +62,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint and exit")
     g.add_argument("--export", metavar="PATH", help="after training (or with --eval-only), write the teacher as a torchvision state dict")
     g.add_argument("--stop-after", type=int, metavar="EPOCHS", help="stop after this many epochs of this invocation (resume later with --resume)")
+    g.add_argument("--save-every-steps", type=int, metavar="N",
+                   help="also write checkpoint-last.pt every N steps, mid-epoch; a resumed or restarted run "
+                        "continues from that batch (default: 0, at epoch ends only)")
+    g.add_argument("--sync-bn", action=BOOL, help="SyncBatchNorm across torchrun processes (reference impl on CUDA; default: off)")
     g.add_argument("--seed", type=int, help=f"random seed of model init, data order and mixing (default: {D.seed})")
     g.add_argument("--log-interval", type=int, help=f"steps between training log records (default: {D.log_interval})")
     g.add_argument("--device", help=f"auto, cpu, cuda or cuda:N (default: {D.device}: the GPU when present)")
@@ -177,151 +178,37 @@ def pick_device(name: str) -> torch.device:
     return dev
 
 
-# ---------------------------------------------------------------------------- run folder
-class RunFolder:
-    """config.yaml, log.jsonl (every K steps and every epoch) and summary.csv (one row per epoch)."""
-
-    def __init__(self, path: str, created: bool):
-        self.path = path
-        self.created = created  # by this invocation: removed again if it fails before a checkpoint
-        self.checkpoint_written = False
-
-    @classmethod
-    def open(cls, cfg: Config, resume_path: Optional[str], output_given: bool) -> "RunFolder":
-        if resume_path is not None and not output_given:
-            folder = os.path.dirname(os.path.abspath(resume_path)) if os.path.isfile(resume_path) else resume_path
-            return cls(folder, created=False)
-        name = cfg.run_name or f"{cfg.dataset}-{cfg.arch}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
-        folder = os.path.join(cfg.output, name)
-        created = not os.path.exists(folder)
-        if not created and os.path.exists(os.path.join(folder, "checkpoint-last.pt")) and resume_path is None:
-            raise UsageError(f"run folder {folder} already holds a run; pass --resume {folder} to continue "
-                             "it or choose another --run-name")
-        os.makedirs(folder, exist_ok=True)
-        return cls(folder, created)
-
-    def file(self, name: str) -> str:
-        return os.path.join(self.path, name)
-
-    def write_config(self, cfg: Config, extra: dict) -> None:
-        import yaml
-        data = {**cfg.to_dict(), **extra}
-        tmp = self.file(".config.yaml.tmp")
-        with open(tmp, "w") as f:
-            yaml.safe_dump(data, f, sort_keys=False)
-        os.replace(tmp, self.file("config.yaml"))
-
-    def log(self, record: dict) -> None:
-        with open(self.file("log.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def summary_row(self, row: dict) -> None:
-        path = self.file("summary.csv")
-        new = not os.path.exists(path)
-        with open(path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
-
-    def discard_if_incomplete(self) -> None:
-        """Leave nothing half-written: a run folder this invocation created, and that never got
-        a checkpoint, is removed again."""
-        if self.created and not self.checkpoint_written and os.path.isdir(self.path):
-            shutil.rmtree(self.path, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------- training loop
-def train_one_epoch(step: ReferenceStep, loader, epoch: int, device: torch.device, cfg: Config,
-                    run: RunFolder) -> dict:
-    """One epoch; loss terms are summed on the device and read every ``log_interval`` steps."""
-    from tqdm import tqdm
-
-    loader.set_epoch(epoch)
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", dynamic_ncols=True, mininterval=1.0, file=sys.stderr)
-    sums: dict[str, torch.Tensor] = {}
-    epoch_sums: dict[str, float] = {}
-    count = epoch_count = 0
-    skipped_before = step_health(step).get("nonfinite_steps", 0)
-    t0 = time.perf_counter()
-    images = 0
-    for x, y in bar:
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        out = step(x, y)
-        for k, v in out.items():
-            sums[k] = sums[k] + v if k in sums else v.clone()
-        count += 1
-        images += x.shape[0]
-        if count == cfg.log_interval:
-            values = {k: float(v) / count for k, v in sums.items()}  # one host sync per interval
-            health = step_health(step)
-            skipped = health.get("nonfinite_steps", 0) - skipped_before
-            skipped_before += skipped
-            # The reference step has no guard: a non-finite loss has already reached the weights.
-            # The fused step skips such steps on the device; stop only when it skipped them all.
-            if not math.isfinite(values["loss"]) and ("nonfinite_steps" not in health or skipped >= count):
-                raise FloatingPointError(
-                    f"loss became {values['loss']} at step {step.global_step}; lower --lr, or with --amp "
-                    "use --amp-dtype bf16")
-            dt = time.perf_counter() - t0
-            record = {"type": "train", "epoch": epoch + 1, "step": step.global_step,
-                      "img_per_s": images / dt if dt > 0 else None, **values, **health}
-            run.log(record)
-            bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.4f}",
-                            img_s=f"{record['img_per_s']:.0f}")
-            for k, v in values.items():
-                epoch_sums[k] = epoch_sums.get(k, 0.0) + v * count
-            epoch_count += count
-            sums, count, images, t0 = {}, 0, 0, time.perf_counter()
-    if count:
-        for k, v in sums.items():
-            epoch_sums[k] = epoch_sums.get(k, 0.0) + float(v)
-        epoch_count += count
-    return {k: v / max(epoch_count, 1) for k, v in epoch_sums.items()}
-
-
-def step_health(step) -> dict:
-    """Counters the fused step keeps on the device, read at the log interval only: steps skipped
-    for a non-finite loss or gradient, and graphs compiled after warm-up (0 is the target)."""
-    health = {}
-    if hasattr(step, "nonfinite_steps"):
-        health["nonfinite_steps"] = int(step.nonfinite_steps)
-    if hasattr(step, "recompiles_after_warmup") and step.recompiles_after_warmup() is not None:
-        health["recompiles_after_warmup"] = step.recompiles_after_warmup()
-    return health
-
-
-def format_metrics(metrics: dict) -> str:
-    lines = [f"{'head':<12} {'top-1':>7} {'top-5':>7}"]
-    for h in HEADS:
-        mark = "  <- headline" if h == HEADLINE else ""
-        lines.append(f"{h:<12} {metrics[h + '_top1']:7.2f} {metrics[h + '_top5']:7.2f}{mark}")
-    return "\n".join(lines)
-
-
-def checkpoint_state(cfg: Config, model, optimizer, step: ReferenceStep, epoch: int, metrics: dict,
-                     best: float, num_classes: int, cifar_stem: bool) -> dict:
-    return {
-        "format": "adautomix_fast", "version": ckpt_lib.FORMAT_VERSION,
-        "config": cfg.to_dict(), "fingerprint": cfg.fingerprint(),
-        "num_classes": num_classes, "cifar_stem": cifar_stem,
-        "epoch": epoch, "global_step": step.global_step,
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step.state_dict(),
-        "rng": ckpt_lib.rng_state(), "metrics": metrics, "best_top1": best,
-        "torch_version": str(torch.__version__),
-    }
-
-
+# ---------------------------------------------------------------------------- the run
 def run(argv: Optional[list[str]] = None) -> int:
     args = get_args_parser().parse_args(argv)
-    resume_path = getattr(args, "resume", None)
+    ctx, dist_device = distributed.init(getattr(args, "device", "auto"))
+    try:
+        return _run(args, ctx, dist_device)
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _auto_resume_path(args: argparse.Namespace) -> Optional[str]:
+    """A worker group restarted by torchrun continues from the newest complete checkpoint of its
+    run folder (same name on every restart: the torchrun run id, or --run-name)."""
+    if getattr(args, "resume", None) is not None or not distributed.launched_by_torchrun():
+        return getattr(args, "resume", None)
+    if distributed.restart_count() == 0:
+        return None
+    cfg = build_config(args, None)
+    folder = os.path.join(cfg.output, cfg.run_name or default_run_name(cfg, distributed.run_id()))
+    return folder if os.path.exists(os.path.join(folder, LAST)) else None
+
+
+def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Optional[torch.device]) -> int:
+    say = print if ctx.primary else (lambda *a, **k: None)
+    resume_path = _auto_resume_path(args)
     eval_only = getattr(args, "eval_only", False)
     if eval_only and resume_path is None:
         raise UsageError("--eval-only needs a checkpoint: pass --resume CKPT")
     resumed = ckpt_lib.load(resume_path) if resume_path else None
     if resumed is not None and os.path.isdir(resume_path):
-        resume_path = os.path.join(resume_path, "checkpoint-last.pt")
+        resume_path = os.path.join(resume_path, LAST)
     cfg = build_config(args, resumed)
     if resumed is not None:
         ckpt_lib.check_compatible(resumed, cfg, resume_path)
@@ -329,18 +216,23 @@ def run(argv: Optional[list[str]] = None) -> int:
     if stop_after is not None and stop_after < 1:
         raise UsageError(f"--stop-after must be at least 1 (got {stop_after})")
 
-    device = pick_device(cfg.device)
+    device = dist_device if dist_device is not None else pick_device(cfg.device)
     # Defaults that depend on the device: bf16 autocast and channels-last on a GPU.
     if cfg.amp is None:
         cfg.amp = device.type == "cuda"
     if cfg.channels_last is None:
         cfg.channels_last = device.type == "cuda"
-    torch.manual_seed(cfg.seed)
+    impl = resolve_impl(cfg.impl, device)
+    if cfg.sync_bn and ctx.enabled and (impl == "fused" or device.type != "cuda"):
+        raise UsageError("--sync-bn needs CUDA and --impl reference (SyncBatchNorm runs on GPUs only, and the "
+                         "fused step's segmented BatchNorm does not synchronise); drop --sync-bn")
+    torch.manual_seed(cfg.seed)   # the same initial weights on every rank
 
     # Data first: a missing or broken data set fails here, before anything is written.
     train_loader, val_loader, info = build_loaders(
         cfg.dataset, cfg.data_dir, cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
         workers=cfg.workers, seed=cfg.seed, image_size=cfg.img_size, pin_memory=device.type == "cuda",
+        rank=ctx.rank, world_size=ctx.world_size,
         backend=cfg.data_backend, device=device, skip_corrupt=cfg.skip_corrupt, channels_last=cfg.channels_last)
     cifar_stem = cfg.cifar_stem if cfg.cifar_stem is not None else info.image_size <= 64
     if resumed is not None and resumed.get("num_classes") not in (None, info.num_classes):
@@ -348,93 +240,102 @@ def run(argv: Optional[list[str]] = None) -> int:
                          f"set has {info.num_classes}; resume with the data it was trained on")
 
     model = AdAutoMix.from_config(cfg, info.num_classes, cifar_stem).to(device)
-    impl = resolve_impl(cfg.impl, device)
     model.generator.kernels = resolve_gen_kernels(cfg.gen_kernels, impl, device)
+    if cfg.sync_bn and ctx.enabled:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
     schedule = Schedule(cfg, steps_per_epoch=len(train_loader))
     precision = Precision.from_config(cfg, device)
-    step = build_step(impl, model, optimizer, schedule, precision, cfg, device)
+    forward = grad_sync = None
+    if ctx.enabled:
+        if impl == "reference":
+            forward = distributed.wrap_reference_model(model, ctx, device)
+        else:
+            grad_sync = distributed.make_graph_grad_sync(ctx)
+            distributed.broadcast_module_(model, ctx)
+    step = build_step(impl, model, optimizer, schedule, precision, cfg, device, rank=ctx.rank,
+                      forward=forward, grad_sync=grad_sync)
+    if ctx.enabled:
+        # Distinct mixing streams per rank for the fused step's in-graph sampling.
+        torch.manual_seed(cfg.seed + 1_000_003 * ctx.rank)
 
-    start_epoch, best, metrics = 0, -1.0, {}
-    if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        step.load_state_dict(resumed["step"])
-        ckpt_lib.set_rng_state(resumed["rng"])
-        start_epoch = int(resumed["epoch"])
-        best = float(resumed.get("best_top1", -1.0))
-        metrics = dict(resumed.get("metrics", {}))
-
+    global_batch = cfg.batch_size * ctx.world_size
     summary = (f"AdAutoMix {cfg.arch} on {cfg.dataset} ({info.train_size} train / {info.val_size} val images, "
                f"{info.num_classes} classes, {info.image_size}px{', CIFAR stem' if cifar_stem else ''}), "
                f"N={cfg.mix_samples}, device {device}, data {info.backend}, {precision.describe()}, impl {impl}, "
-               f"generator ops {model.generator.kernels}")
+               f"generator ops {model.generator.kernels}"
+               + (f", {ctx.world_size} processes ({ctx.backend}), global batch {global_batch}" if ctx.enabled else ""))
 
+    folder_path = (os.path.dirname(os.path.abspath(resume_path)) if resume_path is not None and "output" not in vars(args)
+                   else os.path.join(cfg.output, cfg.run_name or _shared_run_name(cfg, ctx)))
     if eval_only:
-        print(summary)
-        metrics = evaluate(model, val_loader, device, precision, cfg.channels_last, progress=True)
-        print(f"evaluation of {resume_path} (epoch {start_epoch}) on {metrics['images']} images:")
-        print(format_metrics(metrics))
-        if getattr(args, "export", None):
+        trainer = Trainer(cfg=cfg, ctx=ctx, device=device, model=model, optimizer=optimizer, step=step,
+                          train_loader=train_loader, val_loader=val_loader, info=info, precision=precision,
+                          cifar_stem=cifar_stem, folder=SilentRunFolder(folder_path), say=say)
+        trainer.load(resumed)
+        say(summary)
+        metrics = trainer.evaluate(progress=True)
+        say(f"evaluation of {resume_path} (epoch {trainer.epoch}) on {metrics['images']} images:")
+        say(format_metrics(metrics))
+        if getattr(args, "export", None) and ctx.primary:
             export(model, args.export)
         return 0
 
-    folder = RunFolder.open(cfg, resume_path, output_given="output" in vars(args))
+    folder = (RunFolder.open(folder_path, resuming=resumed is not None) if ctx.primary
+              else SilentRunFolder(folder_path))
+    trainer = Trainer(cfg=cfg, ctx=ctx, device=device, model=model, optimizer=optimizer, step=step,
+                      train_loader=train_loader, val_loader=val_loader, info=info, precision=precision,
+                      cifar_stem=cifar_stem, folder=folder, say=say)
+    if resumed is not None:
+        trainer.load(resumed)
     try:
-        return _train(cfg, args, folder, summary, model, optimizer, step, train_loader, val_loader, info,
-                      device, precision, start_epoch, best, metrics, cifar_stem, stop_after, resumed is not None)
+        return _train(cfg, args, trainer, summary, impl, stop_after, resumed is not None, global_batch)
     except BaseException:
         folder.discard_if_incomplete()
         raise
 
 
-def _train(cfg, args, folder, summary, model, optimizer, step, train_loader, val_loader, info, device,
-           precision, start_epoch, best, metrics, cifar_stem, stop_after, resuming) -> int:
+def _shared_run_name(cfg: Config, ctx: distributed.DistContext) -> str:
+    """The default run folder name, the same on every rank: torchrun's run id when there is one
+    (stable across restarts), else rank 0's date-time."""
+    rid = distributed.run_id() if distributed.launched_by_torchrun() else None
+    if rid is None and distributed.max_restarts() > 0:
+        raise UsageError("torchrun --max-restarts needs a run folder that restarted workers can find: "
+                         "pass --run-name NAME (or torchrun --rdzv-id ID)")
+    return distributed.broadcast_object(default_run_name(cfg, rid), ctx)
+
+
+def _train(cfg, args, trainer: Trainer, summary: str, impl: str, stop_after, resuming: bool,
+           global_batch: int) -> int:
     import yaml
 
-    folder.write_config(cfg, {"num_classes": info.num_classes, "cifar_stem": cifar_stem,
-                              "fingerprint": cfg.fingerprint(), "resolved_gen_kernels": model.generator.kernels})
-    print(summary)
-    print("config:\n  " + yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip().replace("\n", "\n  "))
-    print(f"run folder: {folder.path}" + (f" (resuming after epoch {start_epoch})" if resuming else ""))
-    folder.log({"type": "start", "time": time.time(), "resume_epoch": start_epoch if resuming else None,
-                "device": str(device), "torch": str(torch.__version__), "steps_per_epoch": len(train_loader),
-                "data_backend": info.backend,
-                "gen_kernels": model.generator.kernels})
+    folder, say, ctx = trainer.folder, trainer.say, trainer.ctx
+    folder.write_config(cfg, {"num_classes": trainer.info.num_classes, "cifar_stem": trainer.cifar_stem,
+                              "fingerprint": cfg.fingerprint(), "impl_resolved": impl,
+                              "gen_kernels_resolved": trainer.model.generator.kernels,
+                              "world_size": ctx.world_size, "global_batch_size": global_batch})
+    say(summary)
+    say("config:\n  " + yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip().replace("\n", "\n  "))
+    where = f" (resuming after epoch {trainer.epoch}" + (f", batch {trainer.batch_in_epoch}" if trainer.batch_in_epoch else "") + ")"
+    say(f"run folder: {folder.path}" + (where if resuming else ""))
+    folder.log({"type": "start", "time": time.time(), "resume_epoch": trainer.epoch if resuming else None,
+                "resume_batch": trainer.batch_in_epoch if resuming else None,
+                "restart": distributed.restart_count(), "world_size": ctx.world_size,
+                "device": str(trainer.device), "torch": str(torch.__version__),
+                "steps_per_epoch": len(trainer.train_loader), "impl": impl, "data_backend": trainer.info.backend,
+                "gen_kernels": trainer.model.generator.kernels})
 
-    end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
-    for epoch in range(start_epoch, end_epoch):
-        t0 = time.perf_counter()
-        train_stats = train_one_epoch(step, train_loader, epoch, device, cfg, folder)
-        train_time = time.perf_counter() - t0
-        metrics = evaluate(model, val_loader, device, precision, cfg.channels_last)
-        top1 = metrics[f"{HEADLINE}_top1"]
-        is_best = top1 > best
-        best = max(best, top1)
-        record = {"type": "epoch", "epoch": epoch + 1, "step": step.global_step, "train_time_s": train_time,
-                  "img_per_s": len(train_loader) * cfg.batch_size / train_time,
-                  **{f"train_{k}": v for k, v in train_stats.items()}, **metrics, "best_top1": best,
-                  "skipped_corrupt": len(getattr(train_loader, "skipped", ()))}
-        folder.log(record)
-        folder.summary_row({"epoch": epoch + 1, "lr": train_stats.get("lr"), "train_loss": train_stats.get("loss"),
-                            **{k: metrics[k] for k in metrics if k != "images"}, "best_top1": best})
-        state = checkpoint_state(cfg, model, optimizer, step, epoch + 1, metrics, best, info.num_classes, cifar_stem)
-        ckpt_lib.atomic_save(state, folder.file("checkpoint-last.pt"))
-        folder.checkpoint_written = True
-        if is_best:
-            ckpt_lib.atomic_save(state, folder.file("checkpoint-best.pt"))
-        print(f"epoch {epoch + 1}/{cfg.epochs}: loss {train_stats.get('loss', float('nan')):.4f}, "
-              f"teacher_one top-1 {top1:.2f} (best {best:.2f}), {record['img_per_s']:.1f} img/s")
-
+    end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, trainer.epoch + stop_after)
+    metrics = trainer.fit(end_epoch)
     if metrics:
-        print(f"final top-1 of every head after epoch {end_epoch}:")
-        print(format_metrics(metrics))
-    if end_epoch < cfg.epochs:
-        print(f"stopped after epoch {end_epoch} of {cfg.epochs}; continue with --resume {folder.path}")
-    if getattr(args, "export", None):
-        export(model, args.export)
+        say(f"final top-1 of every head after epoch {trainer.epoch}:")
+        say(format_metrics(metrics))
+    if trainer.epoch < cfg.epochs:
+        say(f"stopped after epoch {trainer.epoch} of {cfg.epochs}; continue with --resume {folder.path}")
+    if getattr(args, "export", None) and ctx.primary:
+        export(trainer.model, args.export)
     return 0
 
 

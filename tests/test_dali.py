@@ -307,6 +307,123 @@ def test_array_shards_cover_evaluation_once(cifar10):
         assert torch.cat(labels).tolist() == pickle.load(f, encoding="bytes")[b"labels"]
 
 
+# --------------------------------------------------------------------------- per-image augmentation, resuming
+
+
+@pytest.fixture
+def gradients(tmp_path):
+    """Lossless PNG gradients, sizes chosen so that some never fit a RandomResizedCrop attempt
+    (400x10 and 10x400: the aspect-clamped centre crop): train 2 x 6, val 2 x 1."""
+    root = tmp_path / "gradients"
+    sizes = [(40, 30), (30, 60), (400, 10), (10, 400), (64, 64), (90, 25)]
+    for split, n in (("train", 6), ("val", 1)):
+        for c in ("a", "b"):
+            for i, (w, h) in enumerate(sizes[:n]):
+                y, x = np.mgrid[0:h, 0:w]
+                img = np.stack([x * 255 // (w - 1), y * 255 // (h - 1), (x + y) * 127 // (w + h)], -1)
+                (root / split / c).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(img.astype(np.uint8)).save(root / split / c / f"{i}.png")
+    return root
+
+
+def _rrc_window(H, W, area, start):
+    """NumPy (float32, operation for operation like the pipeline) reference of dali._rrc_window:
+    torchvision's RandomResizedCrop geometry driven by crop_parameters' numbers. (top, left, h, w)."""
+    f = np.float32
+    h = np.floor(np.sqrt(area[0] * f(H) * f(W)) + f(0.5))
+    w = np.floor(np.sqrt(area[1] * f(W) * f(H)) + f(0.5))
+    fits = np.flatnonzero((h <= H) & (w <= W) & (h >= 1) & (w >= 1))
+    if len(fits):
+        ch, cw = int(h[fits[0]]), int(w[fits[0]])
+        top = min(int(np.floor(start[0] * f(H - ch + 1))), H - ch)
+        left = min(int(np.floor(start[1] * f(W - cw + 1))), W - cw)
+        return top, left, ch, cw
+    ch, cw = H, W
+    if f(W) / f(H) < f(3 / 4):  # tall: the height clamped
+        ch = int(np.floor(f(W) * f(4 / 3) + f(0.5)))
+    if f(H) / f(W) < f(3 / 4):  # wide: the width clamped
+        cw = int(np.floor(f(H) * f(4 / 3) + f(0.5)))
+    return (H - ch) // 2, (W - cw) // 2, ch, cw
+
+
+@needs_dali
+@pytest.mark.parametrize("batch_size,rank,world_size", [(4, 0, 1), (3, 1, 2)])
+def test_folder_augmentation_is_torchvision_rrc_keyed_by_image(gradients, batch_size, rank, world_size):
+    """Each image's crop window and flip come from crop_parameters(seed, epoch, its index) whatever
+    the batch size or shard, through torchvision's RandomResizedCrop geometry (fallback included)."""
+    import torchvision.transforms.v2.functional as F
+
+    from adautomix_fast.data.sampling import sample_seed
+    from adautomix_fast.data.transforms import IMAGENET_MEAN
+
+    assert [int(s) for s in dali_mod.sample_seeds(3, 7, range(50))] == [sample_seed(3, 7, i) for i in range(50)]
+    size = 24
+    tr, _, _ = build_loaders("folder", str(gradients), batch_size, workers=0, image_size=size, backend="dali",
+                             seed=5, rank=rank, world_size=world_size)
+    mean, std = torch.tensor(IMAGENET_MEAN)[:, None, None], torch.tensor(IMAGENET_STD)[:, None, None]
+    flips = fallbacks = 0
+    for epoch in range(3):
+        tr.set_epoch(epoch)
+        got = torch.cat([x for x, _ in tr])
+        order = tr.batch_sampler.shard_indices()[:len(got)]
+        area, start, flip = dali_mod.crop_parameters(5, epoch, order)
+        for j, i in enumerate(order):
+            img = F.pil_to_tensor(Image.open(tr.samples[i][0]).convert("RGB"))
+            H, W = img.shape[1:]
+            top, left, h, w = _rrc_window(H, W, area[j], start[j])
+            ref = F.resized_crop(img, top, left, h, w, [size, size], antialias=True).float() / 255
+            ref = (ref.flip(-1) if flip[j] else ref) - mean
+            diff = (got[j] - ref / std).abs().max()
+            assert diff <= 1.5 * LEVEL, (i, (H, W), (top, left, h, w), diff / LEVEL)  # resize rounding only
+            flips += int(flip[j])
+            fallbacks += max(H, W) == 400
+    assert 0 < flips < 3 * len(order) and fallbacks > 0
+
+
+@needs_dali
+@pytest.mark.parametrize("rank,world_size", [(0, 1), (0, 2), (1, 2)])
+@pytest.mark.parametrize("dataset", ["cifar10", "folder"])
+def test_resume_mid_epoch_yields_the_rest_of_the_epoch(cifar10, folder, dataset, rank, world_size):
+    """set_epoch(e, start_batch=k): bitwise batches k.. of the whole epoch (augmentation and labels
+    included), for arrays and image folders; the skipped batches are never read; len() unchanged."""
+    root, bs = (cifar10, 6) if dataset == "cifar10" else (folder, 2)
+    tr, va, _ = build_loaders(dataset, str(root), bs, eval_batch_size=5, workers=0, seed=11, image_size=24,
+                              backend="dali", rank=rank, world_size=world_size)
+    n = len(tr)
+    assert n >= 3
+    tr.set_epoch(4)
+    whole = _all(tr)
+    assert len(whole) == n == tr.remaining()
+    plan = tr.batch_sampler.shard_indices()
+    read = []  # what each pass hands DALI: the reader's file list / the source's batches
+    if dataset == "folder":
+        build = tr._build
+        tr._build = lambda indices, shard_id, num_shards, keys: (
+            read.append(indices[shard_id * len(plan):][:len(plan)] if num_shards > 1 else list(indices)),
+            build(indices, shard_id, num_shards, keys))[1]
+    for k in range(n + 1):
+        read.clear()
+        tr.set_epoch(4, start_batch=k)
+        assert len(tr) == n and tr.remaining() == n - k and tr.start_batch == k
+        rest = _all(tr)
+        assert len(rest) == n - k
+        for (xa, ya), (xb, yb) in zip(rest, whole[k:]):
+            assert torch.equal(ya, yb) and torch.equal(xa, xb)
+        if dataset == "folder":
+            assert read == ([plan[k * bs:]] if k < n else [])  # from batch k on: 0..k-1 never read
+        elif k < n:  # the source's plan of the pass: batches k.. only
+            assert [b.tolist() for b in tr.source.batches] == [plan[b * bs:(b + 1) * bs] for b in range(k, n)]
+    tr.set_epoch(4)  # back to the whole epoch
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(_all(tr), whole))
+    with pytest.raises(ValueError, match="start_batch"):
+        tr.set_epoch(4, start_batch=n + 1)
+    with pytest.raises(ValueError, match="start_batch"):
+        tr.set_epoch(4, start_batch=-1)
+    evaluation = _all(va)
+    va.set_epoch(4, start_batch=1)  # accepted and ignored
+    assert len(_all(va)) == len(evaluation) == va.remaining() == len(va)
+
+
 # --------------------------------------------------------------------------- bad input
 
 

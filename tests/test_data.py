@@ -382,3 +382,85 @@ def test_digits_are_not_flipped():
     names = lambda d: [type(t).__name__ for t in build_transforms(d)[0].transforms]  # noqa: E731
     assert "RandomHorizontalFlip" not in names("digits") and "RandomCrop" in names("digits")
     assert "RandomHorizontalFlip" in names("cifar100")
+
+
+# --------------------------------------------------------------------------- resuming mid-epoch
+
+
+class _CountingSource:
+    """Wraps a split: records every dataset index loaded (workers=0: in this process)."""
+
+    def __init__(self, source):
+        self.source, self.loaded = source, []
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, index):
+        self.loaded.append(index)
+        return self.source[index]
+
+
+@pytest.mark.parametrize("rank,world_size", [(0, 1), (0, 2), (1, 2)])
+@pytest.mark.parametrize("dataset", ["cifar10", "folder"])
+def test_resume_mid_epoch_yields_the_rest_of_the_epoch(cifar10, folder, dataset, rank, world_size):
+    """set_epoch(e, start_batch=k): bitwise batches k.. of the whole epoch, labels included; the
+    first k batches are never loaded; len() is unchanged and remaining() counts what is left."""
+    root, bs = (cifar10, 6) if dataset == "cifar10" else (folder, 2)
+    tr, _, _ = build_loaders(dataset, str(root), bs, workers=0, seed=11, image_size=24, rank=rank,
+                             world_size=world_size)
+    n = len(tr)
+    assert n >= 3
+    tr.set_epoch(4)
+    assert tr.start_batch == 0 and tr.remaining() == n
+    whole = _batches(tr)
+    keys = [[i for i, _ in b] for b in tr.batch_sampler]
+    assert len(whole) == n
+    counting = tr.dataset.source = _CountingSource(tr.dataset.source)
+    for k in range(n + 1):
+        counting.loaded.clear()
+        tr.set_epoch(4, start_batch=k)
+        assert len(tr) == n and tr.remaining() == n - k and tr.start_batch == k
+        rest = _batches(tr)
+        assert len(rest) == n - k
+        for (xa, ya), (xb, yb) in zip(rest, whole[k:]):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+        assert counting.loaded == [i for b in keys[k:] for i in b]  # nothing of batches 0..k-1
+    # The start holds for every pass until the next set_epoch; set_epoch(e) starts at 0 again.
+    tr.set_epoch(4, start_batch=n - 1)
+    assert len(_batches(tr)) == len(_batches(tr)) == 1
+    tr.set_epoch(4)
+    assert tr.remaining() == n and all(torch.equal(a[0], b[0]) for a, b in zip(_batches(tr), whole))
+
+
+def test_resume_with_workers_matches(folder):
+    """Worker processes (persistent across passes) get only the remaining batches' keys too."""
+    tr, _, _ = build_loaders("folder", str(folder), 2, workers=2, seed=3, image_size=24, rank=1, world_size=2)
+    tr.set_epoch(1)
+    whole = _batches(tr)
+    tr.set_epoch(1, start_batch=1)
+    rest = _batches(tr)
+    tr.set_epoch(1)
+    again = _batches(tr)
+    assert len(tr) == 3 and len(rest) == 2 and len(again) == 3
+    for (xa, ya), (xb, yb) in zip(rest + again, whole[1:] + whole):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_bad_start_batch_raises_and_val_ignores_it(cifar10):
+    tr, va, _ = build_loaders("cifar10", str(cifar10), 8, eval_batch_size=5, workers=0)
+    assert len(tr) == 5
+    tr.set_epoch(2, start_batch=3)
+    for bad in (-1, 6, 100):
+        with pytest.raises(ValueError, match="start_batch"):
+            tr.set_epoch(7, start_batch=bad)
+    assert (tr.batch_sampler.epoch, tr.start_batch) == (2, 3)  # a refused call changes nothing
+    with pytest.raises(TypeError):
+        tr.set_epoch(2, start_batch=1.5)
+    tr.set_epoch(2, start_batch=np.int64(5))  # == len(): an empty pass
+    assert tr.remaining() == 0 and _batches(tr) == []
+    va.set_epoch(2, start_batch=2)  # accepted for symmetry, ignored: evaluation runs whole
+    assert [len(y) for _, y in va] == [5, 5, 3] and va.remaining() == len(va) == 3
+    s = TrainBatchSampler(41, 4, seed=0, rank=1, world_size=2)
+    s.set_epoch(0, start_batch=4)
+    assert len(s) == 5 and s.remaining() == 1 and len(list(s)) == 1

@@ -2,7 +2,7 @@
 
     train_loader, val_loader, info = build_loaders("cifar100", "/data/cifar100", 100, seed=0)
     for epoch in range(epochs):
-        train_loader.set_epoch(epoch)
+        train_loader.set_epoch(epoch)     # or set_epoch(epoch, start_batch=k): resume at batch k
         for images, labels in train_loader: ...
 
 Augmentation is reproducible from ``(seed, epoch, index)`` whatever the number of workers or
@@ -135,7 +135,11 @@ def build_loaders(
     train_loader: iterable of (images [B,3,H,W] of ``dtype``, labels int64 [B]); ``len()`` =
     batches per epoch of this rank; call ``set_epoch(epoch)`` before each epoch (order and
     augmentation follow from (seed, epoch)); the last incomplete batch is dropped. A shard with
-    fewer images than ``batch_size`` is a DataError here.
+    fewer images than ``batch_size`` is a DataError here. ``set_epoch(epoch, start_batch=k)``
+    resumes mid-epoch: iteration yields batches k..len()-1 of that epoch, the same ones (order,
+    samples, augmentation) as a whole epoch, without reading the first k; ``len()`` is unchanged,
+    ``remaining()`` is ``len() - k``; k outside [0, len()] is a ValueError. The val loader
+    accepts ``start_batch`` and ignores it.
     val_loader: every image of this rank's contiguous shard of the val split exactly once, in
     order, last partial batch kept.
 

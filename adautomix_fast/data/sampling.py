@@ -21,6 +21,15 @@ DataLoader gets one too (it otherwise draws its worker base seed from the global
 torchvision's random transforms (v1 and v2) draw only from torch's global CPU generator, which
 is what makes this scheme sufficient; Python's ``random`` and NumPy are not used.
 
+Resuming mid-epoch
+------------------
+``set_epoch(epoch, start_batch=k)`` gives the same epoch as ``set_epoch(epoch)`` (same order,
+same samples, same augmentation: all of it is a function of ``(seed, epoch, index)``), but
+iteration starts at batch ``k`` of this rank: the first ``k`` batches are never sampled, so never
+loaded or transformed. ``len()`` stays the whole epoch's batch count (for schedules);
+``remaining()`` is ``len() - k``, the batches an iteration yields. The start holds for every
+pass until the next ``set_epoch``; ``set_epoch(epoch)`` starts at batch 0.
+
 Corrupt images (``skip_corrupt=True``)
 -------------------------------------
 A training item whose image cannot be decoded is replaced by the next readable item of the
@@ -32,6 +41,7 @@ once in the loader's :class:`SkipLog` and logged as a warning with the running c
 from __future__ import annotations
 
 import logging
+import operator
 import sys
 from typing import Any, Iterator, Optional
 
@@ -70,6 +80,15 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return mix_seed(seed, epoch, index, _SAMPLE_TAG)
 
 
+def check_start_batch(start_batch: int, num_batches: int) -> int:
+    """``start_batch`` as an int; ValueError unless it is in ``[0, num_batches]`` (``num_batches``:
+    the epoch's batch count; starting there gives an empty pass)."""
+    k = operator.index(start_batch)  # TypeError for a float or a str: no silent truncation
+    if not 0 <= k <= num_batches:
+        raise ValueError(f"start_batch {k} is outside [0, {num_batches}] (this rank's batches per epoch)")
+    return k
+
+
 def loader_generator(seed: int) -> torch.Generator:
     """A private generator for DataLoader's base seed, so iterating never touches the global RNG."""
     return torch.Generator().manual_seed(mix_seed(seed, _LOADER_TAG))
@@ -83,6 +102,9 @@ class TrainBatchSampler(Sampler):
     at ``r``, truncated to ``size // world_size`` so every rank has the same number of batches
     (a rank with an extra batch would hang a DDP all-reduce). The shards are therefore disjoint
     and together cover the epoch up to ``size % world_size`` items, which change every epoch.
+
+    ``set_epoch(epoch, start_batch=k)``: iteration yields batches ``k..len()-1`` of the epoch,
+    exactly as an uninterrupted iteration yields them (see "Resuming mid-epoch" above).
     """
 
     def __init__(self, size: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1):
@@ -93,12 +115,21 @@ class TrainBatchSampler(Sampler):
         self.world_size = world_size
         self.shard_size = size // world_size
         self.epoch = 0  # set_epoch() must be called each epoch; 0 until then
+        self.start_batch = 0  # the first batch an iteration yields (set_epoch's start_batch)
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Select ``epoch``; iteration starts at batch ``start_batch`` (ValueError outside [0, len()])."""
+        k = check_start_batch(start_batch, len(self))
         self.epoch = int(epoch)
+        self.start_batch = k
 
     def __len__(self) -> int:
+        """Batches of this rank in the whole epoch, whatever ``start_batch`` is."""
         return self.shard_size // self.batch_size
+
+    def remaining(self) -> int:
+        """Batches an iteration yields: ``len() - start_batch``."""
+        return len(self) - self.start_batch
 
     def permutation(self) -> torch.Tensor:
         """The whole epoch's order (all ranks), int64 [size], a pure function of (seed, epoch)."""
@@ -113,7 +144,7 @@ class TrainBatchSampler(Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, Optional[int]]]]:
         indices = self.shard_indices()
         bs, epoch, seed = self.batch_size, self.epoch, self.seed
-        for b in range(len(self)):
+        for b in range(self.start_batch, len(self)):
             yield [(i, sample_seed(seed, epoch, i)) for i in indices[b * bs : (b + 1) * bs]]
 
 
@@ -134,11 +165,15 @@ class EvalBatchSampler(Sampler):
         self.stop = (rank + 1) * size // world_size
         self.shard_size = self.stop - self.start
 
-    def set_epoch(self, epoch: int) -> None:
-        """No-op (evaluation order does not depend on the epoch); present for symmetry."""
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """No-op (evaluation order does not depend on the epoch; evaluation always runs whole, so
+        ``start_batch`` is ignored); present for symmetry with :class:`TrainBatchSampler`."""
 
     def __len__(self) -> int:
         return -(-self.shard_size // self.batch_size)
+
+    def remaining(self) -> int:
+        return len(self)
 
     def shard_indices(self) -> list[int]:
         return list(range(self.start, self.stop))
@@ -306,7 +341,9 @@ class EpochLoader:
     """A DataLoader over a :class:`SeededDataset` with a batch sampler; re-raises DataErrors.
 
     Iterating yields ``(images float32 [B,3,H,W], labels int64 [B])``. ``len()`` is the number of
-    batches of this rank. Call ``set_epoch(e)`` before each training epoch.
+    batches of this rank in a whole epoch. Call ``set_epoch(e)`` before each training epoch, or
+    ``set_epoch(e, start_batch=k)`` to resume epoch ``e`` at batch ``k`` (``remaining()`` batches
+    follow; see "Resuming mid-epoch" in the module docstring).
     """
 
     def __init__(self, dataset: SeededDataset, batch_sampler, *, workers: int, pin_memory: bool, seed: int,
@@ -326,11 +363,20 @@ class EpochLoader:
             generator=loader_generator(seed),
         )
 
-    def set_epoch(self, epoch: int) -> None:
-        self.batch_sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.batch_sampler.set_epoch(epoch, start_batch=start_batch)
+
+    @property
+    def start_batch(self) -> int:
+        return getattr(self.batch_sampler, "start_batch", 0)
 
     def __len__(self) -> int:
+        """This rank's batches in a whole epoch (not reduced by ``start_batch``)."""
         return len(self.batch_sampler)
+
+    def remaining(self) -> int:
+        """The batches the next iteration yields: ``len() - start_batch``."""
+        return self.batch_sampler.remaining()
 
     def __iter__(self):
         for batch in self.loader:

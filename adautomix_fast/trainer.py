@@ -1,0 +1,199 @@
+"""The training loop: epochs, logging, evaluation, checkpoints and exact resume.
+
+One `Trainer` per process. In a distributed job every rank runs the same loop; the collective
+parts (evaluation, averaging BatchNorm statistics, gathering random states for a checkpoint)
+are called by every rank at the same step, and only rank 0 writes (its run folder is real, the
+others' are silent).
+
+Exact resume: a checkpoint holds the model, the optimizer, the step's state, every rank's random
+states, the epoch and the number of batches already trained in it (`--save-every-steps` writes
+checkpoints in the middle of an epoch). The data order and augmentation are functions of
+(seed, epoch, index), so the resumed run sees the same batches from the same position.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from typing import Callable
+
+import torch
+
+from . import checkpoint as ckpt_lib
+from .config import Config
+from .distributed import DistContext, average_buffers_, fault_injection_step, gather_objects
+from .evaluate import HEADLINE, HEADS, evaluate
+from .runfolder import BEST, LAST, RunFolder
+
+
+def format_metrics(metrics: dict) -> str:
+    lines = [f"{'head':<12} {'top-1':>7} {'top-5':>7}"]
+    for h in HEADS:
+        mark = "  <- headline" if h == HEADLINE else ""
+        lines.append(f"{h:<12} {metrics[h + '_top1']:7.2f} {metrics[h + '_top5']:7.2f}{mark}")
+    return "\n".join(lines)
+
+
+def step_health(step) -> dict:
+    """Counters the fused step keeps on the device, read at the log interval only: steps skipped
+    for a non-finite loss or gradient, and graphs compiled after warm-up (0 is the target)."""
+    health = {}
+    if hasattr(step, "nonfinite_steps"):
+        health["nonfinite_steps"] = int(step.nonfinite_steps)
+    if hasattr(step, "recompiles_after_warmup") and step.recompiles_after_warmup() is not None:
+        health["recompiles_after_warmup"] = step.recompiles_after_warmup()
+    return health
+
+
+class Trainer:
+    def __init__(self, *, cfg: Config, ctx: DistContext, device: torch.device, model, optimizer, step,
+                 train_loader, val_loader, info, precision, cifar_stem: bool, folder: RunFolder,
+                 say: Callable[[str], None]):
+        self.cfg, self.ctx, self.device = cfg, ctx, device
+        self.model, self.optimizer, self.step = model, optimizer, step
+        self.train_loader, self.val_loader, self.info = train_loader, val_loader, info
+        self.precision, self.cifar_stem, self.folder, self.say = precision, cifar_stem, folder, say
+        self.epoch = 0            # completed epochs
+        self.batch_in_epoch = 0   # batches of epoch `self.epoch` already trained (mid-epoch checkpoint)
+        self.best = -1.0
+        self.metrics: dict = {}
+        self.fault = fault_injection_step()
+
+    # ------------------------------------------------------------------ state
+    def rng_state(self) -> dict:
+        return ckpt_lib.rng_state(self.device, getattr(self.step, "plan_generator", None))
+
+    def load(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.step.load_state_dict(ckpt["step"])
+        ranks = ckpt["rng"]["ranks"]
+        if len(ranks) == self.ctx.world_size:
+            ckpt_lib.set_rng_state(ranks[self.ctx.rank], self.device, getattr(self.step, "plan_generator", None))
+        else:
+            # Another number of processes: the data shards change anyway, so exactness is lost;
+            # derive fresh, distinct random streams from the seed, the rank and the position.
+            torch.manual_seed(self.cfg.seed + 1_000_003 * self.ctx.rank + int(ckpt["global_step"]))
+            self.say(f"note: checkpoint written by {len(ranks)} processes, resumed by {self.ctx.world_size}: "
+                     "training continues, but not bit for bit as an uninterrupted run")
+        self.epoch = int(ckpt["epoch"])
+        self.batch_in_epoch = int(ckpt.get("batch_in_epoch", 0))
+        self.best = float(ckpt.get("best_top1", -1.0))
+        self.metrics = dict(ckpt.get("metrics", {}))
+
+    def checkpoint(self) -> dict:
+        """The checkpoint dict (collective: every rank must call it at the same step)."""
+        average_buffers_(self.model, self.ctx)
+        ranks = gather_objects(self.rng_state(), self.ctx)
+        return {
+            "format": "adautomix_fast", "version": ckpt_lib.FORMAT_VERSION,
+            "config": self.cfg.to_dict(), "fingerprint": self.cfg.fingerprint(),
+            "num_classes": self.info.num_classes, "cifar_stem": self.cifar_stem,
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.step.global_step,
+            "world_size": self.ctx.world_size,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "step": self.step.state_dict(), "rng": {"ranks": ranks},
+            "metrics": self.metrics, "best_top1": self.best, "torch_version": str(torch.__version__),
+        }
+
+    def save(self, best: bool = False) -> None:
+        state = self.checkpoint()
+        self.folder.save(state, LAST)
+        if best:
+            self.folder.save(state, BEST)
+
+    def evaluate(self, progress: bool = False) -> dict:
+        """Top-1/top-5 of the four heads over the whole validation set (collective)."""
+        average_buffers_(self.model, self.ctx)
+        return evaluate(self.model, self.val_loader, self.device, self.precision, self.cfg.channels_last,
+                        progress=progress and self.ctx.primary, ctx=self.ctx)
+
+    # ------------------------------------------------------------------ training
+    def train_epoch(self, epoch: int, start_batch: int) -> dict:
+        """One epoch from batch ``start_batch``; loss terms are summed on the device and read
+        every ``log_interval`` steps."""
+        from tqdm import tqdm
+
+        cfg, step, loader = self.cfg, self.step, self.train_loader
+        loader.set_epoch(epoch, start_batch=start_batch)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader), initial=start_batch,
+                   dynamic_ncols=True, mininterval=1.0, file=sys.stderr, disable=not self.ctx.primary)
+        sums: dict[str, torch.Tensor] = {}
+        epoch_sums: dict[str, float] = {}
+        count = epoch_count = images = 0
+        skipped_before = step_health(step).get("nonfinite_steps", 0)
+        t0 = time.perf_counter()
+        for index, (x, y) in enumerate(bar, start=start_batch):
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            out = step(x, y)
+            self.batch_in_epoch = index + 1
+            if self.fault is not None and step.global_step == self.fault[0] and self.ctx.rank == self.fault[1]:
+                os._exit(17)   # test hook: a worker dies mid-epoch (distributed.fault_injection_step)
+            for k, v in out.items():
+                sums[k] = sums[k] + v if k in sums else v.clone()
+            count += 1
+            images += x.shape[0]
+            if count == cfg.log_interval:
+                values = {k: float(v) / count for k, v in sums.items()}  # one host sync per interval
+                health = step_health(step)
+                skipped = health.get("nonfinite_steps", 0) - skipped_before
+                skipped_before += skipped
+                # The reference step has no guard: a non-finite loss has already reached the
+                # weights. The fused step skips such steps on the device; stop only when it
+                # skipped all of them.
+                if not math.isfinite(values["loss"]) and ("nonfinite_steps" not in health or skipped >= count):
+                    raise FloatingPointError(
+                        f"loss became {values['loss']} at step {step.global_step}; lower --lr, or with --amp "
+                        "use --amp-dtype bf16")
+                dt = time.perf_counter() - t0
+                record = {"type": "train", "epoch": epoch + 1, "step": step.global_step,
+                          "img_per_s": images * self.ctx.world_size / dt if dt > 0 else None, **values, **health}
+                self.folder.log(record)
+                bar.set_postfix(loss=f"{values['loss']:.3f}", lr=f"{values['lr']:.4f}",
+                                img_s=f"{record['img_per_s']:.0f}")
+                for k, v in values.items():
+                    epoch_sums[k] = epoch_sums.get(k, 0.0) + v * count
+                epoch_count += count
+                sums, count, images, t0 = {}, 0, 0, time.perf_counter()
+            if cfg.save_every_steps and step.global_step % cfg.save_every_steps == 0 and self.batch_in_epoch < len(loader):
+                self.save()
+        bar.close()
+        if count:
+            for k, v in sums.items():
+                epoch_sums[k] = epoch_sums.get(k, 0.0) + float(v)
+            epoch_count += count
+        return {k: v / max(epoch_count, 1) for k, v in epoch_sums.items()}
+
+    def fit(self, end_epoch: int) -> dict:
+        cfg = self.cfg
+        while self.epoch < end_epoch:
+            epoch = self.epoch
+            t0 = time.perf_counter()
+            done_before = self.batch_in_epoch
+            train_stats = self.train_epoch(epoch, start_batch=done_before)
+            train_time = time.perf_counter() - t0
+            self.epoch, self.batch_in_epoch = epoch + 1, 0
+            self.metrics = self.evaluate()
+            top1 = self.metrics[f"{HEADLINE}_top1"]
+            is_best = top1 > self.best
+            self.best = max(self.best, top1)
+            trained = (len(self.train_loader) - done_before) * cfg.batch_size * self.ctx.world_size
+            record = {"type": "epoch", "epoch": epoch + 1, "step": self.step.global_step, "train_time_s": train_time,
+                      "img_per_s": trained / train_time, **{f"train_{k}": v for k, v in train_stats.items()},
+                      **self.metrics, "best_top1": self.best,
+                      "skipped_corrupt": len(getattr(self.train_loader, "skipped", ()))}
+            self.folder.log(record)
+            self.folder.summary_row({"epoch": epoch + 1, "lr": train_stats.get("lr"),
+                                     "train_loss": train_stats.get("loss"),
+                                     **{k: self.metrics[k] for k in self.metrics if k != "images"},
+                                     "best_top1": self.best})
+            self.save(best=is_best)
+            self.say(f"epoch {epoch + 1}/{cfg.epochs}: loss {train_stats.get('loss', float('nan')):.4f}, "
+                     f"teacher_one top-1 {top1:.2f} (best {self.best:.2f}), {record['img_per_s']:.1f} img/s")
+        return self.metrics
+
+
+__all__ = ["Trainer", "format_metrics", "step_health"]
