@@ -5,16 +5,13 @@ interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so shapes stay small; G
 bf16 and the ResNet-50 sizes (P = 196, D = 512)."""
 
 import importlib
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
-import triton
 
 from adautomix_fast.generator import cross_attention_mask_reference
 from adautomix_fast.kernels import _launch, cross_attention_mask
+from kernel_helpers import build_for_sm90, replace_kernels_with_tripwires
 
 # The module (the package attribute of that name is the public function).
 cam = importlib.import_module("adautomix_fast.kernels.cross_attention_mask")
@@ -277,28 +274,13 @@ def test_opcheck_forward_op():
 
 
 def test_kernels_build_for_sm90_without_a_gpu():
-    """The interpreter cannot see compiled-mode errors (tl.dot shapes, types, shared memory):
-    build the benchmark-shape variants for an H100 ahead of time, with Triton's own ptxas."""
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    if not os.path.exists(ptxas):
-        pytest.skip("this Triton ships no ptxas")
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    proc = subprocess.run([sys.executable, "-m", "adautomix_fast.kernels._build_check", "--quick", "--ops", "attention"],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    build_for_sm90("attention")
 
 
 # ---------------------------------------------------------------------------- bad input
 @pytest.fixture
 def no_launch(monkeypatch):
-    """Every kernel of the module replaced by a tripwire: a check must fire before any launch."""
-    class Tripwire:
-        def __getitem__(self, grid):
-            raise AssertionError("a kernel was launched")
-    names = [n for n in dir(cam) if n.startswith("_cross_attention_mask_") and n.endswith("_kernel")]
-    assert len(names) == 5
-    for name in names:
-        monkeypatch.setattr(cam, name, Tripwire())
+    replace_kernels_with_tripwires(monkeypatch, cam, "_cross_attention_mask_", 5)
 
 
 @pytest.mark.parametrize("case,error,match", [

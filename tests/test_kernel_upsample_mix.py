@@ -7,18 +7,15 @@ sets TRITON_INTERPRET=1), so images stay small; GPU-marked tests add bf16 and th
 
 import copy
 import importlib
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
-import triton
 
 from adautomix_fast.adautomix import AdAutoMix, MixPlan
 from adautomix_fast.generator import MaskGenerator, upsample_softmax_mix_reference
 from adautomix_fast.kernels import _launch, upsample_softmax_mix
+from kernel_helpers import build_for_sm90, replace_kernels_with_tripwires
 
 # The module (the package attribute of that name is the public function).
 usm = importlib.import_module("adautomix_fast.kernels.upsample_softmax_mix")
@@ -281,28 +278,13 @@ def test_opcheck_forward_op():
 
 
 def test_kernels_build_for_sm90_without_a_gpu():
-    """The interpreter cannot see compiled-mode errors (tl.dot shapes, types, shared memory):
-    build the benchmark-shape variants for an H100 ahead of time, with Triton's own ptxas."""
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
-    if not os.path.exists(ptxas):
-        pytest.skip("this Triton ships no ptxas")
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    proc = subprocess.run([sys.executable, "-m", "adautomix_fast.kernels._build_check", "--quick", "--ops", "mix"],
-                          env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    build_for_sm90("mix")
 
 
 # ---------------------------------------------------------------------------- bad input
 @pytest.fixture
 def no_launch(monkeypatch):
-    """Every kernel of the module replaced by a tripwire: a check must fire before any launch."""
-    class Tripwire:
-        def __getitem__(self, grid):
-            raise AssertionError("a kernel was launched")
-    names = [n for n in dir(usm) if n.startswith("_upsample_softmax_mix_") and n.endswith("_kernel")]
-    assert len(names) == 4
-    for name in names:
-        monkeypatch.setattr(usm, name, Tripwire())
+    replace_kernels_with_tripwires(monkeypatch, usm, "_upsample_softmax_mix_", 4)
 
 
 @pytest.mark.parametrize("case,error,match", [
