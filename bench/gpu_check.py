@@ -5,7 +5,8 @@
 On a CUDA machine, in order, within one time budget (under 8 minutes on one H100):
   1. build: does ``adautomix_fast._C`` import (``make gpu-check`` has just built it)?
   2. tests: ``pytest -m gpu tests -q`` in a subprocess; pass/fail counts;
-  3. step benchmark at GPU sizes, both shapes (``bench.step --amp --channels-last``);
+  3. step benchmark at GPU sizes, every impl, the CIFAR then the ImageNet shape
+     (``bench.step --amp --channels-last``);
   4. kernel benchmarks: every ``bench/kernels*.py`` and every module in ``EXTRA_BENCHMARKS``,
      run as ``python -m bench.<name> --out DIR [--quick]`` (they write through bench.common);
   5. the step benchmark in fp32 for the CIFAR shape, unless --quick or the budget is spent.
@@ -99,8 +100,12 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def plan(args: argparse.Namespace, out: str) -> list[tuple[str, list[str]]]:
     """(name, python argv) of every GPU part, in order."""
     warm = ["--warmup", "3"] if args.quick else []
-    steps = [("step bench amp bf16 channels-last", ["-m", "bench.step", "--device", "cuda", "--amp",
-                                                    "--channels-last", "--out", out] + warm)]
+    # Every impl side by side (issue 6's targets are fused/reference and fused/vanilla_compiled),
+    # one shape per part so that the CIFAR numbers exist even if the ImageNet part runs out of time.
+    impls = ["--impls", "vanilla,vanilla_compiled,reference,fused,fused_separate"]
+    steps = [(f"step bench {shape} amp bf16 channels-last",
+              ["-m", "bench.step", "--device", "cuda", "--shapes", shape, "--amp", "--channels-last",
+               "--out", out] + impls + warm) for shape in ("cifar", "imagenet")]
     kernels = [(f"kernel bench {m}", ["-m", f"bench.{m}", "--out", out] + (["--quick"] if args.quick else []))
                for m in kernel_benchmarks()]
     # fp32 for the CIFAR shape only: the ImageNet reference step at batch 256 in fp32 keeps three
