@@ -213,6 +213,17 @@ def write_results(out_dir: str, info: dict[str, Any], sections: dict[str, Any],
 
 
 # ---------------------------------------------------------------------------- tables
+def report(ratios: dict[str, Any], out_dir: str, info: dict[str, Any], sections: dict[str, Any],
+           write: bool = True) -> None:
+    """Print every ratio (key: value) and, unless told not to, merge ``sections`` into the
+    results file; the closing lines of every benchmark CLI."""
+    for key, r in ratios.items():
+        value = r["value"]
+        print(f"  {key}: {value:.3f}" if math.isfinite(value) else f"  {key}: {value}")
+    if write:
+        print(f"results: {write_results(out_dir, info, sections)}")
+
+
 def _cell(value: Any, fmt: str) -> str:
     if value is None:
         return "-"

@@ -227,11 +227,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print()
     print(f"[{info['kind']}] {info['name']}")
     print(common.format_table(rows, COLUMNS))
-    for key, r in ratios.items():
-        print(f"  {key}: {r['value']:.3f}")
-    if not args.no_write:
-        path = common.write_results(args.out, info, {"cases": cases, "ratios": ratios})
-        print(f"results: {path}")
+    common.report(ratios, args.out, info, {"cases": cases, "ratios": ratios}, write=not args.no_write)
     return 0
 
 

@@ -28,7 +28,6 @@ Results go to the ``kernels`` and ``ratios`` sections of bench.common's results 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 import traceback
@@ -239,12 +238,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(common.format_table(rows, [("impl", "impl", ""), ("ms", "ms med", ".3f"), ("p10", "ms p10", ".3f"),
                                      ("p90", "ms p90", ".3f"), ("gbs", "GB/s", ".1f"), ("bw", "/ copy bw", ".2f"), ("bw_add", "/ add_ bw", ".2f"),
                                      ("x_op", "time / op", ".2f"), ("error", "error", "")]))
-    for key, r in ratios.items():
-        value = r["value"]
-        print(f"  {key}: {value:.3f}" if math.isfinite(value) else f"  {key}: {value}")
-    if not args.no_write:
-        path = common.write_results(args.out, info, {"kernels": cases, "ratios": ratios})
-        print(f"results: {path}")
+    common.report(ratios, args.out, info, {"kernels": cases, "ratios": ratios}, write=not args.no_write)
     return 0
 
 

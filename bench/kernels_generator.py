@@ -24,7 +24,6 @@ with its error.
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import traceback
@@ -214,12 +213,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     table = [{**r, "ms_median": (r["ms"] or {}).get("median"), "ms_p10": (r["ms"] or {}).get("p10"),
               "ms_p90": (r["ms"] or {}).get("p90")} for r in rows]
     print(common.format_table(table, COLUMNS))
-    for key, r in ratios.items():
-        value = r["value"]
-        print(f"  {key}: {value:.3f}" if math.isfinite(value) else f"  {key}: {value}")
-    if not args.no_write:
-        path = common.write_results(args.out, info, {"kernel_cases": cases, "kernel_ratios": ratios})
-        print(f"results: {path}")
+    common.report(ratios, args.out, info, {"kernel_cases": cases, "kernel_ratios": ratios}, write=not args.no_write)
     return 0
 
 

@@ -16,7 +16,6 @@ Benchmarks never assert; a case that raises (out of memory, say) is recorded wit
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import traceback
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import torch.nn.functional as F
 
 from adautomix_fast.adautomix import AdAutoMix
 from adautomix_fast.config import Config, resolve
-from adautomix_fast.engine import Precision, ReferenceStep, Schedule, build_optimizer, build_step, make_plan_generator
+from adautomix_fast.engine import Precision, Schedule, build_optimizer, build_step
 from adautomix_fast.generator import resolve_gen_kernels
 from adautomix_fast.models import Classifier
 from bench import common
@@ -104,8 +103,8 @@ StepFn = Callable[[], torch.Tensor]
 
 
 # ---------------------------------------------------------------------------- impls
-def build_vanilla(case: Case) -> StepFn:
-    """Cross-entropy on head_one of the same Classifier, SGD momentum 0.9 wd 1e-4: the floor."""
+def _vanilla_model(case: Case):
+    """(config, the Classifier in train mode, the parameters plain training updates)."""
     cfg = case.config()
     model = Classifier(case.arch, case.num_classes, case.cifar_stem).to(case.device)
     if case.channels_last:
@@ -113,6 +112,12 @@ def build_vanilla(case: Case) -> StepFn:
     model.train()
     # head_mix is unused here; leaving it out keeps the optimizer's foreach lists to what trains.
     params = [p for n, p in model.named_parameters() if not n.startswith("head_mix.")]
+    return cfg, model, params
+
+
+def build_vanilla(case: Case) -> StepFn:
+    """Cross-entropy on head_one of the same Classifier, SGD momentum 0.9 wd 1e-4: the floor."""
+    cfg, model, params = _vanilla_model(case)
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=1e-4, foreach=True)
     precision = Precision.from_config(cfg, case.device)
     scaler = precision.make_scaler()
@@ -134,31 +139,31 @@ def build_vanilla(case: Case) -> StepFn:
     return step
 
 
-def build_reference(case: Case) -> StepFn:
-    """The eager ReferenceStep, built as adautomix_fast.train builds it."""
+def _build_adautomix(case: Case, impl: str, student_passes: str = "batched") -> StepFn:
+    """A ReferenceStep or FusedStep, built as adautomix_fast.train builds it."""
     cfg = case.config()
+    cfg.student_passes = student_passes
     model = AdAutoMix.from_config(cfg, case.num_classes, case.cifar_stem).to(case.device)
     if case.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    model.generator.kernels = resolve_gen_kernels("auto", impl, case.device)
     optimizer = build_optimizer(model, cfg)
     schedule = Schedule(cfg, steps_per_epoch=case.steps_per_epoch())
-    ref = ReferenceStep(model, optimizer, schedule, Precision.from_config(cfg, case.device),
-                        channels_last=case.channels_last,
-                        plan_generator=make_plan_generator(case.device, cfg.seed))
+    step = build_step(impl, model, optimizer, schedule, Precision.from_config(cfg, case.device), cfg, case.device)
     x, y = case.x, case.y
-    return lambda: ref(x, y)["loss"]
+    return lambda: step(x, y)["loss"]
+
+
+def build_reference(case: Case) -> StepFn:
+    """The eager reference step."""
+    return _build_adautomix(case, "reference")
 
 
 def build_vanilla_compiled(case: Case) -> StepFn:
     """The vanilla step compiled the way the fused step is: forward, torch.autograd.grad and a
     foreach SGD update in one fullgraph torch.compile (CUDA graphs on a GPU). The fair floor
     for the fused step's cost ratio (spec/BENCHMARKS.md)."""
-    cfg = case.config()
-    model = Classifier(case.arch, case.num_classes, case.cifar_stem).to(case.device)
-    if case.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    params = [p for n, p in model.named_parameters() if not n.startswith("head_mix.")]
+    cfg, model, params = _vanilla_model(case)
     bufs = [torch.zeros_like(p) for p in params]
     lr = torch.tensor(cfg.lr, device=case.device)
     precision = Precision.from_config(cfg, case.device)
@@ -192,28 +197,14 @@ def build_vanilla_compiled(case: Case) -> StepFn:
     return step
 
 
-def _build_fused(case: Case, student_passes: str) -> StepFn:
-    cfg = case.config()
-    cfg.student_passes = student_passes
-    model = AdAutoMix.from_config(cfg, case.num_classes, case.cifar_stem).to(case.device)
-    if case.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.generator.kernels = resolve_gen_kernels("auto", "fused", case.device)
-    optimizer = build_optimizer(model, cfg)
-    schedule = Schedule(cfg, steps_per_epoch=case.steps_per_epoch())
-    step = build_step("fused", model, optimizer, schedule, Precision.from_config(cfg, case.device), cfg, case.device)
-    x, y = case.x, case.y
-    return lambda: step(x, y)["loss"]
-
-
 def build_fused(case: Case) -> StepFn:
     """The fused, compiled step (CUDA graphs on a GPU), student passes batched [3B]."""
-    return _build_fused(case, "batched")
+    return _build_adautomix(case, "fused", "batched")
 
 
 def build_fused_separate(case: Case) -> StepFn:
     """The fused step with the three student passes kept separate (for the side-by-side)."""
-    return _build_fused(case, "separate")
+    return _build_adautomix(case, "fused", "separate")
 
 
 # name -> builder; the ratios below pick new impls up by name.
@@ -379,12 +370,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print()
     print(f"[{label}] {info['name']}")
     print(common.format_table(table_rows(cases, ratios), COLUMNS))
-    for key, r in ratios.items():
-        value = r["value"]
-        print(f"  {key}: {value:.3f}" if math.isfinite(value) else f"  {key}: {value}")
-    if not args.no_write:
-        path = common.write_results(args.out, info, {"cases": cases, "ratios": ratios})
-        print(f"results: {path}")
+    common.report(ratios, args.out, info, {"cases": cases, "ratios": ratios}, write=not args.no_write)
     return 1 if failed else 0
 
 

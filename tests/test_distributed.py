@@ -2,7 +2,6 @@
 (in-graph all-reduce) steps, sharded evaluation, torchrun end to end, a worker killed and
 restarted, and a two-node launch simulated on this machine."""
 
-import copy
 import json
 import os
 import socket

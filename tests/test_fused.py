@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 
-from adautomix_fast import AdAutoMix, MixPlan, ReferenceStep, Schedule, build_optimizer, resolve
+from adautomix_fast import AdAutoMix, ReferenceStep, Schedule, build_optimizer, resolve
 from adautomix_fast.engine import Precision
 from adautomix_fast.fused import FusedStep, fused_losses
 from adautomix_fast.segmented_bn import convert_batchnorm, set_segment_size

@@ -1,6 +1,5 @@
 """GPU-marked checks of the reference path (run by `make gpu-check`; skipped without CUDA)."""
 
-import copy
 
 import pytest
 import torch
