@@ -171,7 +171,7 @@ class AdAutoMix(nn.Module):
         # (out_indices (2, 3)); layer3's output is G's input. No gradient reaches the teacher.
         f3 = teacher.stem_to_stage3(x)
         with torch.no_grad():
-            teacher.layer4(f3)
+            teacher.forward_stages(f3, teacher.tap_stage)
         x_gen, x_pixel, x_cls = self.mixed_batches(f3, x, plan)
 
         # Generator objective, on the teacher: x_g, then one pass per cosine source x[pi_i].
@@ -237,6 +237,32 @@ class AdAutoMix(nn.Module):
         terms["loss"] = cls_terms["loss_amce"] + cls_terms["loss_re"] + gen_terms["loss_gen"]
         terms["use_mixup"] = plan.use_mixup.float()
         return terms
+
+    # ------------------------------------------------------------------ evaluation heads
+    # Every head this model is evaluated on, "<network>_<head>"; the headline is the paper's.
+    HEADS = ("teacher_one", "teacher_mix", "student_one", "student_mix")
+    HEADLINE = "teacher_one"
+
+    def head_network(self, name: str) -> tuple[Classifier, str]:
+        """(network, head attribute) of an evaluation head, e.g. "teacher_one" -> (teacher, "head_one")."""
+        if name not in self.HEADS:
+            raise ValueError(f"unknown head {name!r}; this model has {', '.join(self.HEADS)}")
+        network, head = name.split("_", 1)
+        return getattr(self, network), f"head_{head}"
+
+    def eval_logits(self, x: torch.Tensor, heads: Optional[tuple[str, ...]] = None) -> dict[str, torch.Tensor]:
+        """Logits of the given heads (default: all) on ``x``; one trunk pass per network. Call in
+        eval mode for evaluation (BatchNorm running statistics)."""
+        heads = self.HEADS if heads is None else heads
+        pooled: dict[str, torch.Tensor] = {}
+        out: dict[str, torch.Tensor] = {}
+        for name in heads:
+            network, head = self.head_network(name)
+            key = name.split("_", 1)[0]
+            if key not in pooled:
+                pooled[key] = network.pooled(x)
+            out[name] = getattr(network, head)(pooled[key])
+        return out
 
     # ------------------------------------------------------------------ EMA (section 6)
     def ema_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:

@@ -12,6 +12,8 @@ from typing import Iterable
 
 import torch
 
+# The AdAutoMix model's heads; a model lists its own in ``model.HEADS`` (its headline in
+# ``model.HEADLINE``), and evaluation reports exactly those.
 HEADS = ("teacher_one", "teacher_mix", "student_one", "student_mix")
 HEADLINE = "teacher_one"
 
@@ -27,14 +29,15 @@ def topk_correct(logits: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> list[torch
 @torch.no_grad()
 def evaluate(model, loader: Iterable, device: torch.device, precision=None, channels_last: bool = False,
              progress: bool = False, ctx=None) -> dict:
-    """Returns {"images": n, "<head>_top1": %, "<head>_top5": %} for the four heads.
+    """Returns {"images": n, "<head>_top1": %, "<head>_top5": %} for every head of ``model.HEADS``.
 
     Distributed (``ctx``): each rank counts its shard of the validation set and the counts are
     summed across ranks, so the result equals one process evaluating every image once.
     """
+    heads = tuple(getattr(model, "HEADS", HEADS))
     was_training = model.training
     model.eval()
-    counts = torch.zeros(len(HEADS), 2, dtype=torch.long, device=device)
+    counts = torch.zeros(len(heads), 2, dtype=torch.long, device=device)
     n = torch.zeros((), dtype=torch.long, device=device)
     iterator = loader
     if progress:
@@ -47,10 +50,9 @@ def evaluate(model, loader: Iterable, device: torch.device, precision=None, chan
             x = x.contiguous(memory_format=torch.channels_last)
         autocast = precision.autocast() if precision is not None else torch.autocast(device.type, enabled=False)
         with autocast:
-            t_one, t_mix = model.teacher(x)
-            s_one, s_mix = model.student(x)
-        for h, logits in enumerate((t_one, t_mix, s_one, s_mix)):
-            top1, top5 = topk_correct(logits.float(), y)
+            logits = model.eval_logits(x, heads)
+        for h, name in enumerate(heads):
+            top1, top5 = topk_correct(logits[name].float(), y)
             counts[h, 0] += top1
             counts[h, 1] += top5
         n += y.shape[0]
@@ -61,7 +63,7 @@ def evaluate(model, loader: Iterable, device: torch.device, precision=None, chan
         all_reduce_sum_(n, ctx)
     counts, total = counts.cpu(), int(n)
     result: dict = {"images": total}
-    for h, name in enumerate(HEADS):
+    for h, name in enumerate(heads):
         result[f"{name}_top1"] = 100.0 * int(counts[h, 0]) / max(total, 1)
         result[f"{name}_top5"] = 100.0 * int(counts[h, 1]) / max(total, 1)
     return result

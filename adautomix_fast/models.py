@@ -99,13 +99,42 @@ class Classifier(nn.Module):
         self.head_mix = nn.Linear(self.feature_dim, num_classes)
         # Heads initialised as torchvision initialises its fc layer (nn.Linear's default).
 
+    # ------------------------------------------------------------------ stages
+    # The trunk as a sequence of stages: 0 = stem (conv1, bn1, relu, maxpool), 1..4 = layer1..4.
+    # The generator reads the output of stage TAP_STAGE - 1 (layer3), i.e. the input of stage
+    # TAP_STAGE; ManifoldMix mixes hidden states between stages. Other architectures provide the
+    # same three members (num_stages, tap_stage, forward_stages).
+    num_stages = 5
+    tap_stage = 4
+
+    def _run_stage(self, i: int, h: torch.Tensor) -> torch.Tensor:
+        if i == 0:
+            return self.maxpool(self.relu(self.bn1(self.conv1(h))))
+        return getattr(self, f"layer{i}")(h)
+
+    def forward_stages(self, h: torch.Tensor, start: int = 0, end: int | None = None) -> torch.Tensor:
+        """Run stages ``start .. end - 1`` on ``h`` (images when ``start`` is 0); ``end`` None runs
+        to the last stage. The result is the trunk's feature map before pooling when end is None."""
+        end = self.num_stages if end is None else end
+        for i in range(start, end):
+            h = self._run_stage(i, h)
+        return h
+
+    def pool(self, h: torch.Tensor) -> torch.Tensor:
+        """Last feature map -> [B, feature_dim] (global average pool)."""
+        return torch.flatten(self.avgpool(h), 1)
+
     def stem_to_stage3(self, x: torch.Tensor) -> torch.Tensor:
-        """Images -> layer3 output (the generator's input features)."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer3(self.layer2(self.layer1(x)))
+        """Images -> the generator's input features (layer3 output for ResNets)."""
+        return self.forward_stages(x, 0, self.tap_stage)
 
     def stage3_to_pooled(self, f3: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.avgpool(self.layer4(f3)), 1)
+        """The generator's tap features -> pooled features (the rest of the trunk, then pooling)."""
+        return self.pool(self.forward_stages(f3, self.tap_stage))
+
+    def cam_target(self) -> nn.Module:
+        """The layer whose activations and gradients Grad-CAM uses (the last residual block)."""
+        return self.layer4[-1]
 
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.stage3_to_pooled(self.stem_to_stage3(x))

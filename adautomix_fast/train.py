@@ -22,13 +22,13 @@ import torch
 
 from . import checkpoint as ckpt_lib
 from . import distributed
-from .adautomix import AdAutoMix
 from .config import ARCHS, DATA_BACKENDS, DATASETS, GEN_KERNELS, IMPLS, PRESETS, Config, resolve
 from .data import DATA_ENV, build_loaders
 from .engine import Precision, Schedule, build_optimizer, build_step, resolve_impl
 from .errors import UsageError
 from .runfolder import LAST, RunFolder, SilentRunFolder, default_run_name
 from .generator import resolve_gen_kernels
+from .methods import build_model
 from .trainer import Trainer, format_metrics
 
 log = logging.getLogger("adautomix_fast")
@@ -239,7 +239,7 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
         raise UsageError(f"checkpoint {resume_path} has {resumed['num_classes']} classes but the data "
                          f"set has {info.num_classes}; resume with the data it was trained on")
 
-    model = AdAutoMix.from_config(cfg, info.num_classes, cifar_stem).to(device)
+    model = build_model(cfg, info.num_classes, cifar_stem).to(device)
     model.generator.kernels = resolve_gen_kernels(cfg.gen_kernels, impl, device)
     if cfg.sync_bn and ctx.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -278,7 +278,7 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
         say(summary)
         metrics = trainer.evaluate(progress=True)
         say(f"evaluation of {resume_path} (epoch {trainer.epoch}) on {metrics['images']} images:")
-        say(format_metrics(metrics))
+        say(format_metrics(metrics, model.HEADS, model.HEADLINE))
         if getattr(args, "export", None) and ctx.primary:
             export(model, args.export)
         return 0
@@ -331,7 +331,7 @@ def _train(cfg, args, trainer: Trainer, summary: str, impl: str, stop_after, res
     metrics = trainer.fit(end_epoch)
     if metrics:
         say(f"final top-1 of every head after epoch {trainer.epoch}:")
-        say(format_metrics(metrics))
+        say(format_metrics(metrics, trainer.model.HEADS, trainer.model.HEADLINE))
     if trainer.epoch < cfg.epochs:
         say(f"stopped after epoch {trainer.epoch} of {cfg.epochs}; continue with --resume {folder.path}")
     if getattr(args, "export", None) and ctx.primary:

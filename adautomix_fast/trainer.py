@@ -28,10 +28,10 @@ from .evaluate import HEADLINE, HEADS, evaluate
 from .runfolder import BEST, LAST, RunFolder
 
 
-def format_metrics(metrics: dict) -> str:
+def format_metrics(metrics: dict, heads=HEADS, headline: str = HEADLINE) -> str:
     lines = [f"{'head':<12} {'top-1':>7} {'top-5':>7}"]
-    for h in HEADS:
-        mark = "  <- headline" if h == HEADLINE else ""
+    for h in heads:
+        mark = "  <- headline" if h == headline else ""
         lines.append(f"{h:<12} {metrics[h + '_top1']:7.2f} {metrics[h + '_top5']:7.2f}{mark}")
     return "\n".join(lines)
 
@@ -177,7 +177,7 @@ class Trainer:
             train_time = time.perf_counter() - t0
             self.epoch, self.batch_in_epoch = epoch + 1, 0
             self.metrics = self.evaluate()
-            top1 = self.metrics[f"{HEADLINE}_top1"]
+            top1 = self.metrics[f"{self.model.HEADLINE}_top1"]
             is_best = top1 > self.best
             self.best = max(self.best, top1)
             trained = (len(self.train_loader) - done_before) * cfg.batch_size * self.ctx.world_size
@@ -192,7 +192,7 @@ class Trainer:
                                      "best_top1": self.best})
             self.save(best=is_best)
             self.say(f"epoch {epoch + 1}/{cfg.epochs}: loss {train_stats.get('loss', float('nan')):.4f}, "
-                     f"teacher_one top-1 {top1:.2f} (best {self.best:.2f}), {record['img_per_s']:.1f} img/s")
+                     f"{self.model.HEADLINE} top-1 {top1:.2f} (best {self.best:.2f}), {record['img_per_s']:.1f} img/s")
         return self.metrics
 
 
