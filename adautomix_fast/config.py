@@ -163,7 +163,9 @@ class Config:
 # applied before a preset and before explicit flags.
 _CIFAR_LIKE = dict(mix_samples=3, beta=0.3, alpha=0.5, lam_concat=False, gen_norm=False,
                    lr=0.1, batch_size=100, ema_end=0.999999)
-_IMAGENET_LIKE = dict(mix_samples=2, beta=0.1, alpha=0.5, lam_concat=True, gen_norm=True,
+# ImageNet: the generator has BatchNorm only with the ResNet-50 trunk (the released R50 config sets
+# att_norm_cfg=BN in the mix block, the R18 config does not): see ARCH_DATASET_DEFAULTS.
+_IMAGENET_LIKE = dict(mix_samples=2, beta=0.1, alpha=0.5, lam_concat=True, gen_norm=False,
                       lr=0.1, batch_size=256, min_lr=0.0, gen_lr=0.1, gen_min_lr=0.001,
                       ema_end=0.99999)
 
@@ -176,9 +178,18 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "digits": dict(_CIFAR_LIKE, epochs=3, batch_size=50, lr=0.02, min_lr=0.0, ema_start=0.9, ema_end=0.99),
     "cifar10": dict(_CIFAR_LIKE, min_lr=0.05, epochs=800),
     "cifar100": dict(_CIFAR_LIKE, min_lr=0.05, epochs=800),
-    "tiny-imagenet": dict(_CIFAR_LIKE, beta=0.4, lr=0.2, min_lr=0.0, epochs=400),
+    # The released Tiny config gives the mix block its own lr (paramwise lr 0.1 vs 0.2), annealed
+    # by the same cosine to 0.
+    "tiny-imagenet": dict(_CIFAR_LIKE, beta=0.4, lr=0.2, min_lr=0.0, gen_lr=0.1, gen_min_lr=0.0, epochs=400),
     "imagenet": dict(_IMAGENET_LIKE, epochs=100),
     "folder": dict(_IMAGENET_LIKE, epochs=100),
+}
+
+# Defaults that depend on the data set *and* the architecture, applied after DATASET_DEFAULTS:
+# with 224 px ImageNet-like data, BatchNorm in the generator for the bottleneck trunks (the
+# released ImageNet R50 config; rx50 has the same 1024-channel stage 3 and follows it).
+ARCH_DATASET_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
+    (dataset, arch): dict(gen_norm=True) for dataset in ("imagenet", "folder") for arch in ("r50", "rx50")
 }
 
 # Named presets: the published settings of ALGORITHM.md section 9. CIFAR presets train the
@@ -188,15 +199,25 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar100-r18": dict(dataset="cifar100", arch="r18", epochs=800),
     "cifar100-rx50": dict(dataset="cifar100", arch="rx50", epochs=800),
     "tiny-r18": dict(dataset="tiny-imagenet", arch="r18", epochs=400),
-    "imagenet-r18": dict(dataset="imagenet", arch="r18", epochs=100),
-    "imagenet-r50": dict(dataset="imagenet", arch="r50", epochs=100),
+    "imagenet-r18": dict(dataset="imagenet", arch="r18", epochs=100, gen_norm=False),
+    "imagenet-r50": dict(dataset="imagenet", arch="r50", epochs=100, gen_norm=True),
+}
+
+# The released configuration each preset reproduces (github.com/JinXins/Adversarial-AutoMixup,
+# configs/classification/...), for the README and `--help`.
+PRESET_SOURCES: dict[str, str] = {
+    "cifar100-r18": "cifar100/basic/r18_adautomix_bilinear.py",
+    "cifar100-rx50": "cifar100/basic/rx50_adautomix.py",
+    "tiny-r18": "tiny_imagenet/adautomix/basic/r18_adautomix_blinear.py",
+    "imagenet-r18": "imagenet/adautomix/basic/r18_adautomix_bilinear.py",
+    "imagenet-r50": "imagenet/adautomix/basic/r50_adautomix_bilinear.py",
 }
 
 
 def resolve(explicit: dict[str, Any], preset: Optional[str] = None) -> Config:
     """Build a Config from explicit settings (flags the user typed) and an optional preset.
 
-    Order: dataclass defaults < dataset defaults < preset < explicit values.
+    Order: dataclass defaults < dataset defaults < (dataset, arch) defaults < preset < explicit values.
     """
     if preset is not None and preset not in PRESETS:
         raise UsageError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -204,8 +225,10 @@ def resolve(explicit: dict[str, Any], preset: Optional[str] = None) -> Config:
     dataset = explicit.get("dataset", preset_values.get("dataset", Config.dataset))
     if dataset not in DATASETS:
         raise UsageError(f"unknown --dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    arch = explicit.get("arch", preset_values.get("arch", Config.arch))
     values: dict[str, Any] = {}
     values.update(DATASET_DEFAULTS[dataset])
+    values.update(ARCH_DATASET_DEFAULTS.get((dataset, arch), {}))
     values.update(preset_values)
     values.update(explicit)
     values["preset"] = preset

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -19,6 +18,7 @@ import torch
 from .adautomix import AdAutoMix, MixPlan
 from .config import Config
 from .ema import ema_momentum, momentum_tensor
+from .precision import resolve_precision
 
 
 # ---------------------------------------------------------------------------- schedules
@@ -85,20 +85,24 @@ def set_lrs(optimizer: torch.optim.Optimizer, lrs: tuple[float, float]) -> None:
 # ---------------------------------------------------------------------------- precision
 @dataclass
 class Precision:
-    """Autocast settings. bf16 autocast needs no loss scaling; fp16 uses a GradScaler."""
+    """Autocast settings. bf16 autocast needs no loss scaling; fp16 uses a GradScaler.
+
+    ``reason`` says why this precision was chosen (printed in the run summary, logged in the
+    start record); ``warning`` is a line to print before training when an explicit choice will run
+    slowly on this machine (adautomix_fast.precision).
+    """
 
     device_type: str
     dtype: Optional[torch.dtype]  # None: full fp32
+    reason: str = ""
+    warning: Optional[str] = None
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device) -> "Precision":
-        if not cfg.amp:
-            return cls(device.type, None)
-        dtype = torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
-        if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            warnings.warn("this GPU has no bf16 support: --amp falls back to fp16 with a GradScaler")
-            dtype = torch.float16
-        return cls(device.type, dtype)
+        """``cfg.amp`` None (neither --amp nor --no-amp) picks by what the device computes
+        natively: bf16 on a GPU or CPU with native bf16, fp32 elsewhere."""
+        choice = resolve_precision(cfg.amp, cfg.amp_dtype, device)
+        return cls(device.type, choice.dtype, choice.reason, choice.warning)
 
     def autocast(self):
         if self.dtype is None:

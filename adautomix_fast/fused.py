@@ -38,7 +38,7 @@ from typing import Optional
 import torch
 
 from .adautomix import AdAutoMix, MixPlan
-from .ema import ema_update_
+from .ema import MOMENTUM_DTYPE, ema_update_
 from .segmented_bn import (SegmentedBatchNorm2d, convert_batchnorm, segmented_norms,
                            set_segment_size, snapshot_batch_stats)
 
@@ -123,7 +123,7 @@ class FusedStep:
         # Device state, changed in place between steps (never recompiles or re-captures).
         self.lr_student = torch.zeros((), **f32)
         self.lr_gen = torch.zeros((), **f32)
-        self.ema_momentum = torch.zeros((), **f32)
+        self.ema_momentum = torch.zeros((), dtype=MOMENTUM_DTYPE, device=dev)   # float64: 1 - m in double
         self.fp16 = precision.dtype is torch.float16
         self.loss_scale = torch.full((), _SCALE_INIT if self.fp16 else 1.0, **f32)
         self.growth_tracker = torch.zeros((), dtype=torch.int32, device=dev)

@@ -120,7 +120,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema-warmup", type=float, help=f"fraction of training at constant --ema-start (default: {D.ema_warmup})")
 
     g = p.add_argument_group("precision and layout")
-    g.add_argument("--amp", action=BOOL, help="mixed precision autocast (default: on with CUDA, off on CPU)")
+    g.add_argument("--amp", action=BOOL,
+                   help="mixed precision autocast (default: bf16 where the GPU or CPU computes bf16 natively, "
+                        "fp32 elsewhere; the choice and its reason are printed and logged)")
     g.add_argument("--amp-dtype", choices=["bf16", "fp16"], help=f"autocast dtype; fp16 adds a GradScaler (default: {D.amp_dtype})")
     g.add_argument("--channels-last", action=BOOL, help="channels-last memory format (default: on with CUDA, off on CPU)")
     return p
@@ -217,9 +219,10 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
         raise UsageError(f"--stop-after must be at least 1 (got {stop_after})")
 
     device = dist_device if dist_device is not None else pick_device(cfg.device)
-    # Defaults that depend on the device: bf16 autocast and channels-last on a GPU.
-    if cfg.amp is None:
-        cfg.amp = device.type == "cuda"
+    # Defaults that depend on the device: channels-last on a GPU; the precision (cfg.amp None:
+    # bf16 only where the device computes it natively) is resolved by Precision below and
+    # recorded with its reason, while cfg.amp keeps the user's choice (a checkpoint resumed on
+    # another machine decides again).
     if cfg.channels_last is None:
         cfg.channels_last = device.type == "cuda"
     impl = resolve_impl(cfg.impl, device)
@@ -248,6 +251,8 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
     optimizer = build_optimizer(model, cfg)
     schedule = Schedule(cfg, steps_per_epoch=len(train_loader))
     precision = Precision.from_config(cfg, device)
+    if precision.warning and ctx.primary:
+        print(precision.warning, file=sys.stderr)
     forward = grad_sync = None
     if ctx.enabled:
         if impl == "reference":
@@ -264,7 +269,7 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
     global_batch = cfg.batch_size * ctx.world_size
     summary = (f"AdAutoMix {cfg.arch} on {cfg.dataset} ({info.train_size} train / {info.val_size} val images, "
                f"{info.num_classes} classes, {info.image_size}px{', CIFAR stem' if cifar_stem else ''}), "
-               f"N={cfg.mix_samples}, device {device}, data {info.backend}, {precision.describe()}, impl {impl}, "
+               f"N={cfg.mix_samples}, device {device}, data {info.backend}, {precision.describe()} ({precision.reason}), impl {impl}, "
                f"generator ops {model.generator.kernels}"
                + (f", {ctx.world_size} processes ({ctx.backend}), global batch {global_batch}" if ctx.enabled else ""))
 
@@ -315,6 +320,7 @@ def _train(cfg, args, trainer: Trainer, summary: str, impl: str, stop_after, res
     folder.write_config(cfg, {"num_classes": trainer.info.num_classes, "cifar_stem": trainer.cifar_stem,
                               "fingerprint": cfg.fingerprint(), "impl_resolved": impl,
                               "gen_kernels_resolved": trainer.model.generator.kernels,
+                              "precision_resolved": trainer.precision.describe(),
                               "world_size": ctx.world_size, "global_batch_size": global_batch})
     say(summary)
     say("config:\n  " + yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip().replace("\n", "\n  "))
@@ -325,7 +331,8 @@ def _train(cfg, args, trainer: Trainer, summary: str, impl: str, stop_after, res
                 "restart": distributed.restart_count(), "world_size": ctx.world_size,
                 "device": str(trainer.device), "torch": str(torch.__version__),
                 "steps_per_epoch": len(trainer.train_loader), "impl": impl, "data_backend": trainer.info.backend,
-                "gen_kernels": trainer.model.generator.kernels})
+                "gen_kernels": trainer.model.generator.kernels, "precision": trainer.precision.describe(),
+                "precision_reason": trainer.precision.reason, **precision_facts(trainer.device)})
 
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, trainer.epoch + stop_after)
     metrics = trainer.fit(end_epoch)
@@ -337,6 +344,14 @@ def _train(cfg, args, trainer: Trainer, summary: str, impl: str, stop_after, res
     if getattr(args, "export", None) and ctx.primary:
         export(trainer.model, args.export)
     return 0
+
+
+def precision_facts(device: torch.device) -> dict:
+    """What the precision decision read, for the log's start record."""
+    if device.type == "cuda":
+        return {"cuda_bf16": bool(torch.cuda.is_bf16_supported())}
+    from .precision import cpu_facts
+    return {"cpu_" + k: v for k, v in cpu_facts().items()}
 
 
 def export(model, path: str) -> None:
