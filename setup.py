@@ -179,7 +179,7 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "pytest-benchmark"],
         "dali": ["nvidia-dali-cuda130"],
     },
     ext_modules=ext_modules,

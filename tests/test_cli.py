@@ -199,3 +199,18 @@ def test_real_exit_code_from_the_command_line(tmp_path):
                            "--amp", "--output", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "imagenet" in proc.stderr
+
+
+def test_an_installed_apex_changes_nothing(tmp_path):
+    """Issue 10: the engine never imports NVIDIA apex (torch.amp and foreach/in-graph optimizers
+    replace it); an importable `apex` (here one that fails on import, like a broken or unrelated
+    package) must not matter."""
+    fake = tmp_path / "site" / "apex"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('this apex must never be imported')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "adautomix_fast.train", "--arch", "tiny", "--img-size", "16",
+                           "--epochs", "1", "--batch-size", "200", "--workers", "0", "--output", str(tmp_path / "runs")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "teacher_one" in proc.stdout
