@@ -22,6 +22,8 @@ IMPLS = ("auto", "reference", "fused")
 AMP_DTYPES = ("bf16", "fp16")
 DATA_BACKENDS = ("auto", "torch", "dali")
 GEN_KERNELS = ("auto", "torch", "triton")
+# The paper's baselines (one head, no generator); with "adautomix" and "automix" the --method values.
+BASELINES = ("vanilla", "mixup", "cutmix", "manifoldmix", "fmix", "resizemix", "saliencymix")
 
 
 @dataclass
@@ -46,6 +48,24 @@ class Config:
     beta: float = 0.3
     alpha: float = 0.5
     lam_margin: float = 0.03
+    # --- method (METHODS.md): AdAutoMix or a baseline, and its options
+    method: str = "adautomix"
+    mix_alpha: Optional[float] = None       # lambda's Beta(a, a); None: the method's published default
+    label_smoothing: float = 0.0
+    # AdAutoMix ablation switches (paper Tables 5, 8, 9, 10): a switched-off term is computed and
+    # logged but left out of the loss
+    loss_one: bool = True                   # clean CE in L_re (weight 1 - alpha)
+    loss_mce: bool = True                   # pixel-mixup MCE in L_re (weight alpha, N >= 3)
+    loss_amce: bool = True                  # the student's generated-mix MCE
+    loss_k: bool = True                     # the teacher's generated-mix CE in the generator objective
+    loss_cos: bool = True                   # the cosine term of the adversarial objective
+    gen_objective: str = "alternate"        # alternate (released), adversarial or cooperative
+    random_mix_samples: bool = False        # N drawn from 2..mix_samples every step (released is_random)
+    gen_train_prob: float = 1.0             # fraction of steps with a generator objective (released switch_off)
+    # AutoMix's L1 mask loss (weight, margin, schedule: cosine to 0 per step, or constant)
+    mask_loss: float = 0.0
+    mask_loss_margin: float = 0.1
+    mask_loss_schedule: str = "cosine"
     # --- optimisation
     epochs: int = 3
     batch_size: int = 100
@@ -97,7 +117,9 @@ class Config:
         "dataset", "img_size", "arch", "cifar_stem", "mix_samples", "lam_concat", "gen_norm",
         "upsample", "beta", "alpha", "lam_margin", "epochs", "batch_size", "lr", "min_lr",
         "momentum", "weight_decay", "gen_lr", "gen_min_lr", "lr_per_step", "ema_start",
-        "ema_end", "ema_warmup", "seed",
+        "ema_end", "ema_warmup", "seed", "method", "mix_alpha", "label_smoothing", "loss_one",
+        "loss_mce", "loss_amce", "loss_k", "loss_cos", "gen_objective", "random_mix_samples",
+        "gen_train_prob", "mask_loss", "mask_loss_margin", "mask_loss_schedule",
     )
 
     def identity(self) -> dict:
@@ -153,10 +175,38 @@ class Config:
             raise UsageError(f"--teacher-bn-stats must be exact or single (got {self.teacher_bn_stats!r})")
         if self.img_size is not None and self.img_size < 8:
             raise UsageError(f"--img-size must be at least 8 (got {self.img_size})")
+        self._validate_method()
         if self.save_every_steps < 0:
             raise UsageError(f"--save-every-steps must be >= 0 (got {self.save_every_steps})")
         if self.workers < 0:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
+
+
+    def _validate_method(self) -> None:
+        from .methods import METHODS
+        if self.method not in METHODS:
+            raise UsageError(f"unknown --method {self.method!r}; choose one of {', '.join(METHODS)}")
+        if self.mix_alpha is not None and self.mix_alpha <= 0:
+            raise UsageError(f"--mix-alpha must be > 0 (got {self.mix_alpha}): it is lambda's Beta(a, a) concentration")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise UsageError(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
+        if self.gen_objective not in ("alternate", "adversarial", "cooperative"):
+            raise UsageError(f"--gen-objective must be alternate, adversarial or cooperative (got {self.gen_objective!r})")
+        if not 0.0 < self.gen_train_prob <= 1.0:
+            raise UsageError(f"--gen-train-prob must be in (0, 1] (got {self.gen_train_prob})")
+        if self.mask_loss < 0 or self.mask_loss_margin < 0:
+            raise UsageError(f"--mask-loss and --mask-loss-margin must be >= 0 (got {self.mask_loss}, {self.mask_loss_margin})")
+        if self.mask_loss_schedule not in ("cosine", "constant"):
+            raise UsageError(f"--mask-loss-schedule must be cosine or constant (got {self.mask_loss_schedule!r})")
+        if self.method == "automix" and self.mix_samples != 2:
+            raise UsageError(f"AutoMix mixes two images (got --mix-samples {self.mix_samples}); drop --mix-samples")
+        if self.random_mix_samples and self.mix_samples < 3:
+            raise UsageError("--random-mix-samples draws N from 2..--mix-samples: set --mix-samples 3 or more")
+        if self.method not in ("adautomix", "automix"):
+            generator_only = [f for f in ("random_mix_samples",) if getattr(self, f)]
+            if generator_only:
+                raise UsageError(f"--{generator_only[0].replace('_', '-')} applies to adautomix only "
+                                 f"(--method {self.method} has no generator)")
 
 
 # Dataset-level defaults: the published setting of each family (ALGORITHM.md section 9),
@@ -207,6 +257,13 @@ PRESETS: dict[str, dict[str, Any]] = {
     "imagenet-r50": dict(dataset="imagenet", arch="r50", epochs=100, gen_norm=True),
 }
 
+# The paper's comparison runs: every baseline and AutoMix on each published setting, e.g.
+# cifar100-r18-mixup (the same data, schedule and budget; the method's own published options).
+for _base in ("cifar100-r18", "cifar100-rx50", "tiny-r18", "imagenet-r18", "imagenet-r50"):
+    for _method in BASELINES + ("automix",):
+        _values = {k: v for k, v in PRESETS[_base].items() if k != "gen_norm"}
+        PRESETS[f"{_base}-{_method}"] = dict(_values, method=_method)
+
 # The released configuration each preset reproduces (github.com/JinXins/Adversarial-AutoMixup,
 # configs/classification/...), for the README and `--help`.
 PRESET_SOURCES: dict[str, str] = {
@@ -218,10 +275,62 @@ PRESET_SOURCES: dict[str, str] = {
 }
 
 
+# ---------------------------------------------------------------------------- methods
+# lambda's Beta(a, a) concentration per method and data-set family: the published configs
+# (METHODS.md). ImageNet ResNet-18/34 use 0.2 for the cutting methods.
+METHOD_ALPHA: dict[str, dict[str, float]] = {
+    "cifar": dict(mixup=1.0, cutmix=0.2, manifoldmix=2.0, saliencymix=0.2, fmix=0.2, resizemix=1.0, automix=2.0),
+    "cifar-transformer": dict(mixup=0.8, cutmix=2.0, manifoldmix=2.0, saliencymix=0.2, fmix=1.0, resizemix=1.0,
+                              automix=2.0),
+    "imagenet": dict(mixup=0.2, cutmix=1.0, manifoldmix=0.2, saliencymix=1.0, fmix=1.0, resizemix=1.0, automix=2.0),
+    "fine-grained": dict(mixup=1.0, cutmix=0.2, manifoldmix=2.0, saliencymix=0.2, fmix=0.2, resizemix=1.0,
+                         automix=2.0),
+}
+_SMALL_IMAGENET_TRUNKS = ("r18", "r34")
+TRANSFORMER_ARCHS = ("swin_t", "convnext_t", "deit_s")
+FINE_GRAINED = ("cub200", "aircraft", "cars")
+
+
+def data_family(dataset: str, arch: str) -> str:
+    """The family whose published method settings apply: cifar (small images: digits, CIFAR,
+    Tiny-ImageNet), cifar-transformer, imagenet (ImageNet and image folders) or fine-grained."""
+    if dataset in FINE_GRAINED:
+        return "fine-grained"
+    if dataset in ("imagenet", "folder"):
+        return "imagenet"
+    return "cifar-transformer" if arch in TRANSFORMER_ARCHS else "cifar"
+
+
+def method_defaults(method: str, dataset: str, arch: str) -> dict[str, Any]:
+    """The published settings of ``method`` for the data set's family (METHODS.md; for AutoMix the
+    released OpenMixup configs), applied after the data set's defaults and before a preset."""
+    family = data_family(dataset, arch)
+    out: dict[str, Any] = {}
+    alphas = METHOD_ALPHA[family]
+    if method in alphas:
+        alpha = alphas[method]
+        if family == "imagenet" and arch in _SMALL_IMAGENET_TRUNKS and method in ("cutmix", "saliencymix", "fmix"):
+            alpha = 0.2
+        out["mix_alpha"] = alpha
+    if method in BASELINES and family in ("cifar", "cifar-transformer"):
+        out["min_lr"] = 0.0              # the CIFAR baselines anneal the lr by cosine to 0
+    if method == "automix":
+        # OpenMixup AutoMix: N = 2, Beta(2, 2), margin 0.08, nearest upsampling, cooperative
+        # generator without a cosine term, L1 mask loss 0.1 (margin 0.1): constant in the
+        # released CIFAR config, annealed in the ImageNet one.
+        out.update(mix_samples=2, lam_margin=0.08, upsample="nearest", gen_norm=False, gen_objective="cooperative",
+                   loss_cos=False, mask_loss=0.1, mask_loss_margin=0.1,
+                   mask_loss_schedule="constant" if family == "cifar" else "cosine")
+    if method == "adautomix":
+        out["mix_alpha"] = 1.0
+    return out
+
+
 def resolve(explicit: dict[str, Any], preset: Optional[str] = None) -> Config:
     """Build a Config from explicit settings (flags the user typed) and an optional preset.
 
-    Order: dataclass defaults < dataset defaults < (dataset, arch) defaults < preset < explicit values.
+    Order: dataclass defaults < dataset defaults < (dataset, arch) defaults < the method's
+    defaults for the family < preset < explicit values.
     """
     if preset is not None and preset not in PRESETS:
         raise UsageError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -230,9 +339,11 @@ def resolve(explicit: dict[str, Any], preset: Optional[str] = None) -> Config:
     if dataset not in DATASETS:
         raise UsageError(f"unknown --dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     arch = explicit.get("arch", preset_values.get("arch", Config.arch))
+    method = explicit.get("method", preset_values.get("method", Config.method))
     values: dict[str, Any] = {}
     values.update(DATASET_DEFAULTS[dataset])
     values.update(ARCH_DATASET_DEFAULTS.get((dataset, arch), {}))
+    values.update(method_defaults(method, dataset, arch))
     values.update(preset_values)
     values.update(explicit)
     values["preset"] = preset

@@ -1,9 +1,10 @@
 """Optimizer, schedules, precision and the reference train step.
 
-`ReferenceStep` runs one AdAutoMix step eagerly: sample the plan, compute every loss
-(`AdAutoMix.step_losses`) under autocast, one backward, one SGD step for the student and the
-generator together, then the EMA update of the teacher. It is the readable definition of a
-step; the fused, compiled step (a later issue) is tested against it.
+`ReferenceStep` runs one step of any method eagerly: sample the plan, compute every loss
+(``model.step_losses``) under autocast, one backward, one SGD step for the student and the
+generator together, then (methods with a teacher) the EMA update of the teacher. It is the
+readable definition of a step; the fused, compiled step (adautomix_fast.fused) is tested
+against it.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from typing import Optional
 
 import torch
 
-from .adautomix import AdAutoMix, MixPlan
 from .config import Config
 from .ema import ema_momentum, momentum_tensor
 from .precision import resolve_precision
@@ -62,17 +62,17 @@ class Schedule:
 
 
 # ---------------------------------------------------------------------------- optimizer
-def build_optimizer(model: AdAutoMix, cfg: Config) -> torch.optim.SGD:
+def build_optimizer(model, cfg: Config) -> torch.optim.SGD:
     """SGD (momentum 0.9, weight decay 1e-4 by default) over the student and G.
 
-    Group 0 is the student, group 1 the generator; the generator gets its own learning rate and
-    schedule when ``cfg.gen_lr`` is set (ImageNet presets), otherwise it follows the student's.
+    Group 0 is the student, group 1 the generator (methods without a generator have group 0
+    only); the generator gets its own learning rate and schedule when ``cfg.gen_lr`` is set
+    (ImageNet presets), otherwise it follows the student's.
     """
     student, gen = model.trainable_parameters()
-    groups = [
-        {"params": student, "lr": cfg.lr, "name": "student"},
-        {"params": gen, "lr": cfg.gen_lr if cfg.gen_lr is not None else cfg.lr, "name": "generator"},
-    ]
+    groups = [{"params": student, "lr": cfg.lr, "name": "student"}]
+    if gen:
+        groups.append({"params": gen, "lr": cfg.gen_lr if cfg.gen_lr is not None else cfg.lr, "name": "generator"})
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                            foreach=True)
 
@@ -120,9 +120,9 @@ class Precision:
 
 # ---------------------------------------------------------------------------- the step
 class ReferenceStep:
-    """One eager AdAutoMix step: losses, one backward, one optimizer step, EMA update."""
+    """One eager step of any method: losses, one backward, one optimizer step, EMA update."""
 
-    def __init__(self, model: AdAutoMix, optimizer: torch.optim.Optimizer, schedule: Schedule,
+    def __init__(self, model, optimizer: torch.optim.Optimizer, schedule: Schedule,
                  precision: Precision, channels_last: bool = False,
                  plan_generator: Optional[torch.Generator] = None, forward=None):
         self.model = model
@@ -140,7 +140,7 @@ class ReferenceStep:
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, plan: Optional[MixPlan] = None) -> dict[str, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, plan=None) -> dict[str, torch.Tensor]:
         """Run one step and return the detached loss terms (still on the device: no sync)."""
         model = self.model
         model.train()
@@ -148,8 +148,11 @@ class ReferenceStep:
         step = self.global_step
         lrs = self.schedule.lrs(step)
         set_lrs(self.optimizer, lrs)
+        model.set_schedule(step, self.schedule.total_steps)
         if plan is None:
-            plan = model.sample_plan(x.shape[0], generator=self.plan_generator)
+            plan = model.sample_plan(x.shape[0], generator=self.plan_generator, n=model.mix_samples_at(step),
+                                     image_size=tuple(x.shape[-2:]))
+            plan = model.complete_plan(x, plan)
 
         with self.precision.autocast():
             losses = self.forward(x, y, plan)
@@ -162,15 +165,18 @@ class ReferenceStep:
             losses["loss"].backward()
             self.optimizer.step()
 
-        momentum = self.schedule.ema(step)
-        model.update_teacher(momentum_tensor(momentum, model.device))
+        if model.has_teacher:
+            momentum = self.schedule.ema(step)
+            model.update_teacher(momentum_tensor(momentum, model.device))
         model.num_updates.add_(1)
         self.global_step += 1
 
         out = {k: v.detach() for k, v in losses.items()}
         out["lr"] = torch.tensor(lrs[0])
-        out["lr_gen"] = torch.tensor(lrs[1])
-        out["ema_momentum"] = torch.tensor(momentum)
+        if len(self.optimizer.param_groups) > 1:
+            out["lr_gen"] = torch.tensor(lrs[1])
+        if model.has_teacher:
+            out["ema_momentum"] = torch.tensor(momentum)
         return out
 
     # Resumable state beyond the model's and the optimizer's state dicts (the plan generator's
@@ -204,7 +210,7 @@ def resolve_impl(choice: str, device: torch.device) -> str:
     return choice
 
 
-def build_step(impl: str, model: AdAutoMix, optimizer, schedule: Schedule, precision: Precision,
+def build_step(impl: str, model, optimizer, schedule: Schedule, precision: Precision,
                cfg: Config, device: torch.device, *, rank: int = 0, forward=None, grad_sync=None):
     """The train step of the resolved implementation (same call and state API for both).
 

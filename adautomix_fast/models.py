@@ -83,9 +83,13 @@ def stage_channels(trunk: ResNet) -> tuple[int, int]:
 
 
 class Classifier(nn.Module):
-    """Backbone + ``head_one`` + ``head_mix`` (both one nn.Linear on pooled features)."""
+    """Backbone + ``head_one`` + ``head_mix`` (both one nn.Linear on pooled features).
 
-    def __init__(self, arch: str, num_classes: int, cifar_stem: bool):
+    ``mix_head=False`` leaves out ``head_mix`` (``head_mix`` is None): the baselines train one
+    head (OpenMixup's ``head0``) on clean and mixed images alike.
+    """
+
+    def __init__(self, arch: str, num_classes: int, cifar_stem: bool, mix_head: bool = True):
         super().__init__()
         trunk = build_trunk(arch, cifar_stem)
         self.arch = arch
@@ -96,7 +100,7 @@ class Classifier(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.head_one = nn.Linear(self.feature_dim, num_classes)
-        self.head_mix = nn.Linear(self.feature_dim, num_classes)
+        self.head_mix = nn.Linear(self.feature_dim, num_classes) if mix_head else None
         # Heads initialised as torchvision initialises its fc layer (nn.Linear's default).
 
     # ------------------------------------------------------------------ stages
@@ -139,9 +143,11 @@ class Classifier(nn.Module):
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.stage3_to_pooled(self.stem_to_stage3(x))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(head_one logits, head_mix logits)."""
+    def forward(self, x: torch.Tensor):
+        """(head_one logits, head_mix logits); head_one logits alone without a mix head."""
         z = self.pooled(x)
+        if self.head_mix is None:
+            return self.head_one(z)
         return self.head_one(z), self.head_mix(z)
 
 

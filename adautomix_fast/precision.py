@@ -91,17 +91,17 @@ def cpu_native(dtype: torch.dtype, facts: Optional[dict[str, Any]] = None) -> tu
     onednn = f["onednn_bf16"] if dtype is torch.bfloat16 else f["onednn_fp16"]
     if f["machine"] in _X86:
         if not str(cap).startswith("AVX512"):
-            return False, f"CPU capability {cap} has no {name} instructions (needs AVX512 with {name} or AMX)"
+            return False, f"CPU capability {cap}: no {name} instructions"
         if not onednn:
-            return False, f"oneDNN reports no {name} support on this CPU (capability {cap})"
+            return False, f"CPU capability {cap}: oneDNN has no {name} support"
         hw = (f["avx512_bf16"] or f["amx_tile"]) if dtype is torch.bfloat16 else f["amx_fp16"]
         if not hw:
-            return False, (f"CPU capability {cap} without {name} instructions "
-                           f"({'AVX512-BF16 or AMX' if dtype is torch.bfloat16 else 'AMX-FP16'}): oneDNN would emulate {name}")
-        return True, f"CPU capability {cap} with native {name} (oneDNN {name} support)"
+            return False, (f"CPU capability {cap} without {'AVX512-BF16 or AMX' if dtype is torch.bfloat16 else 'AMX-FP16'}"
+                           f": oneDNN would emulate {name}")
+        return True, f"CPU capability {cap} with native {name}"
     if not onednn:
-        return False, f"oneDNN reports no {name} support on this {f['machine']} CPU (capability {cap})"
-    return True, f"oneDNN reports native {name} on this {f['machine']} CPU (capability {cap})"
+        return False, f"{f['machine']} CPU, capability {cap}: oneDNN has no {name} support"
+    return True, f"{f['machine']} CPU, capability {cap}: oneDNN {name} support"
 
 
 # ---------------------------------------------------------------------------- the decision
@@ -123,13 +123,13 @@ def resolve_precision(amp: Optional[bool], amp_dtype: str, device: torch.device 
             cuda_bf16 = bool(torch.cuda.is_bf16_supported())
         if amp is None:
             if cuda_bf16:
-                return PrecisionChoice(torch.bfloat16, "bf16 autocast: default on a GPU with bf16")
-            return PrecisionChoice(None, "fp32: this GPU has no bf16 (pass --amp --amp-dtype fp16 for fp16 "
+                return PrecisionChoice(torch.bfloat16, "bf16 autocast by default: the GPU computes bf16")
+            return PrecisionChoice(None, "fp32 by default: the GPU has no bf16 (--amp --amp-dtype fp16 for fp16 "
                                          "autocast with loss scaling)")
         dtype = _DTYPES[amp_dtype]
         if dtype is torch.bfloat16 and not cuda_bf16:
             return PrecisionChoice(torch.float16, "fp16 autocast with loss scaling: --amp asked for bf16, which "
-                                                  "this GPU lacks",
+                                                  "the GPU lacks",
                                    warning="warning: this GPU has no bf16: --amp runs fp16 autocast with a loss scaler")
         return PrecisionChoice(dtype, f"{amp_dtype} autocast: --amp" + (" --amp-dtype fp16" if amp_dtype == "fp16" else ""))
     # CPU (and any other non-CUDA device)
@@ -137,12 +137,12 @@ def resolve_precision(amp: Optional[bool], amp_dtype: str, device: torch.device 
     if amp is None:
         native, why = cpu_native(torch.bfloat16, facts)
         if native:
-            return PrecisionChoice(torch.bfloat16, f"bf16 autocast: default on a CPU with native bf16 ({why})")
-        return PrecisionChoice(None, f"fp32: default on a CPU without native bf16 ({why})")
+            return PrecisionChoice(torch.bfloat16, f"bf16 autocast by default: native bf16 on this CPU ({why})")
+        return PrecisionChoice(None, f"fp32 by default: no native bf16 on this CPU ({why})")
     native, why = cpu_native(dtype, facts)
     if native:
         return PrecisionChoice(dtype, f"{amp_dtype} autocast: --amp ({why})")
-    return PrecisionChoice(dtype, f"{amp_dtype} autocast: --amp on a CPU without native {amp_dtype} ({why})",
+    return PrecisionChoice(dtype, f"{amp_dtype} autocast: --amp, emulated on this CPU ({why})",
                            warning=(f"warning: --amp runs {amp_dtype} on a CPU that emulates it ({why}): "
                                     f"expect it to be many times slower than fp32 (a ResNet-18 forward: 37x on an "
                                     f"AVX2 CPU); drop --amp to train in fp32"))

@@ -51,7 +51,7 @@ def test_cpu_precision_for_every_cpu_and_flag(cpu, amp, amp_dtype):
         # The default ignores --amp-dtype: bf16 only where native, never fp16 on a CPU.
         assert choice.dtype is (torch.bfloat16 if cpu in NATIVE_BF16 else None)
         assert choice.warning is None
-        assert choice.reason.startswith("bf16 autocast" if cpu in NATIVE_BF16 else "fp32")
+        assert choice.reason.startswith("bf16 autocast by default" if cpu in NATIVE_BF16 else "fp32 by default")
         assert CPUS[cpu]["capability"] in choice.reason
     else:
         # Explicit --amp runs as asked; on a CPU that emulates the dtype, after one warning line.
@@ -116,7 +116,7 @@ def test_cli_records_the_choice_and_warns_for_amp_on_an_emulating_cpu(tmp_path, 
               "--output", str(tmp_path)]
     assert train.main(common + ["--run-name", "auto"]) == 0
     out = capsys.readouterr()
-    assert "fp32 (fp32: default on a CPU without native bf16" in out.out and "warning" not in out.err
+    assert "fp32 by default: no native bf16 on this CPU (CPU capability AVX2" in out.out and "warning" not in out.err
     start = json.loads(open(tmp_path / "auto" / "log.jsonl").readline())
     assert start["type"] == "start" and start["precision"] == "fp32"
     assert "CPU capability AVX2" in start["precision_reason"] and start["cpu_capability"] == "AVX2"
