@@ -88,7 +88,8 @@ def check_compatible(ckpt: dict, cfg: Config, path: str) -> None:
 
 
 def export_torchvision(model) -> dict[str, torch.Tensor]:
-    """The teacher as a plain torchvision ResNet state dict (``head_one`` becomes ``fc``).
+    """The teacher (baselines: the classifier) as a plain torchvision ResNet state dict
+    (``head_one`` becomes ``fc``).
 
     ``torchvision.models.resnet50(num_classes=C).load_state_dict(sd)`` accepts it unchanged for
     models with the ImageNet stem. CIFAR-stem models differ in one place: ``conv1`` is a 3x3,
@@ -96,8 +97,10 @@ def export_torchvision(model) -> dict[str, torch.Tensor]:
     ``model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)`` and ``model.maxpool = nn.Identity()``
     before loading.
     """
+    # The teacher (the paper's model) for methods with one, the trained classifier otherwise.
+    network = model.teacher if getattr(model, "has_teacher", True) else model.student
     sd = {}
-    for name, tensor in model.teacher.state_dict().items():
+    for name, tensor in network.state_dict().items():
         if name.startswith("head_mix."):
             continue
         if name.startswith("head_one."):

@@ -89,6 +89,7 @@ class Config:
     student_passes: str = "batched"         # fused impl: one [3B] pass with segmented BN, or "separate"
     teacher_bn_stats: str = "exact"         # fused impl: replay the reference's BN updates, or "single"
     compile_mode: Optional[str] = None      # fused impl: torch.compile mode (None: reduce-overhead on CUDA)
+    compile_backend: str = "inductor"       # fused impl: torch.compile backend (aot_eager: trace only, no codegen)
     device: str = "auto"
     # --- run
     seed: int = 0

@@ -221,7 +221,8 @@ def build_step(impl: str, model, optimizer, schedule: Schedule, precision: Preci
     if impl == "fused":
         from .fused import FusedStep
         return FusedStep(model, optimizer, schedule, precision, channels_last=cfg.channels_last,
-                         mode=cfg.compile_mode, batched_student=cfg.student_passes == "batched",
+                         mode=cfg.compile_mode, backend=getattr(cfg, "compile_backend", "inductor"),
+                         batched_student=cfg.student_passes == "batched",
                          teacher_bn_stats=cfg.teacher_bn_stats, plan_generator=plan_generator,
                          grad_sync=grad_sync)
     return ReferenceStep(model, optimizer, schedule, precision, channels_last=cfg.channels_last,

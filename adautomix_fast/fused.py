@@ -63,6 +63,8 @@ class FusedStep:
             (for debugging and for tests of the step's mathematics).
         mode: torch.compile mode; default ``"reduce-overhead"`` (CUDA graphs) on CUDA, the
             default mode on CPU.
+        backend: torch.compile backend: "inductor" (default), or e.g. "aot_eager" to check that
+            the step traces as one graph without generating code (fast; for tests and debugging).
         batched_student: one [3B] student pass with segmented BatchNorm (default) or three
             (methods with several student passes: AdAutoMix, AutoMix).
         teacher_bn_stats: "exact" (reference running statistics) or "single" (module docstring).
@@ -70,7 +72,7 @@ class FusedStep:
 
     def __init__(self, model, optimizer: torch.optim.Optimizer, schedule, precision, *,
                  channels_last: bool = False, compile: bool = True, mode: Optional[str] = None,
-                 batched_student: bool = True, teacher_bn_stats: str = "exact",
+                 backend: str = "inductor", batched_student: bool = True, teacher_bn_stats: str = "exact",
                  plan_generator: Optional[torch.Generator] = None, grad_sync=None):
         if teacher_bn_stats not in ("exact", "single"):
             raise ValueError(f"teacher_bn_stats must be 'exact' or 'single', got {teacher_bn_stats!r}")
@@ -107,7 +109,10 @@ class FusedStep:
         self.growth_tracker = torch.zeros((), dtype=torch.int32, device=dev)
         self.nonfinite_steps = torch.zeros((), dtype=torch.int64, device=dev)
         self.compile = compile
-        self.mode = mode if mode is not None else ("reduce-overhead" if dev.type == "cuda" else None)
+        self.backend = backend
+        # Inductor's modes (CUDA graphs with reduce-overhead); other backends take none.
+        self.mode = (mode if mode is not None else ("reduce-overhead" if dev.type == "cuda" else None)) \
+            if backend == "inductor" else None
         self._compiled = None
         self._batch_size = None
         # Recompilation tracking: graphs compiled during calls past the first two of each N (a
@@ -142,7 +147,8 @@ class FusedStep:
             if self.device.type == "cuda":
                 for t in self._static_tensors():
                     torch._dynamo.mark_static_address(t)
-            self._compiled = torch.compile(self._step_graph, fullgraph=True, dynamic=False, mode=self.mode)
+            self._compiled = torch.compile(self._step_graph, fullgraph=True, dynamic=False, mode=self.mode,
+                                           backend=self.backend)
 
     def _static_tensors(self):
         yield from (*self.lrs, self.ema_momentum, self.loss_scale, self.growth_tracker, self.nonfinite_steps)

@@ -78,6 +78,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="fused impl: replay the reference's teacher BN running-stat updates (exact) or keep one per "
                         "real pass (single) (default: exact)")
     g.add_argument("--compile-mode", help="fused impl: torch.compile mode (default: reduce-overhead on CUDA, default on CPU)")
+    g.add_argument("--compile-backend",
+                   help="fused impl: torch.compile backend; aot_eager traces the one-graph step without generating "
+                        f"code, to check a setup quickly (default: {D.compile_backend})")
 
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (default: {D.dataset}, bundled)")

@@ -36,7 +36,8 @@ def no_repeat_permutation(batch_size: int, generator: Optional[torch.Generator],
     ok = ~fixed
     ok[-1] = True                                  # the last draw is taken when every draw had one
     first = torch.argmax(ok.to(torch.int8))        # index of the first True
-    return perms[first]
+    # A gather, not perms[first]: indexing with a 0-dim tensor would read it on the host.
+    return perms.gather(0, first.view(1, 1).expand(1, batch_size)).squeeze(0)
 
 
 class PairMix(MixModel):
