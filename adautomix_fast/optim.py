@@ -261,7 +261,8 @@ class InGraphOptimizer:
     learning-rate tensor by its ``role`` (and ``group["lr"]``, for checkpoints and logs). In the
     graph: ``step(grads, ok, keep)`` clips (``max_grad_norm``) and updates; ``grads`` follow
     ``params()`` (the groups' parameters, in order). ``bind()`` collects the state tensors from
-    the optimizer's state (creating the missing ones as torch would); call it after any
+    the optimizer's state (creating the missing ones as torch would) and snapshots the groups'
+    constant settings (momentum, weight decay, betas, eps); call it after any
     ``optimizer.load_state_dict`` and before compiling.
     """
 
@@ -289,6 +290,9 @@ class InGraphOptimizer:
         self.bound = False
 
     def params(self) -> list[torch.Tensor]:
+        """Every group's parameters, in order (the order ``step`` expects the gradients in)."""
+        if self.bound:
+            return self._params
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
     def set_lrs(self, lrs: Sequence[float]) -> None:
@@ -303,6 +307,13 @@ class InGraphOptimizer:
     def bind(self) -> None:
         opt = self.optimizer
         self.state = []
+        # The graph reads these snapshots, never ``optimizer.param_groups``: dynamo would guard
+        # on those dicts, whose "lr" entries change every step (a recompilation per step).
+        self.groups = []
+        for group in opt.param_groups:
+            hyper = {k: group[k] for k in ("momentum", "weight_decay", "betas", "eps") if k in group}
+            self.groups.append((list(group["params"]), hyper))
+        self._params = [p for params, _ in self.groups for p in params]
         for group in opt.param_groups:
             tensors = []
             for p in group["params"]:
@@ -340,8 +351,7 @@ class InGraphOptimizer:
             raise RuntimeError("InGraphOptimizer.bind() must run before step()")
         total = clip_grad_norm_(grads, self.max_grad_norm) if self.max_grad_norm is not None else None
         offset = 0
-        for group, lr, tensors in zip(self.optimizer.param_groups, self.lrs, self.state):
-            params = list(group["params"])
+        for (params, group), lr, tensors in zip(self.groups, self.lrs, self.state):
             g = grads[offset:offset + len(params)]
             offset += len(params)
             if not params:
