@@ -105,6 +105,31 @@ def test_eager_in_graph_steps_equal_torch(kind, max_norm):
     assert [g["lr"] for g in ig.optimizer.param_groups] == [g["lr"] for g in opt_a.param_groups]
 
 
+@pytest.mark.parametrize("kind", ["adamw", "sgd"])
+def test_state_is_shared_with_the_torch_optimizer(kind):
+    """Two eager torch steps, then two in-graph steps on the same optimizer object (its state
+    dict through a save/load in between) equal four torch steps: checkpoints interchange."""
+    torch.manual_seed(0)
+    a = Net()
+    b = copy.deepcopy(a)
+    opt_a = reference_steps(a, kind, 4, 0.05)
+    opt_b = reference_steps(b, kind, 2, 0.05)
+    saved = copy.deepcopy(opt_b.state_dict())
+    fresh = (torch.optim.AdamW(groups(b), lr=1e-3, betas=(0.9, 0.99), eps=1e-8) if kind == "adamw"
+             else torch.optim.SGD(groups(b), lr=1e-3, momentum=0.9))
+    fresh.load_state_dict(saved)
+    ig = InGraphOptimizer(fresh, max_grad_norm=0.05)
+    ig.bind()
+    for step in (2, 3):
+        ig.set_lrs(lrs_of(step))
+        x, y = data(step)
+        loss = F.cross_entropy(b(x), y)
+        grads = list(torch.autograd.grad(loss, ig.params()))
+        ok, keep, grads = unscale_and_check_(grads, loss.detach())
+        ig.step(grads, ok, keep)
+    assert_same(a, b, opt_a, fresh)
+
+
 @pytest.mark.slow
 def test_compiled_adamw_clip_equals_torch_without_recompiling():
     from torch._dynamo.utils import counters

@@ -118,6 +118,12 @@ def arch_spec(arch: str) -> ArchSpec:
         raise UsageError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCH_SPECS)}") from None
 
 
+def drop_path_rate(arch: str, value: Optional[float]) -> float:
+    """The stochastic-depth rate to build ``arch`` with: ``value`` (``--drop-path``), or when None
+    the architecture's published rate (0 for the ResNets, which have none)."""
+    return arch_spec(arch).drop_path if value is None else float(value)
+
+
 def check_image_size(arch: str, image_size: int) -> None:
     """One-line UsageError when ``arch`` cannot take ``image_size`` px images (DeiT: its learned
     position table fixes the size; the other families take any size, padding where needed)."""
