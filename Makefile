@@ -9,11 +9,12 @@ PYTHON  := $(VENV)/bin/python
 STAMP   := $(VENV)/.adautomix-installed
 SOURCES := setup.py pyproject.toml $(wildcard csrc/*.cpp csrc/*.cu csrc/*.h csrc/*.cuh)
 ARGS    ?=
-# bf16 autocast: the default demo runs ~1.8x faster on a CPU with it, and it is what a GPU uses.
-TRAIN_ARGS ?= --amp
+# No precision flag: the engine uses bf16 where the GPU or CPU computes it natively, fp32 elsewhere
+# (bf16 autocast on a CPU without bf16 instructions is ~37x slower than fp32).
+TRAIN_ARGS ?=
 OUT     ?= bench/results
 
-.PHONY: install train test bench bench-cpu gpu-check clean
+.PHONY: install train test bench bench-step gpu-check clean
 
 $(PYTHON):
 	$(PY) -m venv $(VENV)
@@ -33,8 +34,14 @@ train: install
 test: install
 	$(PYTHON) -m pytest -q tests $(ARGS)
 
-# Step throughput on this machine (CPU sizes when no GPU), results JSON under $(OUT).
+# pytest-benchmark suites (step, kernels, data), this machine's sizes; each run is kept in
+# .benchmarks/ so that the next one compares: make bench ARGS="--benchmark-compare".
 bench: install
+	$(PYTHON) -m pytest bench/ --benchmark-only --benchmark-autosave -p no:cacheprovider $(ARGS)
+
+# Side-by-side step report (vanilla, reference, fused ... in one process, with ratios), results
+# JSON under $(OUT).
+bench-step: install
 	$(PYTHON) -m bench.step --out $(OUT) $(ARGS)
 
 # The GPU check (spec/BENCHMARKS.md): GPU-marked tests, step benchmarks at GPU sizes, summary

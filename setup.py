@@ -180,7 +180,7 @@ setup(
     ],
     extras_require={
         # timm: the DeiT architectures (deit_s); the test suite runs them, so "test" pulls it too.
-        "test": ["pytest", "timm>=1.0"],
+        "test": ["pytest", "pytest-benchmark", "timm>=1.0"],
         "timm": ["timm>=1.0"],
         "dali": ["nvidia-dali-cuda130"],
     },

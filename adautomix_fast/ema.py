@@ -5,8 +5,11 @@ After every optimizer step the teacher's *parameters* follow the student's:
 Buffers (BatchNorm running statistics) are not touched: the teacher keeps its own, updated by
 its own train-mode forward passes.
 
-The momentum is handed to the update as a 0-dim fp32 tensor on the parameters' device, so a
-captured CUDA graph can read a new value every step without re-capture.
+The momentum is handed to the update as a 0-dim **float64** tensor on the parameters' device, so a
+captured CUDA graph can read a new value every step without re-capture, and the student's weight
+1 - m is formed in double before it is rounded to fp32, as the released code does (it multiplies
+by the Python float 1 - m). Formed from an fp32 momentum it would be 1 - fp32(0.999999) =
+1.0133e-6 instead of 1e-6: the teacher would average over a 1.3% shorter horizon.
 
 ``ema_update_`` runs the fused op ``torch.ops.adautomix_fast.ema_update_`` of ``csrc/`` (one
 parallel pass on the CPU, a few multi-tensor kernels on CUDA) when the extension
@@ -45,9 +48,12 @@ def ema_momentum(step: int, total_steps: int, start: float = 0.999, end: float =
     return float(end - (end - start) * (math.cos(math.pi * step / total_steps) + 1.0) / 2.0)
 
 
+MOMENTUM_DTYPE = torch.float64
+
+
 def momentum_tensor(value: float, device: torch.device | str) -> torch.Tensor:
-    """The momentum as the 0-dim fp32 device tensor the update reads."""
-    return torch.tensor(float(value), dtype=torch.float32, device=device)
+    """The momentum as the 0-dim float64 device tensor the update reads (the exact host value)."""
+    return torch.tensor(float(value), dtype=MOMENTUM_DTYPE, device=device)
 
 
 # ---------------------------------------------------------------------------- validation
@@ -67,7 +73,7 @@ def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _momentum_type_error(momentum: Any) -> TypeError:
-    return TypeError(f"ema_update_: momentum must be a 0-dim float32 tensor, got {type(momentum).__name__} "
+    return TypeError(f"ema_update_: momentum must be a 0-dim float64 tensor, got {type(momentum).__name__} "
                      "(use adautomix_fast.ema.momentum_tensor)")
 
 
@@ -81,9 +87,10 @@ def _validate(ema: Sequence[torch.Tensor], model: Sequence[torch.Tensor], moment
     if not isinstance(momentum, torch.Tensor):
         raise _momentum_type_error(momentum)
     if momentum.dim() != 0:
-        raise ValueError(f"ema_update_: momentum must be a 0-dim float32 tensor, got shape {list(momentum.shape)}")
-    if momentum.dtype != torch.float32:
-        raise TypeError(f"ema_update_: momentum must be a 0-dim float32 tensor, got dtype {_dtype_name(momentum.dtype)}")
+        raise ValueError(f"ema_update_: momentum must be a 0-dim float64 tensor, got shape {list(momentum.shape)}")
+    if momentum.dtype != MOMENTUM_DTYPE:
+        raise TypeError(f"ema_update_: momentum must be a 0-dim float64 tensor (1 - m is formed in double), got "
+                        f"dtype {_dtype_name(momentum.dtype)} (use adautomix_fast.ema.momentum_tensor)")
     if not ema:
         return
     for name, tensors in (("ema", ema), ("model", model)):
@@ -183,16 +190,17 @@ def _warn_fallback_once(device_type: str) -> None:
 def ema_update_reference(ema: Sequence[torch.Tensor], model: Sequence[torch.Tensor], momentum: torch.Tensor) -> None:
     """The pure PyTorch twin of the op: validate, then one ``torch._foreach_lerp_``.
 
-    The weight 1 - m stays a 0-dim device tensor (the list overload of ``_foreach_lerp_``; the
-    scalar overload would read it to the host, a synchronisation that also breaks CUDA-graph
-    capture). fp16/bf16 model tensors are converted to fp32 first; lerp's formula gives
-    m = 1 -> ema kept and m = 0 -> model copied, exactly.
+    The weight 1 - m is formed in double on the device, then rounded to fp32, and stays a 0-dim
+    device tensor (the list overload of ``_foreach_lerp_``; the scalar overload would read it to the
+    host, a synchronisation that also breaks CUDA-graph capture). fp16/bf16 model tensors are
+    converted to fp32 first; lerp's formula gives m = 1 -> ema kept and m = 0 -> model copied,
+    exactly.
     """
     ema, model = list(ema), list(model)
     _validate(ema, model, momentum)
     if not ema:
         return
-    weight = 1.0 - momentum
+    weight = (1.0 - momentum).to(torch.float32)
     model = [x if x.dtype == torch.float32 else x.float() for x in model]
     torch._foreach_lerp_(ema, model, [weight] * len(ema))
 
@@ -202,7 +210,7 @@ def ema_update_(ema: Sequence[torch.Tensor], model: Sequence[torch.Tensor], mome
     """In place, for every pair: ema <- momentum * ema + (1 - momentum) * model.
 
     ``ema``: fp32 tensors; ``model``: fp32, fp16 or bf16 tensors of the same shapes and memory
-    layout, all on one device; ``momentum``: 0-dim fp32 tensor on that device (see
+    layout, all on one device; ``momentum``: 0-dim float64 tensor on that device (see
     ``momentum_tensor``). Runs ``torch.ops.adautomix_fast.ema_update_`` when built for the
     device, else ``ema_update_reference`` (one warning per process and reason). Bad arguments
     raise ``ValueError`` / ``TypeError`` before any data is touched, on either path.

@@ -1,24 +1,24 @@
 """Optimizer, schedules, precision and the reference train step.
 
-`ReferenceStep` runs one AdAutoMix step eagerly: sample the plan, compute every loss
-(`AdAutoMix.step_losses`) under autocast, one backward, one SGD step for the student and the
-generator together, then the EMA update of the teacher. It is the readable definition of a
-step; the fused, compiled step (a later issue) is tested against it.
+`ReferenceStep` runs one step of any method eagerly: sample the plan, compute every loss
+(``model.step_losses``) under autocast, one backward, one SGD step for the student and the
+generator together, then (methods with a teacher) the EMA update of the teacher. It is the
+readable definition of a step; the fused, compiled step (adautomix_fast.fused) is tested
+against it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 
-from .adautomix import AdAutoMix, MixPlan
 from .config import Config
 from .ema import ema_momentum, momentum_tensor
+from .precision import resolve_precision
 
 
 # ---------------------------------------------------------------------------- schedules
@@ -62,17 +62,17 @@ class Schedule:
 
 
 # ---------------------------------------------------------------------------- optimizer
-def build_optimizer(model: AdAutoMix, cfg: Config) -> torch.optim.SGD:
+def build_optimizer(model, cfg: Config) -> torch.optim.SGD:
     """SGD (momentum 0.9, weight decay 1e-4 by default) over the student and G.
 
-    Group 0 is the student, group 1 the generator; the generator gets its own learning rate and
-    schedule when ``cfg.gen_lr`` is set (ImageNet presets), otherwise it follows the student's.
+    Group 0 is the student, group 1 the generator (methods without a generator have group 0
+    only); the generator gets its own learning rate and schedule when ``cfg.gen_lr`` is set
+    (ImageNet presets), otherwise it follows the student's.
     """
     student, gen = model.trainable_parameters()
-    groups = [
-        {"params": student, "lr": cfg.lr, "name": "student"},
-        {"params": gen, "lr": cfg.gen_lr if cfg.gen_lr is not None else cfg.lr, "name": "generator"},
-    ]
+    groups = [{"params": student, "lr": cfg.lr, "name": "student"}]
+    if gen:
+        groups.append({"params": gen, "lr": cfg.gen_lr if cfg.gen_lr is not None else cfg.lr, "name": "generator"})
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                            foreach=True)
 
@@ -85,20 +85,24 @@ def set_lrs(optimizer: torch.optim.Optimizer, lrs: tuple[float, float]) -> None:
 # ---------------------------------------------------------------------------- precision
 @dataclass
 class Precision:
-    """Autocast settings. bf16 autocast needs no loss scaling; fp16 uses a GradScaler."""
+    """Autocast settings. bf16 autocast needs no loss scaling; fp16 uses a GradScaler.
+
+    ``reason`` says why this precision was chosen (printed in the run summary, logged in the
+    start record); ``warning`` is a line to print before training when an explicit choice will run
+    slowly on this machine (adautomix_fast.precision).
+    """
 
     device_type: str
     dtype: Optional[torch.dtype]  # None: full fp32
+    reason: str = ""
+    warning: Optional[str] = None
 
     @classmethod
     def from_config(cls, cfg: Config, device: torch.device) -> "Precision":
-        if not cfg.amp:
-            return cls(device.type, None)
-        dtype = torch.bfloat16 if cfg.amp_dtype == "bf16" else torch.float16
-        if dtype is torch.bfloat16 and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            warnings.warn("this GPU has no bf16 support: --amp falls back to fp16 with a GradScaler")
-            dtype = torch.float16
-        return cls(device.type, dtype)
+        """``cfg.amp`` None (neither --amp nor --no-amp) picks by what the device computes
+        natively: bf16 on a GPU or CPU with native bf16, fp32 elsewhere."""
+        choice = resolve_precision(cfg.amp, cfg.amp_dtype, device)
+        return cls(device.type, choice.dtype, choice.reason, choice.warning)
 
     def autocast(self):
         if self.dtype is None:
@@ -116,9 +120,9 @@ class Precision:
 
 # ---------------------------------------------------------------------------- the step
 class ReferenceStep:
-    """One eager AdAutoMix step: losses, one backward, one optimizer step, EMA update."""
+    """One eager step of any method: losses, one backward, one optimizer step, EMA update."""
 
-    def __init__(self, model: AdAutoMix, optimizer: torch.optim.Optimizer, schedule: Schedule,
+    def __init__(self, model, optimizer: torch.optim.Optimizer, schedule: Schedule,
                  precision: Precision, channels_last: bool = False,
                  plan_generator: Optional[torch.Generator] = None, forward=None):
         self.model = model
@@ -136,7 +140,7 @@ class ReferenceStep:
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, plan: Optional[MixPlan] = None) -> dict[str, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, plan=None) -> dict[str, torch.Tensor]:
         """Run one step and return the detached loss terms (still on the device: no sync)."""
         model = self.model
         model.train()
@@ -144,8 +148,11 @@ class ReferenceStep:
         step = self.global_step
         lrs = self.schedule.lrs(step)
         set_lrs(self.optimizer, lrs)
+        model.set_schedule(step, self.schedule.total_steps)
         if plan is None:
-            plan = model.sample_plan(x.shape[0], generator=self.plan_generator)
+            plan = model.sample_plan(x.shape[0], generator=self.plan_generator, n=model.mix_samples_at(step),
+                                     image_size=tuple(x.shape[-2:]))
+            plan = model.complete_plan(x, plan)
 
         with self.precision.autocast():
             losses = self.forward(x, y, plan)
@@ -158,15 +165,18 @@ class ReferenceStep:
             losses["loss"].backward()
             self.optimizer.step()
 
-        momentum = self.schedule.ema(step)
-        model.update_teacher(momentum_tensor(momentum, model.device))
+        if model.has_teacher:
+            momentum = self.schedule.ema(step)
+            model.update_teacher(momentum_tensor(momentum, model.device))
         model.num_updates.add_(1)
         self.global_step += 1
 
         out = {k: v.detach() for k, v in losses.items()}
         out["lr"] = torch.tensor(lrs[0])
-        out["lr_gen"] = torch.tensor(lrs[1])
-        out["ema_momentum"] = torch.tensor(momentum)
+        if len(self.optimizer.param_groups) > 1:
+            out["lr_gen"] = torch.tensor(lrs[1])
+        if model.has_teacher:
+            out["ema_momentum"] = torch.tensor(momentum)
         return out
 
     # Resumable state beyond the model's and the optimizer's state dicts (the plan generator's
@@ -200,7 +210,7 @@ def resolve_impl(choice: str, device: torch.device) -> str:
     return choice
 
 
-def build_step(impl: str, model: AdAutoMix, optimizer, schedule: Schedule, precision: Precision,
+def build_step(impl: str, model, optimizer, schedule: Schedule, precision: Precision,
                cfg: Config, device: torch.device, *, rank: int = 0, forward=None, grad_sync=None):
     """The train step of the resolved implementation (same call and state API for both).
 

@@ -36,74 +36,49 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+from torch.nn.modules.batchnorm import _BatchNorm
 
-from .adautomix import AdAutoMix, MixPlan
-from .ema import ema_update_
-from .segmented_bn import (SegmentedBatchNorm2d, convert_batchnorm, segmented_norms,
-                           set_segment_size, snapshot_batch_stats)
+from .adautomix import MixPlan
+from .ema import MOMENTUM_DTYPE, ema_update_
+from .segmented_bn import SegmentedBatchNorm2d, convert_batchnorm, set_segment_size
 
 # fp16 loss scaling, as torch.amp.GradScaler's defaults.
 _SCALE_INIT, _GROWTH, _BACKOFF, _GROWTH_INTERVAL = 2.0 ** 16, 2.0, 0.5, 2000
 
 
-def fused_losses(model: AdAutoMix, x: torch.Tensor, y: torch.Tensor, plan: MixPlan, *,
-                 batched_student: bool = True, teacher_bn_stats: str = "exact") -> dict[str, torch.Tensor]:
-    """Every loss term of one step, computed with the fused engine's savings (module docstring).
-
-    The model's BatchNorm layers must be SegmentedBatchNorm2d with the segment size set to the
-    batch size (`FusedStep` does this).
-    """
-    teacher, student = model.teacher, model.student
-    n = model.mix_samples
-
-    # Teacher, clean batch, once: stage-3 features for G and the cosine-source logits.
-    f3 = teacher.stem_to_stage3(x)
-    with torch.no_grad():
-        z_clean = teacher.head_mix(teacher.stage3_to_pooled(f3))
-    teacher_norms = segmented_norms(teacher)
-    clean_stats = snapshot_batch_stats(teacher_norms) if teacher_bn_stats == "exact" else None
-    x_gen, x_pixel, x_cls = model.mixed_batches(f3, x, plan)
-
-    # Teacher on the generated mix (gradient flows back into G through x_gen).
-    z_gen = teacher.head_mix(teacher.pooled(x_gen))
-    if clean_stats is not None:
-        # The reference's N source passes, replayed: same batch statistics as the clean pass.
-        for norm, (mean, var) in zip(teacher_norms, clean_stats):
-            norm.replay_running_stats(mean, var, times=n)
-    sources = [z_clean[plan.index_gen[i]] for i in range(n)]
-    gen_terms = model.generator_objective(z_gen, sources, y, plan)
-
-    # Student: clean, pixel mixup (N >= 3), generated mix, batched or separate.
-    inputs = [x, x_pixel, x_cls] if n >= 3 else [x, x_cls]
-    if batched_student:
-        pooled = student.pooled(torch.cat(inputs)).split(x.shape[0])
-    else:
-        pooled = [student.pooled(t) for t in inputs]
-    z_pixel = student.head_mix(pooled[1]) if n >= 3 else None
-    cls_terms = model.classifier_objective(student.head_one(pooled[0]), z_pixel, student.head_mix(pooled[-1]), y, plan)
-    return model.total_loss(gen_terms, cls_terms, plan)
+def fused_losses(model, x: torch.Tensor, y: torch.Tensor, plan, *, batched_student: bool = True,
+                 teacher_bn_stats: str = "exact") -> dict[str, torch.Tensor]:
+    """Every loss term of one step, computed with the fused engine's savings (module docstring);
+    the method's own arrangement (``model.fused_losses``: AdAutoMix's single teacher pass and
+    batched student passes; the baselines' one pass)."""
+    return model.fused_losses(x, y, plan, batched_student=batched_student, teacher_bn_stats=teacher_bn_stats)
 
 
 class FusedStep:
-    """The fused train step. Same call signature and state API as `engine.ReferenceStep`.
+    """The fused train step of any method. Same call signature and state API as
+    `engine.ReferenceStep`.
 
     Args:
         compile: torch.compile the step (``fullgraph=True``); False runs the same code eagerly
             (for debugging and for tests of the step's mathematics).
         mode: torch.compile mode; default ``"reduce-overhead"`` (CUDA graphs) on CUDA, the
             default mode on CPU.
-        batched_student: one [3B] student pass with segmented BatchNorm (default) or three.
+        batched_student: one [3B] student pass with segmented BatchNorm (default) or three
+            (methods with several student passes: AdAutoMix, AutoMix).
         teacher_bn_stats: "exact" (reference running statistics) or "single" (module docstring).
     """
 
-    def __init__(self, model: AdAutoMix, optimizer: torch.optim.Optimizer, schedule, precision, *,
+    def __init__(self, model, optimizer: torch.optim.Optimizer, schedule, precision, *,
                  channels_last: bool = False, compile: bool = True, mode: Optional[str] = None,
                  batched_student: bool = True, teacher_bn_stats: str = "exact",
                  plan_generator: Optional[torch.Generator] = None, grad_sync=None):
         if teacher_bn_stats not in ("exact", "single"):
             raise ValueError(f"teacher_bn_stats must be 'exact' or 'single', got {teacher_bn_stats!r}")
-        if len(optimizer.param_groups) != 2:
-            raise ValueError("FusedStep expects the optimizer of engine.build_optimizer (student, generator groups)")
+        student, gen = model.trainable_parameters()
+        expected = 2 if gen else 1
+        if len(optimizer.param_groups) != expected:
+            raise ValueError("FusedStep expects the optimizer of engine.build_optimizer (student group, and a "
+                             "generator group for methods with a generator)")
         self.model = model
         self.optimizer = optimizer
         self.schedule = schedule
@@ -111,19 +86,22 @@ class FusedStep:
         self.channels_last = channels_last
         self.batched_student = batched_student
         self.teacher_bn_stats = teacher_bn_stats
-        self.plan_generator = plan_generator  # unused inside the graph: the default generator is graph-safe
+        # Used only by methods whose plan must be drawn outside the graph (``plan_outside_graph``);
+        # inside the graph the default generator is graph-safe.
+        self.plan_generator = plan_generator
         # Distributed: averages (gradients, loss) across ranks inside the graph
         # (adautomix_fast.distributed.make_graph_grad_sync); None for one process.
         self.grad_sync = grad_sync
         self.global_step = 0
         self.device = model.device
-        convert_batchnorm(model)
+        if model.uses_segmented_bn:
+            convert_batchnorm(model)
         dev = self.device
         f32 = dict(dtype=torch.float32, device=dev)
-        # Device state, changed in place between steps (never recompiles or re-captures).
-        self.lr_student = torch.zeros((), **f32)
-        self.lr_gen = torch.zeros((), **f32)
-        self.ema_momentum = torch.zeros((), **f32)
+        # Device state, changed in place between steps (never recompiles or re-captures):
+        # one learning rate per parameter group (student, generator).
+        self.lrs = [torch.zeros((), **f32) for _ in optimizer.param_groups]
+        self.ema_momentum = torch.zeros((), dtype=MOMENTUM_DTYPE, device=dev)   # float64: 1 - m in double
         self.fp16 = precision.dtype is torch.float16
         self.loss_scale = torch.full((), _SCALE_INIT if self.fp16 else 1.0, **f32)
         self.growth_tracker = torch.zeros((), dtype=torch.int32, device=dev)
@@ -132,8 +110,10 @@ class FusedStep:
         self.mode = mode if mode is not None else ("reduce-overhead" if dev.type == "cuda" else None)
         self._compiled = None
         self._batch_size = None
-        self._compiles_after_warmup: Optional[int] = None
-        self._graphs_at_warmup: Optional[int] = None
+        # Recompilation tracking: graphs compiled during calls past the first two of each N (a
+        # method that varies N per step gets one graph per N, and that is not a recompilation).
+        self._calls_per_n: dict = {}
+        self._late_graphs: Optional[int] = None
 
     # ------------------------------------------------------------------ state binding
     def _bind(self, batch_size: int) -> None:
@@ -143,7 +123,7 @@ class FusedStep:
         self._batch_size = batch_size
         set_segment_size(model, batch_size)
         student_params, gen_params = model.trainable_parameters()
-        self.groups = [student_params, gen_params]
+        self.groups = [student_params, gen_params] if gen_params else [student_params]
         self.momentum_buffers = []
         for group in self.groups:
             bufs = []
@@ -154,9 +134,9 @@ class FusedStep:
                     state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 bufs.append(state["momentum_buffer"])
             self.momentum_buffers.append(bufs)
-        self.bn_buffers = [b for norm in segmented_norms(model)
+        self.bn_buffers = [b for norm in model.modules() if isinstance(norm, _BatchNorm) and norm.track_running_stats
                            for b in (norm.running_mean, norm.running_var, norm.num_batches_tracked)]
-        self.ema_pairs = model.ema_pairs()
+        self.ema_pairs = model.ema_pairs() if model.has_teacher else None
         if self.compile:
             torch._dynamo.config.trace_autograd_ops = True   # autograd.grad inside the graph
             if self.device.type == "cuda":
@@ -165,21 +145,22 @@ class FusedStep:
             self._compiled = torch.compile(self._step_graph, fullgraph=True, dynamic=False, mode=self.mode)
 
     def _static_tensors(self):
-        yield from (self.lr_student, self.lr_gen, self.ema_momentum, self.loss_scale, self.growth_tracker,
-                    self.nonfinite_steps)
+        yield from (*self.lrs, self.ema_momentum, self.loss_scale, self.growth_tracker, self.nonfinite_steps)
+        for name in self.model.schedule_values(0, 1):
+            yield getattr(self.model, name)
         for bufs in self.momentum_buffers:
             yield from bufs
 
     # ------------------------------------------------------------------ the step
-    def _step_graph(self, x: torch.Tensor, y: torch.Tensor, plan: Optional[MixPlan]):
+    def _step_graph(self, x: torch.Tensor, y: torch.Tensor, plan, n: Optional[int] = None):
         model = self.model
         if plan is None:
-            plan = model.sample_plan(x.shape[0])
+            plan = model.sample_plan(x.shape[0], n=n, image_size=tuple(x.shape[-2:]))
         saved_bn = [b.clone() for b in self.bn_buffers]
         with self.precision.autocast():
             terms = fused_losses(model, x, y, plan, batched_student=self.batched_student,
                                  teacher_bn_stats=self.teacher_bn_stats)
-        params = self.groups[0] + self.groups[1]
+        params = [p for group in self.groups for p in group]
         scaled = terms["loss"] * self.loss_scale if self.fp16 else terms["loss"]
         grads = list(torch.autograd.grad(scaled, params))
         loss = terms["loss"]
@@ -203,7 +184,7 @@ class FusedStep:
         offset = 0
         for group_index, group in enumerate(self.groups):
             cfg = self.optimizer.param_groups[group_index]
-            lr = self.lr_student if group_index == 0 else self.lr_gen
+            lr = self.lrs[group_index]
             g = grads[offset:offset + len(group)]
             offset += len(group)
             if cfg["weight_decay"]:
@@ -214,9 +195,10 @@ class FusedStep:
             torch._foreach_mul_(bufs, mu)
             torch._foreach_add_(bufs, g)                                     # buf = mu * buf + d
             torch._foreach_sub_(group, torch._foreach_mul(bufs, lr * keep))  # p -= lr * buf
-        momentum = torch.where(ok, self.ema_momentum, 1.0)                   # skipped: teacher kept
-        ema, src = self.ema_pairs
-        ema_update_(ema, src, momentum)
+        if self.ema_pairs is not None:
+            momentum = torch.where(ok, self.ema_momentum, 1.0)               # skipped: teacher kept
+            ema, src = self.ema_pairs
+            ema_update_(ema, src, momentum)
         for buf, old in zip(self.bn_buffers, saved_bn):                     # skipped: BN stats kept
             buf.copy_(torch.where(ok, buf, old))
         self.model.num_updates.add_(1)
@@ -228,7 +210,7 @@ class FusedStep:
                                               self.loss_scale * _BACKOFF))
             self.growth_tracker.copy_(torch.where(ok & ~grow, grown, torch.zeros_like(grown)))
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, plan: Optional[MixPlan] = None) -> dict[str, torch.Tensor]:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, plan=None) -> dict[str, torch.Tensor]:
         model = self.model
         model.train()
         if self.channels_last:
@@ -240,31 +222,44 @@ class FusedStep:
                              "(training loaders drop the last incomplete batch)")
         step = self.global_step
         lrs = self.schedule.lrs(step)
-        momentum = self.schedule.ema(step)
-        self.lr_student.fill_(lrs[0])
-        self.lr_gen.fill_(lrs[1])
-        self.ema_momentum.fill_(momentum)
-        for group, lr in zip(self.optimizer.param_groups, lrs):
+        for tensor, group, lr in zip(self.lrs, self.optimizer.param_groups, lrs):
+            tensor.fill_(lr)
             group["lr"] = lr     # kept in sync for checkpoints and logs
+        momentum = self.schedule.ema(step) if model.has_teacher else None
+        if momentum is not None:
+            self.ema_momentum.fill_(momentum)
+        model.set_schedule(step, self.schedule.total_steps)
+        n = model.mix_samples_at(step)
+        if plan is None and getattr(model, "plan_outside_graph", False):
+            # This method's plan needs work the graph cannot hold (e.g. OpenCV saliency on the host).
+            plan = model.complete_plan(x, model.sample_plan(x.shape[0], generator=self.plan_generator, n=n,
+                                                            image_size=tuple(x.shape[-2:])))
         fn = self._compiled if self._compiled is not None else self._step_graph
         if self._compiled is not None and self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
-        out = fn(x, y, plan)
+        graphs_before = _unique_graphs() if self._compiled is not None else 0
+        out = fn(x, y, plan, n)
+        if self._compiled is not None:
+            calls = self._calls_per_n.get(n, 0)
+            self._calls_per_n[n] = calls + 1
+            if calls >= 2:
+                self._late_graphs = (self._late_graphs or 0) + _unique_graphs() - graphs_before
+            elif calls == 1 and self._late_graphs is None:
+                self._late_graphs = 0
         # CUDA-graph outputs are overwritten by the next replay: keep copies.
         out = {k: v.clone() for k, v in out.items()}
         self.global_step += 1
-        if self._compiled is not None and step == 1:
-            self._graphs_at_warmup = _unique_graphs()
         out["lr"] = torch.tensor(lrs[0])
-        out["lr_gen"] = torch.tensor(lrs[1])
-        out["ema_momentum"] = torch.tensor(momentum)
+        if len(self.lrs) > 1:
+            out["lr_gen"] = torch.tensor(lrs[1])
+        if momentum is not None:
+            out["ema_momentum"] = torch.tensor(momentum)
         return out
 
     def recompiles_after_warmup(self) -> Optional[int]:
-        """Graphs compiled after the first two steps (0 is the target); None before warm-up."""
-        if self._graphs_at_warmup is None:
-            return None
-        return _unique_graphs() - self._graphs_at_warmup
+        """Graphs compiled after the first two steps of each N (0 is the target); None before
+        warm-up."""
+        return self._late_graphs
 
     # ------------------------------------------------------------------ resumable state
     def state_dict(self) -> dict:

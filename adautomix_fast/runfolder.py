@@ -20,10 +20,12 @@ LAST, BEST = "checkpoint-last.pt", "checkpoint-best.pt"
 
 
 def default_run_name(cfg: Config, run_id: Optional[str] = None) -> str:
-    """<dataset>-<arch>-<date-time>, or -<torchrun run id> so that restarted workers and every
-    node agree on the folder."""
+    """<dataset>-<arch>[-<method>]-<date-time> (the method named when it is not AdAutoMix), or
+    -<torchrun run id> instead of the date so that restarted workers and every node agree on the
+    folder."""
     suffix = run_id if run_id else f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
-    return f"{cfg.dataset}-{cfg.arch}-{suffix}"
+    method = getattr(cfg, "method", "adautomix")
+    return f"{cfg.dataset}-{cfg.arch}-{suffix}" if method == "adautomix" else f"{cfg.dataset}-{cfg.arch}-{method}-{suffix}"
 
 
 class RunFolder:

@@ -28,7 +28,7 @@ from .engine import Precision, Schedule, build_optimizer, build_step, resolve_im
 from .errors import UsageError
 from .runfolder import LAST, RunFolder, SilentRunFolder, default_run_name
 from .generator import resolve_gen_kernels
-from .methods import build_model
+from .methods import METHODS, build_model
 from .trainer import Trainer, format_metrics
 
 log = logging.getLogger("adautomix_fast")
@@ -93,7 +93,32 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--arch", help=f"one of {', '.join(ARCHS)} (default: {D.arch})")
     g.add_argument("--cifar-stem", action=BOOL, help="3x3 stride-1 stem without max-pool (default: automatic, images <= 64 px)")
 
-    g = p.add_argument_group("AdAutoMix")
+    g = p.add_argument_group("method (AdAutoMix or a baseline; METHODS.md)")
+    g.add_argument("--method", help=f"training method, one of {', '.join(METHODS)} (default: {D.method})")
+    g.add_argument("--mix-alpha", type=float,
+                   help="lambda's Beta(a, a) concentration (default: the method's published value for the data set's "
+                        "family: adautomix 1; mixup 1 (CIFAR) / 0.2 (ImageNet); cutmix 0.2 / 1; automix 2; ...)")
+    g.add_argument("--label-smoothing", type=float, help=f"label smoothing of every cross-entropy (default: {D.label_smoothing})")
+    g.add_argument("--mask-loss", type=float, help="automix: weight of the L1 mask loss (default: 0.1 with automix)")
+    g.add_argument("--mask-loss-margin", type=float, help=f"automix: margin of the L1 mask loss (default: {D.mask_loss_margin})")
+    g.add_argument("--mask-loss-schedule", choices=["cosine", "constant"],
+                   help="automix: mask-loss weight annealed to 0 by cosine, or constant (default: constant for "
+                        "small-image data, as the released CIFAR config; cosine otherwise)")
+
+    g = p.add_argument_group("AdAutoMix (ablation switches: a switched-off term is still logged)")
+    g.add_argument("--loss-one", action=BOOL, help="clean cross-entropy in the classifier loss, weight 1 - alpha (default: on)")
+    g.add_argument("--loss-mce", action=BOOL, help="pixel-mixup MCE in the classifier loss, weight alpha, N >= 3 (default: on)")
+    g.add_argument("--loss-amce", action=BOOL, help="the student's MCE on the generated mix (default: on)")
+    g.add_argument("--loss-k", action=BOOL, help="the teacher's generated-mix CE in the generator objective (default: on)")
+    g.add_argument("--loss-cos", action=BOOL, help="the cosine term of the adversarial generator objective (default: on)")
+    g.add_argument("--gen-objective", choices=["alternate", "adversarial", "cooperative"],
+                   help=f"generator objective: alternate (released: adversarial every other step), adversarial or "
+                        f"cooperative every step (default: {D.gen_objective})")
+    g.add_argument("--random-mix-samples", action=BOOL,
+                   help="draw N from 2..--mix-samples every step (released is_random; one compiled graph per N) (default: off)")
+    g.add_argument("--gen-train-prob", type=float,
+                   help=f"train the generator on this fraction of steps, a coin flip per step (released switch_off) "
+                        f"(default: {D.gen_train_prob})")
     g.add_argument("--mix-samples", type=int, help="N, images mixed per sample, 2..5 (default: 3; ImageNet: 2)")
     g.add_argument("--beta", type=float, help="weight of the adversarial teacher loss (default: 0.3; Tiny 0.4; ImageNet 0.1)")
     g.add_argument("--alpha", type=float, help="weight of the pixel-mixup loss in L_re, N >= 3 (default: 0.5)")
@@ -120,10 +145,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema-warmup", type=float, help=f"fraction of training at constant --ema-start (default: {D.ema_warmup})")
 
     g = p.add_argument_group("precision and layout")
-    g.add_argument("--amp", action=BOOL, help="mixed precision autocast (default: on with CUDA, off on CPU)")
+    g.add_argument("--amp", action=BOOL,
+                   help="mixed precision autocast (default: bf16 where the GPU or CPU computes bf16 natively, "
+                        "fp32 elsewhere; the choice and its reason are printed and logged)")
     g.add_argument("--amp-dtype", choices=["bf16", "fp16"], help=f"autocast dtype; fp16 adds a GradScaler (default: {D.amp_dtype})")
     g.add_argument("--channels-last", action=BOOL, help="channels-last memory format (default: on with CUDA, off on CPU)")
     return p
+
+
+METHOD_NAMES = {"adautomix": "AdAutoMix", "automix": "AutoMix", "vanilla": "Vanilla", "mixup": "MixUp",
+                "cutmix": "CutMix", "manifoldmix": "ManifoldMix", "fmix": "FMix", "resizemix": "ResizeMix",
+                "saliencymix": "SaliencyMix"}
+
+
+def method_settings(cfg: Config) -> str:
+    """The method's own settings for the run summary."""
+    if cfg.method == "adautomix":
+        return f"N={cfg.mix_samples}" + (" (random 2..N)" if cfg.random_mix_samples else "") + f", Beta({cfg.mix_alpha:g})"
+    if cfg.method == "automix":
+        return f"N=2, Beta({cfg.mix_alpha:g}), mask loss {cfg.mask_loss:g} ({cfg.mask_loss_schedule})"
+    return "" if cfg.method == "vanilla" else f"Beta({cfg.mix_alpha:g})"
 
 
 # argparse dest -> config key, for the flags that are config fields.
@@ -217,9 +258,10 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
         raise UsageError(f"--stop-after must be at least 1 (got {stop_after})")
 
     device = dist_device if dist_device is not None else pick_device(cfg.device)
-    # Defaults that depend on the device: bf16 autocast and channels-last on a GPU.
-    if cfg.amp is None:
-        cfg.amp = device.type == "cuda"
+    # Defaults that depend on the device: channels-last on a GPU; the precision (cfg.amp None:
+    # bf16 only where the device computes it natively) is resolved by Precision below and
+    # recorded with its reason, while cfg.amp keeps the user's choice (a checkpoint resumed on
+    # another machine decides again).
     if cfg.channels_last is None:
         cfg.channels_last = device.type == "cuda"
     impl = resolve_impl(cfg.impl, device)
@@ -240,7 +282,8 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
                          f"set has {info.num_classes}; resume with the data it was trained on")
 
     model = build_model(cfg, info.num_classes, cifar_stem).to(device)
-    model.generator.kernels = resolve_gen_kernels(cfg.gen_kernels, impl, device)
+    if hasattr(model, "generator"):
+        model.generator.kernels = resolve_gen_kernels(cfg.gen_kernels, impl, device)
     if cfg.sync_bn and ctx.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
@@ -248,6 +291,8 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
     optimizer = build_optimizer(model, cfg)
     schedule = Schedule(cfg, steps_per_epoch=len(train_loader))
     precision = Precision.from_config(cfg, device)
+    if precision.warning and ctx.primary:
+        print(precision.warning, file=sys.stderr)
     forward = grad_sync = None
     if ctx.enabled:
         if impl == "reference":
@@ -262,11 +307,16 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
         torch.manual_seed(cfg.seed + 1_000_003 * ctx.rank)
 
     global_batch = cfg.batch_size * ctx.world_size
-    summary = (f"AdAutoMix {cfg.arch} on {cfg.dataset} ({info.train_size} train / {info.val_size} val images, "
-               f"{info.num_classes} classes, {info.image_size}px{', CIFAR stem' if cifar_stem else ''}), "
-               f"N={cfg.mix_samples}, device {device}, data {info.backend}, {precision.describe()}, impl {impl}, "
-               f"generator ops {model.generator.kernels}"
-               + (f", {ctx.world_size} processes ({ctx.backend}), global batch {global_batch}" if ctx.enabled else ""))
+    parts = [f"{info.train_size} train / {info.val_size} val images, {info.num_classes} classes, "
+             f"{info.image_size}px{', CIFAR stem' if cifar_stem else ''}"]
+    details = [method_settings(cfg), f"device {device}", f"data {info.backend}",
+               precision.reason, f"impl {impl}"]
+    if hasattr(model, "generator"):
+        details.append(f"generator ops {model.generator.kernels}")
+    if ctx.enabled:
+        details.append(f"{ctx.world_size} processes ({ctx.backend}), global batch {global_batch}")
+    summary = (f"{METHOD_NAMES.get(cfg.method, cfg.method)} {cfg.arch} on {cfg.dataset} ({parts[0]}), "
+               + ", ".join(d for d in details if d))
 
     folder_path = (os.path.dirname(os.path.abspath(resume_path)) if resume_path is not None and "output" not in vars(args)
                    else os.path.join(cfg.output, cfg.run_name or _shared_run_name(cfg, ctx)))
@@ -314,7 +364,8 @@ def _train(cfg, args, trainer: Trainer, summary: str, impl: str, stop_after, res
     folder, say, ctx = trainer.folder, trainer.say, trainer.ctx
     folder.write_config(cfg, {"num_classes": trainer.info.num_classes, "cifar_stem": trainer.cifar_stem,
                               "fingerprint": cfg.fingerprint(), "impl_resolved": impl,
-                              "gen_kernels_resolved": trainer.model.generator.kernels,
+                              "gen_kernels_resolved": getattr(getattr(trainer.model, "generator", None), "kernels", None),
+                              "precision_resolved": trainer.precision.describe(),
                               "world_size": ctx.world_size, "global_batch_size": global_batch})
     say(summary)
     say("config:\n  " + yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip().replace("\n", "\n  "))
@@ -325,7 +376,9 @@ def _train(cfg, args, trainer: Trainer, summary: str, impl: str, stop_after, res
                 "restart": distributed.restart_count(), "world_size": ctx.world_size,
                 "device": str(trainer.device), "torch": str(torch.__version__),
                 "steps_per_epoch": len(trainer.train_loader), "impl": impl, "data_backend": trainer.info.backend,
-                "gen_kernels": trainer.model.generator.kernels})
+                "gen_kernels": getattr(getattr(trainer.model, "generator", None), "kernels", None),
+                "method": trainer.cfg.method, "precision": trainer.precision.describe(),
+                "precision_reason": trainer.precision.reason, **precision_facts(trainer.device)})
 
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, trainer.epoch + stop_after)
     metrics = trainer.fit(end_epoch)
@@ -337,6 +390,14 @@ def _train(cfg, args, trainer: Trainer, summary: str, impl: str, stop_after, res
     if getattr(args, "export", None) and ctx.primary:
         export(trainer.model, args.export)
     return 0
+
+
+def precision_facts(device: torch.device) -> dict:
+    """What the precision decision read, for the log's start record."""
+    if device.type == "cuda":
+        return {"cuda_bf16": bool(torch.cuda.is_bf16_supported())}
+    from .precision import cpu_facts
+    return {"cpu_" + k: v for k, v in cpu_facts().items()}
 
 
 def export(model, path: str) -> None:

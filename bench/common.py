@@ -23,7 +23,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
-SCHEMA = 1
+# 2: step/kernel statistics are pytest-benchmark's (median, q1, q3, ...) instead of p10/p90.
+SCHEMA = 2
 
 
 # ---------------------------------------------------------------------------- device
@@ -70,13 +71,22 @@ def _triton_version() -> Optional[str]:
 
 def device_info(device: torch.device) -> dict[str, Any]:
     """Everything that decides what a number means: device, versions, threads."""
+    from adautomix_fast.precision import cpu_facts, cpu_native
+
+    facts = cpu_facts()
     info: dict[str, Any] = {
         "torch": torch.__version__,
         "triton": _triton_version(),
+        "torch_cuda_build": torch.version.cuda,   # the CUDA version torch was built with (None: CPU build)
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
+        # What decides CPU speed and the default precision (adautomix_fast.precision): ATen's CPU
+        # capability ("AVX2" vs "AVX512") and whether bf16 is native.
+        "cpu_capability": facts["capability"],
+        "cpu_native_bf16": cpu_native(torch.bfloat16, facts)[0],
+        "threads": torch.get_num_threads(),
     }
     if device.type == "cuda":
         idx = device.index if device.index is not None else torch.cuda.current_device()
@@ -102,22 +112,47 @@ def device_slug(info: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------- timing
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile, q in [0, 100] (numpy's default method)."""
-    s = sorted(values)
-    if not s:
-        return math.nan
-    pos = (len(s) - 1) * q / 100.0
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+def summarize(times_ms: Sequence[float]) -> dict[str, Any]:
+    """Statistics of per-call milliseconds, computed by pytest-benchmark's own ``Stats`` (the
+    numbers `pytest bench/ --benchmark-only` reports): median, q1, q3, iqr, min, max, mean,
+    stddev, rounds."""
+    from pytest_benchmark.stats import Stats
+
+    stats = Stats()
+    for t in times_ms:
+        stats.update(t)
+    if not times_ms:
+        return {"median": math.nan, "q1": math.nan, "q3": math.nan, "rounds": 0}
+    keys = ("median", "q1", "q3", "iqr", "min", "max", "mean", "stddev", "rounds")
+    return {k: getattr(stats, k) for k in keys}
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device (a no-op on the CPU): what every timed CUDA call must end with when it
+    is timed by the host clock (pytest-benchmark)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_timed(benchmark, fn: Callable[[], Any], device: torch.device, rounds: int, warmup: int):
+    """Time ``fn`` with a pytest-benchmark fixture (pedantic mode): ``warmup`` untimed calls, then
+    ``rounds`` timed calls of one iteration each, the GPU synchronised after every call."""
+    def call():
+        out = fn()
+        sync(device)
+        return out
+
+    return benchmark.pedantic(call, rounds=rounds, warmup_rounds=warmup, iterations=1)
 
 
 def time_steps(step: Callable[[], Any], device: torch.device, steps: int, warmup: int) -> dict[str, Any]:
-    """Run ``warmup`` untimed steps, then ``steps`` timed ones; per-step ms statistics.
+    """Run ``warmup`` untimed steps, then ``steps`` timed ones; per-step ms statistics
+    (``summarize``) plus ``wall_mean_ms``.
 
     On CUDA each step is bracketed by events and the host synchronises once at the end, so the
-    step's own (sync-free) pipelining is kept; ``wall_mean_ms`` is the host clock over all timed
-    steps, a check on the event numbers.
+    step's own (sync-free) pipelining is kept (the pytest-benchmark suites synchronise after
+    every call instead); ``wall_mean_ms`` is the host clock over all timed steps, a check on the
+    event numbers.
     """
     for _ in range(warmup):
         step()
@@ -141,9 +176,7 @@ def time_steps(step: Callable[[], Any], device: torch.device, steps: int, warmup
         torch.cuda.synchronize(device)
         times = [a.elapsed_time(b) for a, b in events]
     wall = (time.perf_counter() - t0) * 1e3 / max(steps, 1)
-    return {"median": percentile(times, 50), "p10": percentile(times, 10),
-            "p90": percentile(times, 90), "wall_mean_ms": wall, "timed_steps": steps,
-            "warmup_steps": warmup}
+    return {**summarize(times), "wall_mean_ms": wall, "timed_steps": steps, "warmup_steps": warmup}
 
 
 # ---------------------------------------------------------------------------- memory

@@ -136,8 +136,8 @@ def interleaved_ms(fns: dict[str, Callable[[], Any]], device: torch.device, step
 def summarise(name: str, ms: list[float], bytes_moved: int, error: Optional[str]) -> dict[str, Any]:
     record: dict[str, Any] = {"bench": "kernels_ema", "impl": name, "error": error, "bytes_per_call": bytes_moved}
     if error is None and ms:
-        med = common.percentile(ms, 50)
-        record["ms"] = {"median": med, "p10": common.percentile(ms, 10), "p90": common.percentile(ms, 90)}
+        record["ms"] = common.summarize(ms)
+        med = record["ms"]["median"]
         record["timed_calls"] = len(ms)
         record["gb_per_s"] = bytes_moved / (med / 1e3) / 1e9
     return record
@@ -232,11 +232,11 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     print()
     print(f"[{label}] {info['name']}  torch {info['torch']}  threads {torch.get_num_threads()}")
-    rows = [{"impl": n, "ms": (r.get("ms") or {}).get("median"), "p10": (r.get("ms") or {}).get("p10"),
-             "p90": (r.get("ms") or {}).get("p90"), "gbs": r.get("gb_per_s"), "bw": r.get("bw_over_copy"), "bw_add": r.get("bw_over_add"),
+    rows = [{"impl": n, "ms": (r.get("ms") or {}).get("median"), "q1": (r.get("ms") or {}).get("q1"),
+             "q3": (r.get("ms") or {}).get("q3"), "gbs": r.get("gb_per_s"), "bw": r.get("bw_over_copy"), "bw_add": r.get("bw_over_add"),
              "x_op": r.get("time_over_op"), "error": r.get("error")} for n, r in records.items()]
-    print(common.format_table(rows, [("impl", "impl", ""), ("ms", "ms med", ".3f"), ("p10", "ms p10", ".3f"),
-                                     ("p90", "ms p90", ".3f"), ("gbs", "GB/s", ".1f"), ("bw", "/ copy bw", ".2f"), ("bw_add", "/ add_ bw", ".2f"),
+    print(common.format_table(rows, [("impl", "impl", ""), ("ms", "ms med", ".3f"), ("q1", "ms q1", ".3f"),
+                                     ("q3", "ms q3", ".3f"), ("gbs", "GB/s", ".1f"), ("bw", "/ copy bw", ".2f"), ("bw_add", "/ add_ bw", ".2f"),
                                      ("x_op", "time / op", ".2f"), ("error", "error", "")]))
     common.report(ratios, args.out, info, {"kernels": cases, "ratios": ratios}, write=not args.no_write)
     return 0

@@ -7,7 +7,7 @@ For each shape and each op, the fused Triton kernel (``triton``) and its eager t
   cross_attention_mask   q, k [N,B,P,D], v [N,B,P] in the AMP dtype (bf16; fp32 too unless --quick)
   upsample_softmax_mix   m fp32 [B,N,h,w], x [B,3,H,W] fp32 channels-last, index [N,B]
 in two modes, ``fwd`` (forward only) and ``fwd+bwd`` (forward and backward; gradients for q, k, v,
-and for m only in the mix, as in the training step). Reported per case: ms (median, p10, p90 by
+and for m only in the mix, as in the training step). Reported per case: ms (median, q1, q3 by
 CUDA events), peak memory, the reference/triton time ratio and, for the mix, the bytes the op must
 move (below) over its time, against the copy bandwidth measured in the same run (target >= 0.8).
 
@@ -84,8 +84,10 @@ def mix_inputs(s: dict[str, int], device: torch.device, grad: bool):
 def attention_step(provider: str, s: dict[str, int], dtype: torch.dtype, device: torch.device,
                    backward: bool) -> Callable[[], Any]:
     from adautomix_fast.generator import cross_attention_mask_reference
-    from adautomix_fast.kernels import cross_attention_mask
-    fn = cross_attention_mask if provider == "triton" else cross_attention_mask_reference
+    if provider == "triton":
+        from adautomix_fast.kernels import cross_attention_mask as fn
+    else:
+        fn = cross_attention_mask_reference
     q, k, v = attention_inputs(s, dtype, device, backward)
     dout = torch.randn(q.shape[:3], device=device)
     scale = s["d"] ** -0.5
@@ -100,8 +102,10 @@ def attention_step(provider: str, s: dict[str, int], dtype: torch.dtype, device:
 
 def mix_step(provider: str, s: dict[str, int], device: torch.device, backward: bool) -> Callable[[], Any]:
     from adautomix_fast.generator import upsample_softmax_mix_reference
-    from adautomix_fast.kernels import upsample_softmax_mix
-    fn = upsample_softmax_mix if provider == "triton" else upsample_softmax_mix_reference
+    if provider == "triton":
+        from adautomix_fast.kernels import upsample_softmax_mix as fn
+    else:
+        fn = upsample_softmax_mix_reference
     m, x, index = mix_inputs(s, device, backward)
     dout = torch.randn_like(x)
 
@@ -148,8 +152,8 @@ def run_case(make: Callable[[], Callable[[], Any]], device: torch.device, steps:
 
 
 COLUMNS = [("op", "op", ""), ("shape", "shape", ""), ("dtype", "dtype", ""), ("mode", "mode", ""),
-           ("provider", "provider", ""), ("ms_median", "ms med", ".3f"), ("ms_p10", "ms p10", ".3f"),
-           ("ms_p90", "ms p90", ".3f"), ("peak_memory_mib", "peak MiB", ".0f"), ("speedup", "ref/triton", ".2f"),
+           ("provider", "provider", ""), ("ms_median", "ms med", ".3f"), ("ms_q1", "ms q1", ".3f"),
+           ("ms_q3", "ms q3", ".3f"), ("peak_memory_mib", "peak MiB", ".0f"), ("speedup", "ref/triton", ".2f"),
            ("gb_per_s", "GB/s", ".0f"), ("of_copy", "of copy", ".2f"), ("error", "error", "")]
 
 
@@ -210,8 +214,8 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     print()
     print(f"[GPU] {info['name']}")
-    table = [{**r, "ms_median": (r["ms"] or {}).get("median"), "ms_p10": (r["ms"] or {}).get("p10"),
-              "ms_p90": (r["ms"] or {}).get("p90")} for r in rows]
+    table = [{**r, "ms_median": (r["ms"] or {}).get("median"), "ms_q1": (r["ms"] or {}).get("q1"),
+              "ms_q3": (r["ms"] or {}).get("q3")} for r in rows]
     print(common.format_table(table, COLUMNS))
     common.report(ratios, args.out, info, {"kernel_cases": cases, "kernel_ratios": ratios}, write=not args.no_write)
     return 0

@@ -1,4 +1,4 @@
-"""Step throughput: images/s, ms/step (median, p10, p90) and peak memory per impl and shape.
+"""Step throughput: images/s, ms/step (median, q1, q3) and peak memory per impl and shape.
 
     python -m bench.step [--shapes cifar,imagenet] [--impls vanilla,reference] [--steps N]
                          [--warmup N] [--batch-size N] [--out DIR] [--device auto|cpu|cuda]
@@ -240,7 +240,7 @@ def run_case(case: Case, impl: str, steps: int, warmup: int) -> dict[str, Any]:
     try:
         step = IMPLS[impl](case)
         t = common.time_steps(step, case.device, steps, warmup)
-        record["step_ms"] = {k: t[k] for k in ("median", "p10", "p90")}
+        record["step_ms"] = {k: t[k] for k in ("median", "q1", "q3", "iqr", "rounds")}
         record["wall_mean_ms"] = t["wall_mean_ms"]
         record["images_per_s"] = case.batch_size / (t["median"] / 1e3)
         record.update(common.peak_memory(case.device))
@@ -309,14 +309,24 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def make_case(shape: str, args: argparse.Namespace, device: torch.device) -> tuple[Case, int, int]:
+def case_for(shape: str, device: torch.device, *, batch_size: Optional[int] = None, arch: Optional[str] = None,
+             image_size: Optional[int] = None, num_classes: Optional[int] = None, amp: bool = False,
+             amp_dtype: str = "bf16", channels_last: bool = False) -> Case:
+    """One shape on ``device`` at the device's default sizes, with optional overrides (the CLI's
+    flags and the pytest-benchmark suite's sizes)."""
     s = SHAPES[shape]
     sizes = s["gpu" if device.type == "cuda" else "cpu"]
-    case = Case(shape=shape, arch=args.arch or s["arch"], cifar_stem=s["cifar_stem"],
-                image_size=args.image_size or s["image_size"],
-                num_classes=args.num_classes or s["num_classes"],
-                batch_size=args.batch_size or sizes["batch_size"], device=device, amp=args.amp,
-                amp_dtype=args.amp_dtype, channels_last=args.channels_last, settings=s)
+    return Case(shape=shape, arch=arch or s["arch"], cifar_stem=s["cifar_stem"],
+                image_size=image_size or s["image_size"], num_classes=num_classes or s["num_classes"],
+                batch_size=batch_size or sizes["batch_size"], device=device, amp=amp, amp_dtype=amp_dtype,
+                channels_last=channels_last, settings=s)
+
+
+def make_case(shape: str, args: argparse.Namespace, device: torch.device) -> tuple[Case, int, int]:
+    sizes = SHAPES[shape]["gpu" if device.type == "cuda" else "cpu"]
+    case = case_for(shape, device, batch_size=args.batch_size, arch=args.arch, image_size=args.image_size,
+                    num_classes=args.num_classes, amp=args.amp, amp_dtype=args.amp_dtype,
+                    channels_last=args.channels_last)
     steps = args.steps if args.steps is not None else sizes["steps"]
     warmup = args.warmup if args.warmup is not None else sizes["warmup"]
     return case, steps, warmup
@@ -324,7 +334,7 @@ def make_case(shape: str, args: argparse.Namespace, device: torch.device) -> tup
 
 COLUMNS = [("shape", "shape", ""), ("impl", "impl", ""), ("device_kind", "dev", ""),
            ("variant", "variant", ""), ("images_per_s", "img/s", ".1f"), ("ms_median", "ms med", ".1f"),
-           ("ms_p10", "ms p10", ".1f"), ("ms_p90", "ms p90", ".1f"), ("peak_memory_mib", "peak MiB", ".0f"),
+           ("ms_q1", "ms q1", ".1f"), ("ms_q3", "ms q3", ".1f"), ("peak_memory_mib", "peak MiB", ".0f"),
            ("over_vanilla", "x vanilla", ".2f"), ("error", "error", "")]
 
 
@@ -333,7 +343,7 @@ def table_rows(cases: dict[str, Any], ratios: dict[str, Any]) -> list[dict[str, 
     for key, r in cases.items():
         ms = r.get("step_ms") or {}
         ratio = ratios.get(f"step/{r['shape']}/{r['variant']}/{r['impl']}_over_vanilla", {}).get("value")
-        rows.append({**r, "ms_median": ms.get("median"), "ms_p10": ms.get("p10"), "ms_p90": ms.get("p90"),
+        rows.append({**r, "ms_median": ms.get("median"), "ms_q1": ms.get("q1"), "ms_q3": ms.get("q3"),
                      "over_vanilla": ratio})
     return rows
 

@@ -81,11 +81,11 @@ void check_ema_update_inputs(at::TensorList ema, at::TensorList model, const at:
   // Same order and words as adautomix_fast/ema.py::_validate (a test holds them together).
   TORCH_CHECK_VALUE(ema.size() == model.size(), "ema_update_: ", ema.size(), " EMA tensors but ",
                     model.size(), " model tensors");
-  TORCH_CHECK_VALUE(momentum.dim() == 0, "ema_update_: momentum must be a 0-dim float32 tensor, got shape ",
+  TORCH_CHECK_VALUE(momentum.dim() == 0, "ema_update_: momentum must be a 0-dim float64 tensor, got shape ",
                     momentum.sizes());
-  TORCH_CHECK_TYPE(momentum.scalar_type() == at::kFloat,
-                   "ema_update_: momentum must be a 0-dim float32 tensor, got dtype ",
-                   dtype_name(momentum.scalar_type()));
+  TORCH_CHECK_TYPE(momentum.scalar_type() == at::kDouble,
+                   "ema_update_: momentum must be a 0-dim float64 tensor (1 - m is formed in double), got dtype ",
+                   dtype_name(momentum.scalar_type()), " (use adautomix_fast.ema.momentum_tensor)");
   if (ema.empty()) return;
   const c10::Device device = ema[0].device();
   TORCH_CHECK_VALUE(momentum.device() == device, "ema_update_: momentum is on ", momentum.device(),
@@ -139,9 +139,9 @@ void ema_update_cpu(at::TensorList ema, at::TensorList model, const at::Tensor& 
   check_ema_update_inputs(ema, model, momentum);
   if (ema.empty()) return;
   // On the CPU reading the 0-dim tensor is a plain load, not a device synchronisation.
-  const float m = *momentum.const_data_ptr<float>();
-  const float w = 1.0f - m;
-  const float omw = 1.0f - w;
+  const double m = *momentum.const_data_ptr<double>();
+  const float w = student_weight(m);
+  const float omw = static_cast<float>(m);
   const bool near_start = std::abs(w) < 0.5f;
 
   std::vector<Chunk> chunks;

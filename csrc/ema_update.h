@@ -2,7 +2,8 @@
 //
 //   adautomix_fast::ema_update_(Tensor(a!)[] ema, Tensor[] model, Tensor momentum) -> ()
 //
-// in place, for every pair i:  ema[i] <- m * ema[i] + (1 - m) * model[i],  m = momentum.
+// in place, for every pair i:  ema[i] <- m * ema[i] + (1 - m) * model[i],  m = momentum
+// (a 0-dim float64 tensor on the tensors' device).
 //
 // Shared by the CPU implementation (ema_update.cpp) and the CUDA one (cuda/ema_update_cuda.cu).
 #pragma once
@@ -15,6 +16,14 @@ namespace adautomix_fast {
 // TypeError) with one-line messages that match adautomix_fast/ema.py::_validate word for word.
 // Looks at shapes, dtypes, devices and strides only: no data is read, nothing synchronises.
 void check_ema_update_inputs(at::TensorList ema, at::TensorList model, const at::Tensor& momentum);
+
+// The student's weight 1 - m, formed in double and then rounded to fp32, as the released code
+// does (it multiplies by the Python float 1 - m). Formed in fp32 from fp32(m) it would be
+// 1.0133e-6 instead of 1e-6 at m = 0.999999. The momentum is therefore passed as a float64 tensor.
+#if defined(__CUDACC__)
+__host__ __device__
+#endif
+inline float student_weight(double m) { return static_cast<float>(1.0 - m); }
 
 // The update in one formula, as ATen's lerp computes it (so the op and the torch._foreach_lerp_
 // twin agree to within an ulp): with w = 1 - m,

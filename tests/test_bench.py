@@ -45,9 +45,9 @@ def test_step_writes_cases_ratios_and_device(tmp_path):
             r = cases[key]
             assert r["error"] is None and r["impl"] == impl and r["device_kind"] == "CPU"
             assert r["config"]["batch_size"] == 4 and r["config"]["steps"] == 2
-            for k in ("median", "p10", "p90"):
+            for k in ("median", "q1", "q3"):
                 assert _positive_finite(r["step_ms"][k])
-            assert r["step_ms"]["p10"] <= r["step_ms"]["median"] <= r["step_ms"]["p90"]
+            assert r["step_ms"]["q1"] <= r["step_ms"]["median"] <= r["step_ms"]["q3"]
             assert _positive_finite(r["images_per_s"]) and _positive_finite(r["peak_memory_mib"])
         ratio = data["ratios"][f"step/{shape}/tiny-32px-b4-fp32/reference_over_vanilla"]
         assert _positive_finite(ratio["value"])
@@ -82,3 +82,24 @@ def test_gpu_check_dry_run_records_skips(tmp_path, capsys):
 def test_parse_pytest_summary():
     out = "....\n3 passed, 1 skipped, 2 deselected, 1 error in 4.20s\n"
     assert gpu_check.parse_pytest(out) == {"passed": 3, "skipped": 1, "deselected": 2, "errors": 1}
+
+
+def test_pytest_benchmark_suites_run_and_write_grouped_json(tmp_path):
+    """`pytest bench/ --benchmark-only` (here at the smoke size) runs every suite and writes
+    pytest-benchmark's JSON: benchmarks grouped per shape, our device record in machine_info."""
+    import subprocess
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, "-m", "pytest", os.path.join(ROOT, "bench"), "--benchmark-only",
+                           "--bench-size", "smoke", "-q", "-p", "no:cacheprovider", f"--benchmark-json={out}"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    data = json.loads(out.read_text())
+    groups = {b["group"] for b in data["benchmarks"]}
+    assert {"step-cifar", "step-imagenet", "ema-tiny", "mix-cifar-fwd", "attention-cifar-fwd+bwd"} <= groups
+    impls = {b["extra_info"]["impl"] for b in data["benchmarks"] if b["group"] == "step-cifar"}
+    assert {"vanilla", "reference"} <= impls
+    for b in data["benchmarks"]:
+        assert b["stats"]["rounds"] >= 1 and b["stats"]["median"] > 0
+    info = data["machine_info"]["adautomix_fast"]
+    for key in ("torch", "triton", "torch_cuda_build", "cpu_capability", "threads"):
+        assert key in info

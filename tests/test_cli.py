@@ -176,6 +176,22 @@ def test_presets_resolve_and_flags_override(tmp_path):
     assert (cfg.arch, cfg.min_lr, cfg.lam_concat, cfg.gen_norm) == ("rx50", 0.05, False, False)
 
 
+def test_generator_settings_follow_the_released_configs():
+    """Issue 11: only the released ImageNet R50 config puts BatchNorm in the generator (R18 keeps the
+    lambda channel without BN); the Tiny config gives the generator its own lr 0.1."""
+    from adautomix_fast.config import PRESET_SOURCES, PRESETS, resolve
+    r18, r50 = resolve({}, "imagenet-r18"), resolve({}, "imagenet-r50")
+    assert (r18.lam_concat, r18.gen_norm) == (True, False)
+    assert (r50.lam_concat, r50.gen_norm) == (True, True)
+    # the data-set defaults agree with the presets, also without --preset
+    assert resolve({"dataset": "imagenet", "arch": "r18"}).gen_norm is False
+    assert resolve({"dataset": "imagenet", "arch": "r50"}).gen_norm is True
+    assert resolve({"dataset": "imagenet", "arch": "r50", "gen_norm": False}).gen_norm is False  # flag wins
+    tiny = resolve({}, "tiny-r18")
+    assert (tiny.lr, tiny.gen_lr, tiny.gen_min_lr, tiny.min_lr) == (0.2, 0.1, 0.0, 0.0)
+    assert set(PRESET_SOURCES) <= set(PRESETS)
+
+
 def test_real_exit_code_from_the_command_line(tmp_path):
     env = dict(os.environ)
     env.pop("ADAUTOMIX_DATA", None)
@@ -183,3 +199,18 @@ def test_real_exit_code_from_the_command_line(tmp_path):
                            "--amp", "--output", str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "imagenet" in proc.stderr
+
+
+def test_an_installed_apex_changes_nothing(tmp_path):
+    """Issue 10: the engine never imports NVIDIA apex (torch.amp and foreach/in-graph optimizers
+    replace it); an importable `apex` (here one that fails on import, like a broken or unrelated
+    package) must not matter."""
+    fake = tmp_path / "site" / "apex"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('this apex must never be imported')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, "-m", "adautomix_fast.train", "--arch", "tiny", "--img-size", "16",
+                           "--epochs", "1", "--batch-size", "200", "--workers", "0", "--output", str(tmp_path / "runs")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "teacher_one" in proc.stdout

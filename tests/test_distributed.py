@@ -64,7 +64,7 @@ def _rank_plan(model, rank, step):
 def _worker_steps(rank, init_file, n, out_dir):
     ctx = _init(rank, init_file)
     cfg = resolve(dict(dataset="digits", arch="tiny", mix_samples=n, batch_size=B, epochs=1,
-                       lam_concat=(n == 2), gen_norm=(n == 2)))
+                       lam_concat=(n == 2), gen_norm=(n == 2), amp=False))
     ref_model, ref = _build(cfg, ctx, fused=False)
     fused_model, fused = _build(cfg, ctx, fused=True)
     for i in range(3):

@@ -25,9 +25,9 @@ def test_schedule_custom_warmup_fraction():
     assert ema_momentum(20, 100, 0.9, 0.99, warmup=0.2) > 0.9
 
 
-def test_momentum_tensor_is_0dim_fp32():
-    m = momentum_tensor(0.99, "cpu")
-    assert m.dim() == 0 and m.dtype == torch.float32
+def test_momentum_tensor_is_0dim_float64_holding_the_exact_value():
+    m = momentum_tensor(0.999999, "cpu")
+    assert m.dim() == 0 and m.dtype == torch.float64 and float(m) == 0.999999
 
 
 @pytest.mark.parametrize("momentum", [0.0, 0.3, 0.999, 1.0])

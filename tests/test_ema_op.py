@@ -63,8 +63,8 @@ def make_pairs(dtype, device="cpu", seed=0, shapes=SHAPES):
 
 
 def expected_f64(ema, model, m):
-    """The formula in float64 on the values as stored (m as the fp32 the op reads)."""
-    m64 = torch.tensor(m, dtype=torch.float32).double()
+    """The formula in float64 on the values as stored (m as the float64 the op reads)."""
+    m64 = torch.tensor(m, dtype=torch.float64)
     return [m64 * e.double() + (1 - m64) * x.double() for e, x in zip(ema, model)]
 
 
@@ -114,6 +114,32 @@ def test_momentum_one_keeps_and_zero_copies_exactly(impl, dtype):
     fn(ema, model, momentum_tensor(0.0, "cpu"))
     for e, x in zip(ema, model):
         assert torch.equal(e, x.float())
+
+
+# Issue 11: the released code weights the student by the Python float 1 - m (formed in double);
+# formed in fp32 from fp32(m) the weight is 1.3% too large at m = 0.999999. With the EMA at 0, the
+# update *is* the student's weight times the model value, so the test sees the weight itself.
+STUDENT_WEIGHT_MOMENTA = [0.999, 0.9999, 0.99999, 0.999999]
+
+
+def assert_student_weight_formed_in_double(update, m, device="cpu"):
+    g = torch.Generator().manual_seed(7)
+    x = (torch.rand(4096, generator=g) + 0.5).to(device)          # model values in [0.5, 1.5)
+    ema = [torch.zeros(4096, device=device)]
+    update(ema, [x], momentum_tensor(m, device))
+    want = x.double() * (1.0 - m)                                 # 1 - m formed in double (Python float)
+    # fp32 rounding: the weight and the product are each rounded once (<= 2 ulps of the result).
+    torch.testing.assert_close(ema[0].double(), want, rtol=2.5e-7, atol=0)
+    # The fp32-formed weight 1 - fp32(m) is off by 0.0013% (m = 0.999) .. 1.3% (m = 0.999999): at
+    # least 4x outside that tolerance, so the check above tells the two apart for every m here.
+    fp32_weight = 1.0 - float(torch.tensor(m, dtype=torch.float32))
+    assert abs(fp32_weight / (1.0 - m) - 1) > 4 * 2.5e-7
+
+
+@pytest.mark.parametrize("impl", ["op", "fallback", "wrapper"])
+@pytest.mark.parametrize("m", STUDENT_WEIGHT_MOMENTA)
+def test_student_weight_is_one_minus_m_formed_in_double(impl, m):
+    assert_student_weight_formed_in_double(_impl(impl), m)
 
 
 @needs_op
@@ -219,9 +245,10 @@ BAD = {
     "memory formats differ": (lambda: ([_t(2, 3, 4, 5)], [_t(2, 3, 4, 5).contiguous(memory_format=torch.channels_last)],
                                        M()), ValueError, r"ema\[0\] has strides .* \(different memory formats\)"),
     "momentum not 0-dim": (lambda: ([_t(2)], [_t(2)], torch.tensor([0.5])), ValueError,
-                           r"momentum must be a 0-dim float32 tensor, got shape \[1\]"),
-    "momentum fp64": (lambda: ([_t(2)], [_t(2)], torch.tensor(0.5, dtype=torch.float64)), TypeError,
-                      r"momentum must be a 0-dim float32 tensor, got dtype float64"),
+                           r"momentum must be a 0-dim float64 tensor, got shape \[1\]"),
+    "momentum fp32": (lambda: ([_t(2)], [_t(2)], torch.tensor(0.5, dtype=torch.float32)), TypeError,
+                      r"momentum must be a 0-dim float64 tensor \(1 - m is formed in double\), got dtype float32 "
+                      r"\(use adautomix_fast.ema.momentum_tensor\)"),
     "momentum fp16": (lambda: ([_t(2)], [_t(2)], torch.tensor(0.5, dtype=torch.float16)), TypeError,
                       r"got dtype float16"),
 }
@@ -256,7 +283,7 @@ def test_op_and_fallback_give_the_same_message(case):
 
 @pytest.mark.parametrize("fn", [ema_update_, ema_update_reference])
 def test_momentum_as_a_python_float_is_refused(fn):
-    with pytest.raises(TypeError, match="momentum must be a 0-dim float32 tensor, got float"):
+    with pytest.raises(TypeError, match="momentum must be a 0-dim float64 tensor, got float"):
         fn([_t(2)], [_t(2)], 0.5)
 
 
@@ -332,6 +359,14 @@ def _cuda_pairs(dtype, seed=0):
         ema.append(ebuf[1:])
         model.append(xbuf[1:])
     return ema, model
+
+
+@pytest.mark.gpu
+@needs_cuda_op
+@pytest.mark.parametrize("m", STUDENT_WEIGHT_MOMENTA)
+def test_cuda_student_weight_is_one_minus_m_formed_in_double(m):
+    assert_student_weight_formed_in_double(ema_update_, m, "cuda")
+    assert_student_weight_formed_in_double(ema_update_reference, m, "cuda")
 
 
 @pytest.mark.gpu

@@ -49,8 +49,9 @@ def _family_class(arch: str) -> type:
 class Classifier(nn.Module):
     """Backbone + ``head_one`` + ``head_mix`` (each one nn.Linear on the pooled features).
 
-    Subclasses set ``arch``, ``spec``, ``cifar_stem``, ``stage3_channels`` (channels of the
-    generator's input), ``feature_dim`` and the two heads, and implement ``_run_stage(i, h)`` and
+    Subclasses take ``(arch, num_classes, cifar_stem, drop_path=0.0, mix_head=True)``, set
+    ``arch``, ``spec``, ``cifar_stem``, ``stage3_channels`` (channels of the generator's input),
+    ``feature_dim`` and the heads, and implement ``_run_stage(i, h)`` and
     ``pool(h)``; they override ``tap_features`` and ``cam_map`` when their layout needs it.
     """
 
@@ -98,9 +99,11 @@ class Classifier(nn.Module):
     def pooled(self, x: torch.Tensor) -> torch.Tensor:
         return self.stage3_to_pooled(self.stem_to_stage3(x))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(head_one logits, head_mix logits)."""
+    def forward(self, x: torch.Tensor):
+        """(head_one logits, head_mix logits); head_one logits alone without a mix head."""
         z = self.pooled(x)
+        if self.head_mix is None:
+            return self.head_one(z)
         return self.head_one(z), self.head_mix(z)
 
     # ------------------------------------------------------------------ Grad-CAM
@@ -113,14 +116,17 @@ class Classifier(nn.Module):
         return activation
 
     # ------------------------------------------------------------------ shared helpers
-    def _make_heads(self, num_classes: int, trunc_normal: bool) -> None:
+    def _make_heads(self, num_classes: int, trunc_normal: bool, mix_head: bool = True) -> None:
         """``head_one``/``head_mix``: nn.Linear's default init (torchvision's ResNet fc) or, for the
         transformer and ConvNeXt families, truncated normal std 0.02 with zero bias (their
-        libraries' head init and the released configs' ``init_cfg``)."""
+        libraries' head init and the released configs' ``init_cfg``). ``mix_head=False`` leaves
+        out ``head_mix`` (None): the baselines train one head on clean and mixed images alike."""
         self.head_one = nn.Linear(self.feature_dim, num_classes)
-        self.head_mix = nn.Linear(self.feature_dim, num_classes)
+        self.head_mix = nn.Linear(self.feature_dim, num_classes) if mix_head else None
         if trunc_normal:
             for head in (self.head_one, self.head_mix):
+                if head is None:
+                    continue
                 nn.init.trunc_normal_(head.weight, std=0.02)
                 nn.init.zeros_(head.bias)
 

@@ -56,7 +56,8 @@ class ConvNeXtClassifier(Classifier):
     released ``drop_path_rate``); 0 by default (the run config passes the recipe's).
     """
 
-    def __init__(self, arch: str, num_classes: int, cifar_stem: bool, drop_path: float = 0.0):
+    def __init__(self, arch: str, num_classes: int, cifar_stem: bool, drop_path: float = 0.0,
+                 mix_head: bool = True):
         super().__init__()
         self.arch = arch
         self.spec = arch_spec(arch)
@@ -71,7 +72,7 @@ class ConvNeXtClassifier(Classifier):
         self.classifier = nn.Sequential(net.classifier[0], net.classifier[1])
         self.stage3_channels = self.features[5][-1].block[0].in_channels
         self.feature_dim = net.classifier[2].in_features
-        self._make_heads(num_classes, trunc_normal=True)
+        self._make_heads(num_classes, trunc_normal=True, mix_head=mix_head)
 
     def _run_stage(self, i: int, h: torch.Tensor) -> torch.Tensor:
         for j in _STAGE_FEATURES[i]:

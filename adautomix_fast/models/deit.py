@@ -54,7 +54,8 @@ class DeiTClassifier(Classifier):
     released setting); 0 by default (the run config passes the recipe's).
     """
 
-    def __init__(self, arch: str, num_classes: int, cifar_stem: bool = False, drop_path: float = 0.0):
+    def __init__(self, arch: str, num_classes: int, cifar_stem: bool = False, drop_path: float = 0.0,
+                 mix_head: bool = True):
         super().__init__()
         self.arch = arch
         self.spec = arch_spec(arch)
@@ -75,7 +76,7 @@ class DeiTClassifier(Classifier):
             raise ValueError(f"{arch}: {depth} blocks do not split into 4 stages")
         self.blocks_per_stage = depth // 4
         self.stage3_channels = self.feature_dim = net.embed_dim
-        self._make_heads(num_classes, trunc_normal=True)
+        self._make_heads(num_classes, trunc_normal=True, mix_head=mix_head)
 
     def _run_stage(self, i: int, h: torch.Tensor) -> torch.Tensor:
         if i == 0:

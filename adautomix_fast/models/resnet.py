@@ -87,7 +87,8 @@ class ResNetClassifier(Classifier):
     (the input of stage 4), [B, C, h, w], which is the generator's input as it is.
     """
 
-    def __init__(self, arch: str, num_classes: int, cifar_stem: bool, drop_path: float = 0.0):
+    def __init__(self, arch: str, num_classes: int, cifar_stem: bool, drop_path: float = 0.0,
+                 mix_head: bool = True):
         super().__init__()
         if drop_path:
             raise UsageError(f"--drop-path applies to the Swin, ConvNeXt and DeiT architectures, not {arch}")
@@ -100,7 +101,7 @@ class ResNetClassifier(Classifier):
         self.conv1, self.bn1, self.relu, self.maxpool = trunk.conv1, trunk.bn1, trunk.relu, trunk.maxpool
         self.layer1, self.layer2, self.layer3, self.layer4 = trunk.layer1, trunk.layer2, trunk.layer3, trunk.layer4
         self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self._make_heads(num_classes, trunc_normal=False)   # as torchvision initialises its fc
+        self._make_heads(num_classes, trunc_normal=False, mix_head=mix_head)   # as torchvision initialises its fc
 
     def _run_stage(self, i: int, h: torch.Tensor) -> torch.Tensor:
         if i == 0:

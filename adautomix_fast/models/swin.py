@@ -51,7 +51,8 @@ class SwinClassifier(Classifier):
     the released ``drop_path_rate``); 0 by default (the run config passes the recipe's).
     """
 
-    def __init__(self, arch: str, num_classes: int, cifar_stem: bool = False, drop_path: float = 0.0):
+    def __init__(self, arch: str, num_classes: int, cifar_stem: bool = False, drop_path: float = 0.0,
+                 mix_head: bool = True):
         super().__init__()
         self.arch = arch
         self.spec = arch_spec(arch)
@@ -62,7 +63,7 @@ class SwinClassifier(Classifier):
         self.norm = net.norm
         self.stage3_channels = self.features[6].reduction.out_features   # after merging 3
         self.feature_dim = net.head.in_features
-        self._make_heads(num_classes, trunc_normal=True)
+        self._make_heads(num_classes, trunc_normal=True, mix_head=mix_head)
 
     @staticmethod
     def _nhwc(h: torch.Tensor) -> torch.Tensor:

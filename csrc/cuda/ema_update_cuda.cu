@@ -84,10 +84,12 @@ __device__ __forceinline__ void update_chunk(float* __restrict__ e, const scalar
 }
 
 template <typename scalar_t>
-__global__ void __launch_bounds__(kThreads) ema_update_kernel(const LaunchArgs args, const float* __restrict__ momentum) {
-  // One read of the momentum per block, from device memory (a graph replay sees the new value).
-  const float w = 1.0f - *momentum;
-  const float omw = 1.0f - w;
+__global__ void __launch_bounds__(kThreads) ema_update_kernel(const LaunchArgs args, const double* __restrict__ momentum) {
+  // One read of the momentum per block, from device memory (a graph replay sees the new value);
+  // the student's weight 1 - m is formed in double (student_weight).
+  const double m = *momentum;
+  const float w = student_weight(m);
+  const float omw = static_cast<float>(m);
   const bool near_start = fabsf(w) < 0.5f;
   const int64_t total = args.chunk_end[args.count - 1];
   for (int64_t chunk = blockIdx.x; chunk < total; chunk += gridDim.x) {
@@ -124,7 +126,7 @@ int sm_count(c10::DeviceIndex device) {
 }
 
 template <typename scalar_t>
-void launch(const LaunchArgs& args, const float* momentum, int sms, cudaStream_t stream) {
+void launch(const LaunchArgs& args, const double* momentum, int sms, cudaStream_t stream) {
   const int64_t chunks = args.chunk_end[args.count - 1];
   const int64_t grid = std::min<int64_t>(chunks, static_cast<int64_t>(sms) * kBlocksPerSm);
   ema_update_kernel<scalar_t><<<static_cast<unsigned int>(grid), kThreads, 0, stream>>>(args, momentum);
@@ -133,7 +135,7 @@ void launch(const LaunchArgs& args, const float* momentum, int sms, cudaStream_t
 
 // All tensors whose model dtype is scalar_t, in launches of up to kMaxTensors tensors.
 template <typename scalar_t>
-void update_group(at::TensorList ema, at::TensorList model, at::ScalarType dtype, const float* momentum, int sms,
+void update_group(at::TensorList ema, at::TensorList model, at::ScalarType dtype, const double* momentum, int sms,
                   cudaStream_t stream) {
   LaunchArgs args;
   args.count = 0;
@@ -164,7 +166,7 @@ void ema_update_cuda(at::TensorList ema, at::TensorList model, const at::Tensor&
   const c10::cuda::CUDAGuard guard(ema[0].device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(ema[0].device().index()).stream();
   const int sms = sm_count(ema[0].device().index());
-  const float* m = momentum.const_data_ptr<float>();
+  const double* m = momentum.const_data_ptr<double>();
   update_group<float>(ema, model, at::kFloat, m, sms, stream);
   update_group<c10::Half>(ema, model, at::kHalf, m, sms, stream);
   update_group<c10::BFloat16>(ema, model, at::kBFloat16, m, sms, stream);

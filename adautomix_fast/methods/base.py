@@ -1,0 +1,189 @@
+"""What every training method's model offers the engine (the reference and fused steps, the
+trainer, checkpoints, evaluation and the pictures), and the pieces the methods share.
+
+A method is one module: a model class (an ``nn.Module`` deriving from `MixModel`) with
+
+* ``sample_plan(batch_size, generator=None, n=None, image_size=None)``: every random quantity of one step (lambda,
+  permutations, boxes, masks, layers ...) drawn *on the device* into a NamedTuple of tensors, with
+  no host synchronisation (``generator``: a torch.Generator for reproducible eager plans; the
+  fused step samples inside its graph from the default generator);
+* ``step_losses(x, y, plan)``: every loss term of the step, a dict whose ``loss`` is what one
+  backward uses; the mixing itself is a pure function of (images, plan);
+* optionally ``fused_losses(x, y, plan, **options)``: the same mathematics arranged for the fused
+  step (default: ``step_losses``);
+* ``HEADS`` / ``HEADLINE``: the heads it is evaluated on;
+* ``trainable_parameters()``: (student parameters, generator parameters); and, for methods with an
+  EMA teacher, ``has_teacher = True`` with ``ema_pairs()``.
+
+The steps (``engine.ReferenceStep``, ``fused.FusedStep``), the optimizer, the schedules, the
+checkpoint format and the trainer are shared by every method.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..generator import fp32_region
+from ..models import Classifier
+
+
+# ---------------------------------------------------------------------------- sampling helpers
+def sample_beta(alpha: float, shape: tuple[int, ...], generator: Optional[torch.Generator],
+                device: torch.device) -> torch.Tensor:
+    """Beta(alpha, alpha) draws on the device, fp32: G1 / (G1 + G2) with G ~ Gamma(alpha).
+
+    alpha = 1 is Uniform(0, 1) and uses ``torch.rand`` (the cheaper, exactly uniform draw).
+    """
+    if alpha == 1.0:
+        return torch.rand(shape, generator=generator, device=device)
+    conc = torch.full(shape, float(alpha), device=device)
+    g1 = torch._standard_gamma(conc, generator=generator)
+    g2 = torch._standard_gamma(conc, generator=generator)
+    return g1 / (g1 + g2)
+
+
+def random_permutation(batch_size: int, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
+    """A uniform random permutation of ``batch_size`` indices (int64 [B]).
+
+    ``argsort(rand(B))`` rather than ``randperm``: the same law, and a form torch.compile handles
+    on every supported torch (spec/COMPILE.md fact 3).
+    """
+    return torch.argsort(torch.rand(batch_size, generator=generator, device=device))
+
+
+def uniform_int(high: int, generator: Optional[torch.Generator], device: torch.device,
+                shape: tuple[int, ...] = ()) -> torch.Tensor:
+    """Integers uniform on [0, high), int64, on the device (no host sync)."""
+    return torch.randint(0, high, shape, generator=generator, device=device)
+
+
+# ---------------------------------------------------------------------------- losses
+def cross_entropy(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
+    """Batch-mean cross-entropy in fp32 (autocast off), with optional label smoothing."""
+    with fp32_region(logits):
+        if label_smoothing:
+            return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+        return F.cross_entropy(logits.float(), y)
+
+
+def pair_mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor,
+                             label_smoothing: float = 0.0) -> torch.Tensor:
+    """lam * CE(z, y) + (1 - lam) * CE(z, y[perm]): the baselines' hard mixed loss (OpenMixup's
+    ClsHead); equal to soft-target CE with lam * onehot(y) + (1 - lam) * onehot(y[perm]).
+    ``lam`` is a 0-dim tensor (one per batch) or a [B] tensor (one per sample)."""
+    with fp32_region(logits):
+        z = logits.float()
+        if lam.dim() == 0:
+            return (lam * cross_entropy(z, y, label_smoothing)
+                    + (1.0 - lam) * cross_entropy(z, y[perm], label_smoothing))
+        a = F.cross_entropy(z, y, reduction="none", label_smoothing=label_smoothing)
+        b = F.cross_entropy(z, y[perm], reduction="none", label_smoothing=label_smoothing)
+        return (lam * a + (1.0 - lam) * b).mean()
+
+
+# ---------------------------------------------------------------------------- the base model
+class MixModel(nn.Module):
+    """Shared state and interface of every method's model (module docstring).
+
+    Subclasses set ``name`` (the ``--method`` value), ``HEADS``, ``HEADLINE``, ``has_teacher`` and
+    ``uses_segmented_bn`` (the fused step converts BatchNorm to SegmentedBatchNorm2d for batched
+    passes), and implement ``sample_plan`` and ``step_losses``.
+    """
+
+    name = "base"
+    HEADS: tuple[str, ...] = ("student_one",)
+    HEADLINE = "student_one"
+    has_teacher = False
+    uses_segmented_bn = False
+
+    def __init__(self):
+        super().__init__()
+        # Optimizer steps taken so far (on the device and in the state dict, so a resumed run
+        # continues every step-dependent choice exactly).
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    @property
+    def device(self) -> torch.device:
+        return self.num_updates.device
+
+    # ------------------------------------------------------------------ the step
+    def sample_plan(self, batch_size: int, generator: Optional[torch.Generator] = None,
+                    n: Optional[int] = None, image_size: Optional[tuple[int, int]] = None) -> NamedTuple:
+        """``n``: images mixed this step (methods that vary it); ``image_size``: (H, W) of the
+        batch, for plans drawn in pixels (boxes, Fourier masks)."""
+        raise NotImplementedError
+
+    def step_losses(self, x: torch.Tensor, y: torch.Tensor, plan) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def fused_losses(self, x: torch.Tensor, y: torch.Tensor, plan, **options) -> dict[str, torch.Tensor]:
+        """The losses as the fused step computes them; the same as ``step_losses`` unless a
+        method arranges its passes differently there."""
+        return self.step_losses(x, y, plan)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, plan) -> dict[str, torch.Tensor]:
+        """One step's losses (so that DistributedDataParallel can wrap the whole model)."""
+        return self.step_losses(x, y, plan)
+
+    def complete_plan(self, x: torch.Tensor, plan):
+        """Fill in the parts of a plan that depend on the images (SaliencyMix's box centre); the
+        steps call it after ``sample_plan``. Most methods' plans are complete."""
+        return plan
+
+    def mix_samples_at(self, step: int) -> Optional[int]:
+        """The number of images mixed at global step ``step`` when it varies per step (host-side,
+        a pure function of the step so that resume is exact); None when fixed."""
+        return None
+
+    def schedule_values(self, step: int, total_steps: int) -> dict[str, float]:
+        """Per-step values of the method's own schedules (e.g. AutoMix's mask-loss weight), by the
+        name of the 0-dim buffer that holds each; the steps write them before every step."""
+        return {}
+
+    @torch.no_grad()
+    def set_schedule(self, step: int, total_steps: int) -> None:
+        for name, value in self.schedule_values(step, total_steps).items():
+            getattr(self, name).fill_(value)   # in place: a compiled or captured step reads the new value
+
+    # ------------------------------------------------------------------ parameters
+    def trainable_parameters(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+        """(student parameters, generator parameters); the teacher is never in the optimizer."""
+        gen = getattr(self, "generator", None)
+        return list(self.student.parameters()), list(gen.parameters()) if gen is not None else []
+
+    # ------------------------------------------------------------------ evaluation heads
+    def head_network(self, name: str) -> tuple[Classifier, str]:
+        """(network, head attribute) of an evaluation head, e.g. "teacher_one" -> (teacher, "head_one")."""
+        if name not in self.HEADS:
+            raise ValueError(f"unknown head {name!r}; this model has {', '.join(self.HEADS)}")
+        network, head = name.split("_", 1)
+        return getattr(self, network), f"head_{head}"
+
+    def eval_logits(self, x: torch.Tensor, heads: Optional[tuple[str, ...]] = None) -> dict[str, torch.Tensor]:
+        """Logits of the given heads (default: all) on ``x``; one trunk pass per network. Call in
+        eval mode for evaluation (BatchNorm running statistics)."""
+        heads = self.HEADS if heads is None else heads
+        pooled: dict[str, torch.Tensor] = {}
+        out: dict[str, torch.Tensor] = {}
+        for name in heads:
+            network, head = self.head_network(name)
+            key = name.split("_", 1)[0]
+            if key not in pooled:
+                pooled[key] = network.pooled(x)
+            out[name] = getattr(network, head)(pooled[key])
+        return out
+
+    # ------------------------------------------------------------------ pictures
+    def visualize(self, x: torch.Tensor, y: torch.Tensor, plan, count: int = 4) -> dict[str, Any]:
+        """The mixed samples of one step for the training pictures (computed outside the step,
+        without gradients): ``sources`` [N,K,C,H,W], ``masks`` [K,N,H,W] or None, ``mixed``
+        [K,C,H,W], ``lam`` [N] or [K,N], ``title``."""
+        raise NotImplementedError
+
+
+__all__ = ["MixModel", "sample_beta", "random_permutation", "uniform_int", "cross_entropy",
+           "pair_mixed_cross_entropy"]

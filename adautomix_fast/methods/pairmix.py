@@ -1,0 +1,103 @@
+"""The baselines' shared model: one classifier with one head, trained on a mix of each image with
+a partner from a permutation of the batch (METHODS.md, "Common to the baselines").
+
+A baseline is a subclass that draws its plan (``sample_plan``) and mixes (``mix``: a pure
+function of images and plan, returning the mixed batch and the label weight lambda); the loss,
+lambda * CE(z, y) + (1 - lambda) * CE(z, y[perm]) with optional label smoothing, the evaluation
+head (``student_one``: OpenMixup's ``head0``), the step, checkpoints and pictures come from here.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+
+from ..models import Classifier
+from .base import MixModel, pair_mixed_cross_entropy, random_permutation, sample_beta
+
+
+class PairPlan(NamedTuple):
+    """MixUp's plan and the core of every pair method's: lam (0-dim fp32, the mixing ratio drawn
+    from Beta(a, a)) and perm (int64 [B], sample b is mixed with sample perm[b])."""
+
+    lam: torch.Tensor
+    perm: torch.Tensor
+
+
+def no_repeat_permutation(batch_size: int, generator: Optional[torch.Generator], device: torch.device,
+                          tries: int = 10) -> torch.Tensor:
+    """A random permutation redrawn (up to ``tries`` draws) until no sample is its own partner,
+    as OpenMixup's CutMix and FMix do (``_no_repeat_shuffle_idx`` with ignore_failure: after the
+    last draw it keeps that one). All draws are made and the first without a fixed point is
+    selected on the device, so there is no host sync and no data-dependent control flow."""
+    perms = torch.stack([random_permutation(batch_size, generator, device) for _ in range(tries)])   # [T,B]
+    fixed = (perms == torch.arange(batch_size, device=device)).any(dim=1)                            # [T]
+    ok = ~fixed
+    ok[-1] = True                                  # the last draw is taken when every draw had one
+    first = torch.argmax(ok.to(torch.int8))        # index of the first True
+    return perms[first]
+
+
+class PairMix(MixModel):
+    """One classifier (``student``, head ``head_one``) trained on pairwise mixes."""
+
+    HEADS = ("student_one",)
+    HEADLINE = "student_one"
+
+    def __init__(self, arch: str, num_classes: int, *, cifar_stem: bool, mix_alpha: float = 1.0,
+                 label_smoothing: float = 0.0):
+        super().__init__()
+        self.mix_alpha = float(mix_alpha)
+        self.label_smoothing = float(label_smoothing)
+        self.student = Classifier(arch, num_classes, cifar_stem, mix_head=False)
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int, cifar_stem: bool):
+        alpha = cfg.mix_alpha if cfg.mix_alpha is not None else 1.0
+        return cls(cfg.arch, num_classes, cifar_stem=cifar_stem, mix_alpha=alpha,
+                   label_smoothing=cfg.label_smoothing)
+
+    # ------------------------------------------------------------------ plan and mixing
+    def sample_lam(self, generator: Optional[torch.Generator]) -> torch.Tensor:
+        return sample_beta(self.mix_alpha, (), generator, self.device)
+
+    def sample_plan(self, batch_size: int, generator: Optional[torch.Generator] = None,
+                    n: Optional[int] = None, image_size: Optional[tuple[int, int]] = None) -> PairPlan:
+        return PairPlan(self.sample_lam(generator), random_permutation(batch_size, generator, self.device))
+
+    def mix(self, x: torch.Tensor, plan) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mixed images, label weight lambda of the unpermuted labels)."""
+        raise NotImplementedError
+
+    def mix_masks(self, x: torch.Tensor, plan) -> Optional[torch.Tensor]:
+        """The per-pixel weight of the unpermuted image [1 or B, H, W], for the pictures (None for
+        methods that mix whole images with a scalar)."""
+        return None
+
+    # ------------------------------------------------------------------ losses
+    def logits(self, x_mix: torch.Tensor, plan) -> torch.Tensor:
+        return self.student.head_one(self.student.pooled(x_mix))
+
+    def step_losses(self, x: torch.Tensor, y: torch.Tensor, plan) -> dict[str, torch.Tensor]:
+        x_mix, lam = self.mix(x, plan)
+        z = self.logits(x_mix, plan)
+        loss = pair_mixed_cross_entropy(z, y, plan.perm, lam, self.label_smoothing)
+        return {"loss": loss, "lam": lam.detach().float().mean()}
+
+    # ------------------------------------------------------------------ pictures
+    @torch.no_grad()
+    def visualize(self, x: torch.Tensor, y: torch.Tensor, plan, count: int = 4) -> dict:
+        k = min(count, x.shape[0])
+        mixed, lam = self.mix(x, plan)
+        masks = self.mix_masks(x, plan)
+        if masks is not None:
+            first = masks.expand(x.shape[0], *masks.shape[-2:])[:k].float()
+            masks = torch.stack([first, 1.0 - first], dim=1)                       # [K,2,H,W]
+        lam = lam.float()
+        lam_rows = torch.stack([lam, 1.0 - lam], dim=-1)
+        return {"sources": torch.stack([x[:k], x[plan.perm[:k]]]), "masks": masks, "mixed": mixed[:k],
+                "lam": lam_rows if lam_rows.dim() == 1 else lam_rows[:k], "title": f"{self.name}"}
+
+
+__all__ = ["PairMix", "PairPlan", "no_repeat_permutation"]
