@@ -179,7 +179,9 @@ setup(
         "pyyaml",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark"],
+        # timm: the DeiT architectures (deit_s); the test suite runs them, so "test" pulls it too.
+        "test": ["pytest", "pytest-benchmark", "timm>=1.0"],
+        "timm": ["timm>=1.0"],
         "dali": ["nvidia-dali-cuda130"],
     },
     ext_modules=ext_modules,

@@ -309,12 +309,16 @@ class AdAutoMix(MixModel):
     # The pieces below are shared by the reference and the fused arrangement, so both compute
     # the same formulas; they differ only in how the networks' passes are arranged.
     def mixed_batches(self, f3: torch.Tensor, x: torch.Tensor, plan: MixPlan):
-        """(x_gen, x_pixel, x_cls, gen_masks): the generator-side mix (trained through L_gen), the
+        """From the teacher's tap state ``f3`` (``stem_to_stage3``):
+        (x_gen, x_pixel, x_cls, gen_masks): the generator-side mix (trained through L_gen), the
         pixel mixup of the sigma tuple, the classifier-side mix (detached masks, or plain mixup
         under the margin rule) and the generator side's masks [B,N,H,W] when a loss needs them
         (``needs_gen_masks``; else None). Generator side first, as released (G's BN running
         statistics)."""
         gen = self.generator
+        # The tap state -> the generator's [B, C, h, w] input (the identity for ResNet/ConvNeXt;
+        # Swin's LayerNorm of the merged map, DeiT's patch tokens as a map).
+        f3 = self.teacher.tap_features(f3)
         m_gen = gen.mask_logits(f3, plan.index_gen, plan.lam_gen)
         gen_masks = None
         if self.needs_gen_masks:
@@ -395,7 +399,7 @@ class AdAutoMix(MixModel):
         self.teacher.eval()
         self.generator.eval()
         try:
-            f3 = self.teacher.stem_to_stage3(x)
+            f3 = self.teacher.tap_features(self.teacher.stem_to_stage3(x))
             m = self.generator.mask_logits(f3, plan.index_gen, plan.lam_gen)
             mixed, masks = self.generator.mix(m, x, plan.index_gen, return_masks=True)
         finally:

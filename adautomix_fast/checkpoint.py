@@ -88,22 +88,23 @@ def check_compatible(ckpt: dict, cfg: Config, path: str) -> None:
 
 
 def export_torchvision(model) -> dict[str, torch.Tensor]:
-    """The teacher (baselines: the classifier) as a plain torchvision ResNet state dict
-    (``head_one`` becomes ``fc``).
+    """The teacher (baselines: the trained classifier) as the state dict of its library's own
+    model (``head_one`` becomes the library's head, ``head_mix`` is dropped): torchvision for the
+    ResNets, Swin-T and ConvNeXt-T, timm for DeiT-S. ``models.library_model(arch, num_classes)``
+    builds that model; e.g.
 
-    ``torchvision.models.resnet50(num_classes=C).load_state_dict(sd)`` accepts it unchanged for
-    models with the ImageNet stem. CIFAR-stem models differ in one place: ``conv1`` is a 3x3,
-    stride-1 convolution and there is no max-pool, so build the torchvision model and set
-    ``model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)`` and ``model.maxpool = nn.Identity()``
-    before loading.
+        torchvision.models.resnet50(num_classes=C).load_state_dict(sd)
+        torchvision.models.swin_t(num_classes=C).load_state_dict(sd)
+        torchvision.models.convnext_tiny(num_classes=C).load_state_dict(sd)
+        timm.create_model("deit_small_patch16_224", num_classes=C).load_state_dict(sd)
+
+    CIFAR-stem models differ in their stem: ResNet ``conv1`` is a 3x3 stride-1 convolution and
+    there is no max-pool (set ``model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)`` and
+    ``model.maxpool = nn.Identity()`` before loading); ConvNeXt ``features[0][0]`` is
+    ``nn.Conv2d(3, 96, 3, 1, 1)``. ``library_model(arch, C, cifar_stem=True)`` does both.
     """
+    from .models import export_state_dict
+
     # The teacher (the paper's model) for methods with one, the trained classifier otherwise.
     network = model.teacher if getattr(model, "has_teacher", True) else model.student
-    sd = {}
-    for name, tensor in network.state_dict().items():
-        if name.startswith("head_mix."):
-            continue
-        if name.startswith("head_one."):
-            name = "fc." + name[len("head_one."):]
-        sd[name] = tensor.detach().clone().cpu()
-    return sd
+    return export_state_dict(network)

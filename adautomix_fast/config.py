@@ -15,15 +15,26 @@ from dataclasses import dataclass, fields
 from typing import Any, Optional
 
 from .errors import UsageError
+from .models.specs import ARCH_SPECS, check_image_size
 
-ARCHS = ("r18", "r34", "r50", "rx50", "tiny")
-DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet", "imagenet", "folder")
+ARCHS = ("r18", "r34", "r50", "rx50", "tiny",
+         # issue 14: transformers and ConvNeXt (models.ARCH_SPECS), and their test variants
+         "swin_t", "convnext_t", "deit_s", "tiny_swin", "tiny_convnext", "tiny_deit")
+DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet", "imagenet", "folder",
+            "cub200", "aircraft", "cars")
 IMPLS = ("auto", "reference", "fused")
 AMP_DTYPES = ("bf16", "fp16")
 DATA_BACKENDS = ("auto", "torch", "dali")
 GEN_KERNELS = ("auto", "torch", "triton")
 # The paper's baselines (one head, no generator); with "adautomix" and "automix" the --method values.
 BASELINES = ("vanilla", "mixup", "cutmix", "manifoldmix", "fmix", "resizemix", "saliencymix")
+
+
+# The recipe fields that define what is trained (appended to Config.IDENTITY; `pretrained` is
+# left out: a resumed run already holds the weights, wherever they came from).
+RECIPE_IDENTITY = ("optimizer", "adam_beta1", "adam_beta2", "adam_eps", "wd_exclude", "warmup_epochs",
+                   "warmup_ratio", "clip_grad", "drop_path", "randaugment", "train_crop", "crop_scale",
+                   "interpolation")
 
 
 @dataclass
@@ -100,6 +111,21 @@ class Config:
     sync_bn: bool = False                   # SyncBatchNorm across ranks (reference impl, CUDA)
     preset: Optional[str] = None
     notes: str = ""
+    # --- architecture recipes (issue 14)
+    optimizer: str = "sgd"                  # sgd | adamw (adamw: the transformer/ConvNeXt recipes)
+    adam_beta1: float = 0.9                 # AdamW betas and eps (the released 0.9, 0.999, 1e-8)
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    wd_exclude: Optional[bool] = None       # no weight decay on norms, biases, position tables (None: on with adamw)
+    warmup_epochs: float = 0.0              # linear warm-up (0: none), then the cosine
+    warmup_ratio: float = 1e-5              # warm-up starts at this fraction of the scheduled lr (mmcv's ratio)
+    clip_grad: Optional[float] = None       # clip the gradients' total L2 norm to this (None: no clipping)
+    drop_path: Optional[float] = None       # stochastic depth rate (None: the architecture's published rate)
+    randaugment: Optional[str] = None       # e.g. "rand-m7-n2-mstd0.5" (None: no RandAugment)
+    train_crop: Optional[str] = None        # pad | pad-reflect | rrc (None: the data set's published crop)
+    crop_scale: Optional[float] = None      # RandomResizedCrop's minimum area (None: the data set's)
+    interpolation: Optional[str] = None     # bilinear | bicubic for resizing (None: the data set's)
+    pretrained: Optional[str] = None        # weights file or name ("imagenet") for the student and teacher
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -121,7 +147,7 @@ class Config:
         "ema_end", "ema_warmup", "seed", "method", "mix_alpha", "label_smoothing", "loss_one",
         "loss_mce", "loss_amce", "loss_k", "loss_cos", "gen_objective", "random_mix_samples",
         "gen_train_prob", "mask_loss", "mask_loss_margin", "mask_loss_schedule",
-    )
+    ) + RECIPE_IDENTITY
 
     def identity(self) -> dict:
         return {k: getattr(self, k) for k in self.IDENTITY}
@@ -181,6 +207,7 @@ class Config:
             raise UsageError(f"--save-every-steps must be >= 0 (got {self.save_every_steps})")
         if self.workers < 0:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
+        validate_recipe(self)
 
 
     def _validate_method(self) -> None:
@@ -220,6 +247,12 @@ _IMAGENET_LIKE = dict(mix_samples=2, beta=0.1, alpha=0.5, lam_concat=True, gen_n
                       lr=0.1, batch_size=256, min_lr=0.0, gen_lr=0.1, gen_min_lr=0.001,
                       ema_end=0.99999)
 
+# SGD lr 1e-3 (momentum 0.9, wd 5e-4) cosine to 0 by epoch, batch 16, 200 epochs; the mix block's
+# lr 0.1 with its own cosine to 1e-3; AdaptiveMask(lam_concat=True, bilinear), no BN; EMA to 0.99999.
+_FINEGRAINED = dict(mix_samples=3, beta=0.3, alpha=0.5, lam_concat=True, gen_norm=False, upsample="bilinear",
+                    lr=1e-3, min_lr=0.0, momentum=0.9, weight_decay=5e-4, batch_size=16, epochs=200,
+                    gen_lr=0.1, gen_min_lr=1e-3, ema_end=0.99999)
+
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     # The bundled default is a demo of 84 steps (3 epochs of 28 batches of 50): ALGORITHM.md
     # section 6 asks for an EMA schedule scaled to the run's length. With momentum 0.9 -> 0.99
@@ -238,6 +271,10 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny-imagenet": dict(_CIFAR_LIKE, beta=0.4, lr=0.2, min_lr=0.0, gen_lr=0.1, gen_min_lr=0.0, epochs=400),
     "imagenet": dict(_IMAGENET_LIKE, epochs=100),
     "folder": dict(_IMAGENET_LIKE, epochs=100),
+    # Fine-grained fine-tuning (paper 4.1.2 / A.2, the released cub200, aircrafts and cars configs).
+    "cub200": dict(_FINEGRAINED),
+    "aircraft": dict(_FINEGRAINED),
+    "cars": dict(_FINEGRAINED),
 }
 
 # Defaults that depend on the data set *and* the architecture, applied after DATASET_DEFAULTS:
@@ -246,6 +283,34 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
 ARCH_DATASET_DEFAULTS: dict[tuple[str, str], dict[str, Any]] = {
     (dataset, arch): dict(gen_norm=True) for dataset in ("imagenet", "folder") for arch in ("r50", "rx50")
 }
+
+
+def arch_generator(arch: str) -> dict[str, Any]:
+    """The generator's published settings for ``arch`` (``ARCH_SPECS``): upsampling mode and
+    ``lam_concat`` where the architecture fixes them (Swin, ConvNeXt, DeiT), else nothing (the
+    ResNets take the data set's)."""
+    spec = ARCH_SPECS[arch]
+    out: dict[str, Any] = {}
+    if spec.upsample is not None:
+        out["upsample"] = spec.upsample
+    if spec.lam_concat is not None:
+        out["lam_concat"] = spec.lam_concat
+    return out
+
+
+# The CIFAR-100 transformer recipes (released swin_t_l3 / deit_s_l6 AdAutoMix configs): 224 px
+# (RandomResizedCrop scale 0.8-1, bicubic, flip, RandAugment 2 ops m7 std 0.5; test: resize),
+# AdamW wd 0.05 (none on norms, biases, position tables), per-step cosine to 1e-4 after a linear
+# warm-up from 1e-5 x lr, batch 100, 200 epochs, N = 3, the generator of ARCH_SPECS (nearest
+# upsampling with a lambda channel), EMA 0.999 -> 0.99996 after the first 25%, label smoothing
+# 0.1 on both heads, the generator trained on 80% of the steps (switch_off 0.8: the released logs).
+_TRANSFORMER_CIFAR = dict(
+    dataset="cifar100", img_size=224, epochs=200, batch_size=100, mix_samples=3, beta=0.3, alpha=0.5,
+    gen_norm=False, optimizer="adamw", weight_decay=0.05, min_lr=1e-4,
+    gen_min_lr=1e-4, lr_per_step=True, warmup_ratio=1e-5, ema_start=0.999, ema_end=0.99996, ema_warmup=0.25,
+    randaugment="rand-m7-n2-mstd0.5", train_crop="rrc", crop_scale=0.8, interpolation="bicubic",
+    label_smoothing=0.1, gen_train_prob=0.8,
+)
 
 # Named presets: the published settings of ALGORITHM.md section 9. CIFAR presets train the
 # paper's 800 epochs (the released config file says 400: pass --epochs 400 for it).
@@ -256,6 +321,31 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny-r18": dict(dataset="tiny-imagenet", arch="r18", epochs=400),
     "imagenet-r18": dict(dataset="imagenet", arch="r18", epochs=100, gen_norm=False),
     "imagenet-r50": dict(dataset="imagenet", arch="r50", epochs=100, gen_norm=True),
+    # ---- issue 14: transformers and ConvNeXt on CIFAR-100 (released configs and logs, spec/ARCHS.md)
+    "cifar100-swin_t": dict(_TRANSFORMER_CIFAR, **arch_generator("swin_t"), arch="swin_t", lr=5e-4, gen_lr=1e-3, warmup_epochs=20,
+                            clip_grad=10.0, lam_margin=0.03, drop_path=0.2),
+    "cifar100-deit_s": dict(_TRANSFORMER_CIFAR, **arch_generator("deit_s"), arch="deit_s", lr=5e-4, gen_lr=1e-3, warmup_epochs=5,
+                            clip_grad=10.0, lam_margin=0.03, drop_path=0.1),
+    # The ConvNeXt_CIFAR run of the released log: 32 px with its 3x3 stride-1 stem, reflect-padded
+    # crops; mix block lr 5e-4 (the log; the config file in the repository says 2e-3), no clipping,
+    # lam_margin 0 (the config).
+    "cifar100-convnext_t": dict(_TRANSFORMER_CIFAR, **arch_generator("convnext_t"), arch="convnext_t", img_size=32, cifar_stem=True, lr=2e-3,
+                                gen_lr=5e-4, warmup_epochs=20, clip_grad=None, lam_margin=0.0, drop_path=0.3,
+                                train_crop="pad-reflect", crop_scale=None, interpolation=None),
+    # ---- fine-grained fine-tuning from torchvision's ImageNet weights (paper Table 2)
+    # N drawn from 2..3 every step where the released config sets is_random (CUB R18, Aircraft).
+    "cub-r18": dict(dataset="cub200", arch="r18", beta=0.3, random_mix_samples=True, pretrained="imagenet"),
+    "cub-r50": dict(dataset="cub200", arch="r50", beta=0.1, pretrained="imagenet"),
+    "aircraft-r18": dict(dataset="aircraft", arch="r18", beta=0.3, lam_margin=0.0, min_lr=5e-4,
+                         random_mix_samples=True, pretrained="imagenet"),
+    "aircraft-rx50": dict(dataset="aircraft", arch="rx50", beta=0.6, random_mix_samples=True, pretrained="imagenet"),
+    "cars-r18": dict(dataset="cars", arch="r18", beta=0.5, pretrained="imagenet"),
+    "cars-rx50": dict(dataset="cars", arch="rx50", beta=0.3, pretrained="imagenet"),
+    # ---- transfer (paper Table 3): an ImageNet-trained R50 fine-tuned 100 epochs with the same
+    # settings (alpha 0.5, beta 0.1: appendix A.2). Pass --pretrained PATH (e.g. the --export of an
+    # imagenet-r50 run); the default "imagenet" is torchvision's weights.
+    "cub-r50-transfer": dict(dataset="cub200", arch="r50", beta=0.1, epochs=100, pretrained="imagenet"),
+    "cars-r50-transfer": dict(dataset="cars", arch="r50", beta=0.1, epochs=100, pretrained="imagenet"),
 }
 
 # The paper's comparison runs: every baseline and AutoMix on each published setting, e.g.
@@ -274,6 +364,19 @@ PRESET_SOURCES: dict[str, str] = {
     "imagenet-r18": "imagenet/adautomix/basic/r18_adautomix_bilinear.py",
     "imagenet-r50": "imagenet/adautomix/basic/r50_adautomix_bilinear.py",
 }
+# Issue 14's presets, from OpenMixup's copies of the released configs (github.com/Westlake-AI/
+# openmixup, configs/classification/...) and spec/ARCHS.md (the released logs).
+PRESET_SOURCES.update({
+    "cifar100-swin_t": "openmixup: cifar100/adautomix/vit/swin_t_l3_a1_near_sz224_mlr1e_4_bs100_ep200.py",
+    "cifar100-deit_s": "openmixup: cifar100/adautomix/vit/deit_s_l6_a1_near_sz224_mlr1e_4_bs100_ep200.py",
+    "cifar100-convnext_t": "ARCHS.md (the released ConvNeXt_CIFAR log)",
+    "cub-r18": "openmixup: cub200/adautomix/r18_adautomix_bilinear.py",
+    "cub-r50": "openmixup: cub200/adautomix/r50_adautomix_bilinear.py",
+    "aircraft-r18": "openmixup: aircrafts/adautomix/basic/r18_adautomix_bilinear.py",
+    "aircraft-rx50": "openmixup: aircrafts/adautomix/basic/rx50_adautomix_bilinear.py",
+    "cars-r18": "openmixup: cars/adautomix/basic/r18_adautomix_bilinear.py",
+    "cars-rx50": "openmixup: cars/adautomix/basic/rx50_adautomix_bilinear.py",
+})
 
 
 # ---------------------------------------------------------------------------- methods
@@ -351,3 +454,47 @@ def resolve(explicit: dict[str, Any], preset: Optional[str] = None) -> Config:
     cfg = Config.from_dict(values)
     cfg.validate()
     return cfg
+
+
+# ---------------------------------------------------------------------------- recipe validation
+TRAIN_CROPS = ("pad", "pad-reflect", "rrc")
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+
+def validate_recipe(cfg: Config) -> None:
+    """One-line UsageErrors for the architecture-recipe fields (issue 14); called by validate()."""
+    from .data.randaugment import parse_randaugment
+    from .data.transforms import NATIVE_SIZE
+    from .optim import OPTIMIZERS
+
+    spec = ARCH_SPECS[cfg.arch]
+    if cfg.optimizer not in OPTIMIZERS:
+        raise UsageError(f"--opt must be one of {', '.join(OPTIMIZERS)} (got {cfg.optimizer!r})")
+    for name in ("adam_beta1", "adam_beta2"):
+        v = getattr(cfg, name)
+        if not 0.0 <= v < 1.0:
+            raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1) (got {v})")
+    if cfg.adam_eps <= 0:
+        raise UsageError(f"--adam-eps must be positive (got {cfg.adam_eps})")
+    if not 0.0 <= cfg.warmup_epochs <= cfg.epochs:
+        raise UsageError(f"--warmup-epochs must be between 0 and --epochs {cfg.epochs} (got {cfg.warmup_epochs})")
+    if not 0.0 < cfg.warmup_ratio <= 1.0:
+        raise UsageError(f"--warmup-ratio must be in (0, 1] (got {cfg.warmup_ratio})")
+    if cfg.clip_grad is not None and cfg.clip_grad <= 0:
+        raise UsageError(f"--clip-grad must be a positive norm (got {cfg.clip_grad}); leave it unset for no clipping")
+    if cfg.drop_path is not None:
+        if not 0.0 <= cfg.drop_path < 1.0:
+            raise UsageError(f"--drop-path must be in [0, 1) (got {cfg.drop_path})")
+        if cfg.drop_path > 0 and spec.family == "resnet":
+            raise UsageError(f"--drop-path applies to the Swin, ConvNeXt and DeiT architectures, not {cfg.arch}")
+    if cfg.randaugment is not None:
+        parse_randaugment(cfg.randaugment)
+    if cfg.train_crop is not None and cfg.train_crop not in TRAIN_CROPS:
+        raise UsageError(f"--train-crop must be one of {', '.join(TRAIN_CROPS)} (got {cfg.train_crop!r})")
+    if cfg.crop_scale is not None and not 0.0 < cfg.crop_scale <= 1.0:
+        raise UsageError(f"--crop-scale must be in (0, 1] (got {cfg.crop_scale})")
+    if cfg.interpolation is not None and cfg.interpolation not in INTERPOLATIONS:
+        raise UsageError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)} (got {cfg.interpolation!r})")
+    if cfg.cifar_stem and not spec.cifar_stem:
+        raise UsageError(f"--arch {cfg.arch} has no CIFAR stem; use --no-cifar-stem and --img-size {spec.image_size}")
+    check_image_size(cfg.arch, cfg.img_size or NATIVE_SIZE[cfg.dataset])

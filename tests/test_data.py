@@ -307,7 +307,8 @@ def test_missing_data_dir(tmp_path, monkeypatch):
     (tmp_path / "cifar10").mkdir()
     assert resolve_data_dir("cifar10", None) == str(tmp_path / "cifar10")
     assert resolve_data_dir("digits", None) is None
-    assert set(DATASETS) == {"digits", "cifar10", "cifar100", "tiny-imagenet", "imagenet", "folder"}
+    assert set(DATASETS) == {"digits", "cifar10", "cifar100", "tiny-imagenet", "imagenet", "folder",
+                             "cub200", "aircraft", "cars"}
 
 
 def test_cifar_missing_or_corrupt_files(cifar10, tmp_path):

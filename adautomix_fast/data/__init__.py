@@ -26,14 +26,14 @@ import torch
 from ..errors import DataError, UsageError
 from .dali import INSTALL_HINT, build_dali_loader, dali_import_error, resolve_backend
 from .sampling import EpochLoader, EvalBatchSampler, SeededDataset, SkipLog, TrainBatchSampler
-from .transforms import NORMALIZATION, build_transforms
+from .transforms import FINEGRAINED, NORMALIZATION, AugmentRecipe, build_transforms
 
 __all__ = ["DATASETS", "DATA_ENV", "BACKENDS", "DataInfo", "resolve_data_dir", "resolve_backend",
-           "build_loaders", "dali_import_error", "INSTALL_HINT"]
+           "build_loaders", "dali_import_error", "INSTALL_HINT", "AugmentRecipe"]
 
 BACKENDS = ("auto", "torch", "dali")
 
-DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet", "imagenet", "folder")
+DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet", "imagenet", "folder", "cub200", "aircraft", "cars")
 DATA_ENV = "ADAUTOMIX_DATA"  # if --data-dir is not given: $ADAUTOMIX_DATA/<dataset name> is tried
 
 # What --data-dir must point at, for the messages.
@@ -43,6 +43,9 @@ _LAYOUT = {
     "tiny-imagenet": "tiny-imagenet-200, or a folder with train/ and val/",
     "imagenet": "a folder with train/ and val/",
     "folder": "a folder with train/ and val/",
+    "cub200": "the extracted CUB_200_2011 folder (images.txt, train_test_split.txt, ...) or its parent",
+    "aircraft": "the folder holding fgvc-aircraft-2013b/ (torchvision's FGVCAircraft layout)",
+    "cars": "the folder holding stanford_cars/ (torchvision's StanfordCars layout)",
 }
 
 
@@ -106,6 +109,10 @@ def _load_splits(name: str, root: str | None):
         from .arrays import load_cifar
 
         return load_cifar(name, root)
+    if name in FINEGRAINED:
+        from .finegrained import LOADERS
+
+        return LOADERS[name](root)
     from .folders import load_folder
 
     return load_folder(name, root)
@@ -129,6 +136,7 @@ def build_loaders(
     channels_last: bool = False,
     augment: bool = True,
     dtype: torch.dtype = torch.float32,
+    recipe: Optional[AugmentRecipe] = None,
 ):
     """Returns ``(train_loader, val_loader, info)``; validates the data before returning.
 
@@ -150,7 +158,12 @@ def build_loaders(
     each loader's ``skipped`` (shared) counts them. channels_last: dali returns channels-last
     images (a view of its NHWC output); the torch backend ignores it. augment=False gives the
     training split the evaluation transform (no random crop or flip): for tests. dtype:
-    float32, or float16 with dali.
+    float32, or float16 with dali. recipe: an architecture recipe's crop, interpolation and
+    RandAugment (:class:`~.transforms.AugmentRecipe`; torch backend only).
+
+    The DALI pipelines implement the published ResNet augmentation only: the fine-grained sets
+    (resize, then a 0.5-1 crop) and any recipe run on the torch backend ("auto" picks it), and
+    an explicit ``backend="dali"`` for them is a one-line UsageError naming ``--data-backend torch``.
     """
     _check_name(name)
     if batch_size < 1 or (eval_batch_size is not None and eval_batch_size < 1):
@@ -161,11 +174,17 @@ def build_loaders(
         raise UsageError(f"--img-size must be at least 1 (got {image_size})")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside world_size {world_size}")
-    resolved = resolve_backend(backend, device)
+    recipe = recipe or AugmentRecipe()
+    torch_only = name in FINEGRAINED or not recipe.is_default
+    if torch_only and backend == "dali":
+        what = f"the {name} crops" if name in FINEGRAINED else "the architecture recipes' augmentation"
+        raise UsageError(f"--data-backend dali does not implement {what} (resize + scaled crops, RandAugment); "
+                         "use --data-backend torch")
+    resolved = "torch" if torch_only and backend in ("auto", "torch") else resolve_backend(backend, device)
 
     root = resolve_data_dir(name, data_dir)
     train_split, val_split, class_names = _load_splits(name, root)
-    train_tf, eval_tf, size = build_transforms(name, image_size)
+    train_tf, eval_tf, size = build_transforms(name, image_size, recipe)
 
     train_sampler = TrainBatchSampler(len(train_split), batch_size, seed=seed, rank=rank, world_size=world_size)
     if len(train_sampler) == 0:

@@ -8,8 +8,13 @@ generator, which :mod:`.sampling` seeds per sample.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
-from torchvision.transforms import v2
+from torchvision.transforms import InterpolationMode, v2
+
+from .randaugment import RandAugment, parse_randaugment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -30,8 +35,16 @@ NORMALIZATION = {
     "tiny-imagenet": (IMAGENET_MEAN, IMAGENET_STD),
     "imagenet": (IMAGENET_MEAN, IMAGENET_STD),
     "folder": (IMAGENET_MEAN, IMAGENET_STD),
+    "cub200": (IMAGENET_MEAN, IMAGENET_STD),     # fine-tuning from ImageNet weights: ImageNet statistics
+    "aircraft": (IMAGENET_MEAN, IMAGENET_STD),
+    "cars": (IMAGENET_MEAN, IMAGENET_STD),
 }
-NATIVE_SIZE = {"digits": 32, "cifar10": 32, "cifar100": 32, "tiny-imagenet": 64, "imagenet": 224, "folder": 224}
+NATIVE_SIZE = {"digits": 32, "cifar10": 32, "cifar100": 32, "tiny-imagenet": 64, "imagenet": 224, "folder": 224,
+               "cub200": 224, "aircraft": 224, "cars": 224}
+FINEGRAINED = ("cub200", "aircraft", "cars")
+# The released fine-grained pipeline: Resize(256) (shorter side), RandomResizedCrop(224, scale
+# (0.5, 1)), flip; evaluation Resize(256) + CenterCrop(224).
+FINEGRAINED_CROP_SCALE = 0.5
 # ImageNet eval: resize the shorter side to size / 0.875 (256 for 224), then center-crop.
 EVAL_CROP_RATIO = 0.875
 
@@ -41,13 +54,56 @@ def _finish(name: str) -> list:
     return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std), v2.ToPureTensor()]
 
 
-def build_transforms(name: str, image_size: int | None = None):
+@dataclass(frozen=True)
+class AugmentRecipe:
+    """An architecture recipe's changes to a data set's published augmentation (issue 14).
+
+    train_crop: None (the data set's own), "pad" / "pad-reflect" (random crop after padding by
+        size // 8, zeros or reflection), "rrc" (RandomResizedCrop from the image as it is).
+    crop_scale: RandomResizedCrop's minimum area (None: 0.08, fine-grained sets 0.5).
+    interpolation: "bilinear" (None) or "bicubic", for every resize and the crop.
+    randaugment: timm-style "rand-m7-n2-mstd0.5" (see :mod:`.randaugment`), after crop and flip.
+    """
+
+    train_crop: Optional[str] = None
+    crop_scale: Optional[float] = None
+    interpolation: Optional[str] = None
+    randaugment: Optional[str] = None
+
+    @classmethod
+    def from_config(cls, cfg) -> "AugmentRecipe":
+        return cls(cfg.train_crop, cfg.crop_scale, cfg.interpolation, cfg.randaugment)
+
+    @property
+    def is_default(self) -> bool:
+        return self == AugmentRecipe()
+
+    @property
+    def mode(self) -> InterpolationMode:
+        return InterpolationMode.BICUBIC if self.interpolation == "bicubic" else InterpolationMode.BILINEAR
+
+
+def _recipe_crop(recipe: AugmentRecipe, size: int, native: int, default_scale: float) -> list:
+    """The train crop a recipe asks for (``train_crop`` set)."""
+    if recipe.train_crop == "rrc":
+        scale = (recipe.crop_scale if recipe.crop_scale is not None else default_scale, 1.0)
+        return [v2.RandomResizedCrop(size, scale=scale, interpolation=recipe.mode, antialias=True)]
+    resize = [] if size == native else [v2.Resize(size, interpolation=recipe.mode, antialias=True)]
+    mode = "reflect" if recipe.train_crop == "pad-reflect" else "constant"
+    return resize + [v2.RandomCrop(size, padding=max(1, size // 8), padding_mode=mode)]
+
+
+def build_transforms(name: str, image_size: int | None = None, recipe: Optional[AugmentRecipe] = None):
     """Return ``(train_transform, eval_transform, size)`` for data set ``name``.
 
-    ``image_size`` overrides the native training size (32, 64 or 224).
+    ``image_size`` overrides the native training size (32, 64 or 224); ``recipe`` applies an
+    architecture recipe's crop, interpolation and RandAugment (default: the data set's own).
     """
     native = NATIVE_SIZE[name]
     size = native if image_size is None else int(image_size)
+    recipe = recipe or AugmentRecipe()
+    if not recipe.is_default:
+        return _recipe_transforms(name, size, native, recipe)
     if name in ("digits", "cifar10", "cifar100"):
         # Small images: pad-4 random crop (padding scaled if the size is overridden).
         resize = [] if size == native else [v2.Resize(size, antialias=True)]
@@ -63,7 +119,47 @@ def build_transforms(name: str, image_size: int | None = None):
         train = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
         # Images are already 64x64, so this is the identity at the native size.
         evaluate = [v2.Resize(size, antialias=True), v2.CenterCrop(size)]
+    elif name in FINEGRAINED:
+        resize = [v2.Resize(int(size / EVAL_CROP_RATIO), antialias=True)]
+        train = resize + [v2.RandomResizedCrop(size, scale=(FINEGRAINED_CROP_SCALE, 1.0), antialias=True),
+                          v2.RandomHorizontalFlip()]
+        evaluate = resize + [v2.CenterCrop(size)]
     else:  # imagenet, folder
         train = [v2.RandomResizedCrop(size, antialias=True), v2.RandomHorizontalFlip()]
         evaluate = [v2.Resize(int(size / EVAL_CROP_RATIO), antialias=True), v2.CenterCrop(size)]
+    return v2.Compose(train + _finish(name)), v2.Compose(evaluate + _finish(name)), size
+
+
+def _recipe_transforms(name: str, size: int, native: int, recipe: AugmentRecipe):
+    """The data set's pipeline with the recipe's changes (released ``sz224_randaug`` /
+    ``sz32_randaug`` pipelines for CIFAR-100: RRC 224 scale 0.8 bicubic or reflect-padded crop,
+    flip, RandAugment; evaluation: resize to the size)."""
+    mode = recipe.mode
+    small = name in ("digits", "cifar10", "cifar100")
+    if small:
+        default_crop = AugmentRecipe("pad", interpolation=recipe.interpolation)
+        evaluate = [] if size == native else [v2.Resize(size, interpolation=mode, antialias=True)]
+        scale = 0.08
+    elif name in FINEGRAINED:
+        default_crop = None
+        evaluate = [v2.Resize(int(size / EVAL_CROP_RATIO), interpolation=mode, antialias=True), v2.CenterCrop(size)]
+        scale = FINEGRAINED_CROP_SCALE
+    else:
+        default_crop = AugmentRecipe("rrc", interpolation=recipe.interpolation)
+        short = size if name == "tiny-imagenet" else int(size / EVAL_CROP_RATIO)
+        evaluate = [v2.Resize(short, interpolation=mode, antialias=True), v2.CenterCrop(size)]
+        scale = 0.08
+    if recipe.train_crop is not None:
+        train = _recipe_crop(recipe, size, native, scale)
+    elif default_crop is not None:
+        train = _recipe_crop(AugmentRecipe(default_crop.train_crop, recipe.crop_scale, recipe.interpolation),
+                             size, native, scale)
+    else:   # fine-grained: resize to size / 0.875, then the crop
+        train = [v2.Resize(int(size / EVAL_CROP_RATIO), interpolation=mode, antialias=True),
+                 v2.RandomResizedCrop(size, scale=(recipe.crop_scale or scale, 1.0), interpolation=mode,
+                                      antialias=True)]
+    if name != "digits":   # a mirrored digit is another glyph
+        train.append(v2.RandomHorizontalFlip())
+    if recipe.randaugment:
+        train.append(RandAugment(parse_randaugment(recipe.randaugment)))
     return v2.Compose(train + _finish(name)), v2.Compose(evaluate + _finish(name)), size

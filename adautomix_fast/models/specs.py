@@ -1,0 +1,133 @@
+"""One table of what each architecture is and what the generator reads from it (no torch here).
+
+``ARCH_SPECS[arch]`` holds the published facts that the config, the presets, the generator and
+the pretrained/export code need: the tap's channels and size, the generator's published
+upsampling mode and ``lam_concat``, the native image size, whether a CIFAR stem exists, the
+library (torchvision or timm), its ImageNet weights and its classifier's state-dict prefix.
+Sources: the released AdAutoMix configs (OpenMixup ``configs/classification/cifar100/adautomix``,
+``.../cub200``, ``.../aircrafts``, ``.../cars``) and ``spec/ARCHS.md``.
+
+Kernel limits (``adautomix_fast.kernels``): the cross-attention kernel takes head dims
+D = tap_channels // 2 up to 512 (Swin-T: 384), any number of positions P = h*w (Swin-T 49,
+ConvNeXt-T 196 or 64 with the CIFAR stem, DeiT-S 196, R50 196); the mix kernel takes up to 16
+slots and next_pow2(N) * next_pow2(w) <= 4096 (w <= 14 here). ``tests/test_archs.py`` checks
+every entry against the kernels' own launch helpers.
+
+The ``tiny*`` entries are test architectures: the same classes and code paths with narrow,
+shallow settings (``options``) so whole steps run in seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from ..errors import UsageError
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    family: str                    # resnet | swin | convnext | deit
+    library: str                   # torchvision | timm: whose constructor and state-dict keys
+    constructor: str               # the library constructor of the real architecture
+    tap_channels: int              # channels of the generator's input
+    tap_size: int                  # side of the tap map at ``image_size`` without the CIFAR stem
+    image_size: int                # published input size (224)
+    upsample: Optional[str]        # the generator's published upsampling; None: the data set's
+    lam_concat: Optional[bool]     # the generator's published lambda channel; None: the data set's
+    cifar_stem: bool               # a 3x3 stride-1 stem for 32 px images exists
+    cifar_tap_size: Optional[int]  # tap side with the CIFAR stem at 32 px
+    size_multiple: int             # the trunk's total stride (the tap is image / this)
+    fixed_size: bool               # only ``image_size`` works (a learned position table)
+    weights: Optional[str]         # --pretrained imagenet: the library's weights
+    head: str                      # the library classifier's state-dict prefix (export, pretrained)
+    drop_path: float = 0.0         # published drop-path (stochastic depth) rate
+    no_decay: tuple[str, ...] = ()  # parameter-name parts without weight decay besides norms/biases
+    options: dict[str, Any] = field(default_factory=dict)  # constructor settings (Swin, test variants)
+    test_only: bool = False
+
+    @property
+    def gen_dim(self) -> int:
+        """The generator's query/key channels (reduction 2): the cross-attention head dim D."""
+        return max(self.tap_channels // 2, 1)
+
+    def tap_side(self, image_size: int, cifar_stem: bool) -> int:
+        if cifar_stem:
+            return self.cifar_tap_size * image_size // 32
+        return self.tap_size * image_size // self.image_size
+
+
+_RESNET = dict(family="resnet", library="torchvision", image_size=224, upsample=None, lam_concat=None,
+               cifar_stem=True, size_multiple=16, fixed_size=False, head="fc")
+# Swin and DeiT: the released CIFAR-100 configs (swin_t_l3_a1_near..., deit_s_l6_a1_near...):
+# AdaptiveMask(lam_concat=True, unsampling_mode='nearest'). ConvNeXt: the released ConvNeXt_CIFAR
+# AdAutoMix config, the same. Norms, biases and these position tables get no weight decay
+# (paramwise_options of those configs; ConvNeXt's layer scale is "gamma" there).
+_SWIN = dict(family="swin", library="torchvision", image_size=224, upsample="nearest", lam_concat=True,
+             cifar_stem=False, cifar_tap_size=None, fixed_size=False, head="head",
+             no_decay=("relative_position_bias_table", "absolute_pos_embed"))
+_CONVNEXT = dict(family="convnext", library="torchvision", image_size=224, upsample="nearest", lam_concat=True,
+                 cifar_stem=True, fixed_size=False, head="classifier.2", no_decay=("layer_scale",))
+_DEIT = dict(family="deit", library="timm", upsample="nearest", lam_concat=True, cifar_stem=False,
+             cifar_tap_size=None, fixed_size=True, head="head", no_decay=("pos_embed", "cls_token"))
+
+ARCH_SPECS: dict[str, ArchSpec] = {
+    "r18": ArchSpec(constructor="torchvision.models.resnet18", tap_channels=256, tap_size=14, cifar_tap_size=8,
+                    weights="ResNet18_Weights.IMAGENET1K_V1", **_RESNET),
+    "r34": ArchSpec(constructor="torchvision.models.resnet34", tap_channels=256, tap_size=14, cifar_tap_size=8,
+                    weights="ResNet34_Weights.IMAGENET1K_V1", **_RESNET),
+    "r50": ArchSpec(constructor="torchvision.models.resnet50", tap_channels=1024, tap_size=14, cifar_tap_size=8,
+                    weights="ResNet50_Weights.IMAGENET1K_V1", **_RESNET),
+    "rx50": ArchSpec(constructor="torchvision.models.resnext50_32x4d", tap_channels=1024, tap_size=14,
+                     cifar_tap_size=8, weights="ResNeXt50_32X4D_Weights.IMAGENET1K_V1", **_RESNET),
+    # The tap: the 768-channel 7x7 map after the third patch merging, LayerNorm'd for the generator.
+    "swin_t": ArchSpec(constructor="torchvision.models.swin_t", tap_channels=768, tap_size=7, size_multiple=32,
+                       weights="Swin_T_Weights.IMAGENET1K_V1", drop_path=0.2,
+                       options=dict(patch_size=[4, 4], embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24],
+                                    window_size=[7, 7]), **_SWIN),
+    # The tap: the output of stage 3 (384 channels; 14x14 at 224 px, 8x8 with the CIFAR stem at 32).
+    "convnext_t": ArchSpec(constructor="torchvision.models.convnext_tiny", tap_channels=384, tap_size=14,
+                           cifar_tap_size=8, size_multiple=16, weights="ConvNeXt_Tiny_Weights.IMAGENET1K_V1",
+                           drop_path=0.3, **_CONVNEXT),
+    # The tap: the patch tokens after block 6 of 12 as a 14x14 map (no norm).
+    "deit_s": ArchSpec(constructor="timm deit_small_patch16_224", tap_channels=384, tap_size=14, image_size=224,
+                       size_multiple=16, weights="deit_small_patch16_224.fb_in1k", drop_path=0.1, **_DEIT),
+    # ---- test architectures: same classes, narrow and shallow
+    "tiny": ArchSpec(constructor="adautomix_fast.models.TinyResNet", tap_channels=32, tap_size=14,
+                     cifar_tap_size=8, weights=None, test_only=True, **_RESNET),
+    "tiny_swin": ArchSpec(constructor="torchvision.models.swin_transformer.SwinTransformer", tap_channels=64,
+                          tap_size=2, size_multiple=16, weights=None, test_only=True,
+                          options=dict(patch_size=[2, 2], embed_dim=8, depths=[1, 1, 2, 1], num_heads=[1, 1, 2, 2],
+                                       window_size=[2, 2]),
+                          **dict(_SWIN, image_size=32)),
+    "tiny_convnext": ArchSpec(constructor="torchvision.models.convnext.ConvNeXt", tap_channels=32, tap_size=2,
+                              cifar_tap_size=8, size_multiple=16, weights=None, test_only=True,
+                              options=dict(channels=(8, 16, 32, 64), depths=(1, 1, 2, 1)),
+                              **dict(_CONVNEXT, image_size=32)),
+    "tiny_deit": ArchSpec(constructor="timm.models.vision_transformer.VisionTransformer", tap_channels=16,
+                          tap_size=8, image_size=32, size_multiple=4, weights=None, test_only=True,
+                          options=dict(img_size=32, patch_size=4, embed_dim=16, depth=4, num_heads=2), **_DEIT),
+}
+
+
+def arch_spec(arch: str) -> ArchSpec:
+    """The spec of ``arch``; a one-line UsageError naming the choices otherwise."""
+    try:
+        return ARCH_SPECS[arch]
+    except KeyError:
+        raise UsageError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCH_SPECS)}") from None
+
+
+def drop_path_rate(arch: str, value: Optional[float]) -> float:
+    """The stochastic-depth rate to build ``arch`` with: ``value`` (``--drop-path``), or when None
+    the architecture's published rate (0 for the ResNets, which have none)."""
+    return arch_spec(arch).drop_path if value is None else float(value)
+
+
+def check_image_size(arch: str, image_size: int) -> None:
+    """One-line UsageError when ``arch`` cannot take ``image_size`` px images (DeiT: its learned
+    position table fixes the size; the other families take any size, padding where needed)."""
+    spec = arch_spec(arch)
+    if spec.fixed_size and image_size != spec.image_size:
+        raise UsageError(f"--arch {arch} takes {spec.image_size} px images only (its position table is "
+                         f"learned at that size), got {image_size}: pass --img-size {spec.image_size}")

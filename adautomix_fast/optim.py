@@ -1,0 +1,374 @@
+"""Optimizers, weight-decay groups and learning-rate schedules of the architecture recipes.
+
+Two halves:
+
+* **Host side**: ``param_groups`` / ``build_optimizer`` (SGD or AdamW over the student and the
+  generator, with the released weight-decay exclusions) and ``WarmupCosineSchedule`` (linear
+  warm-up, then cosine to a minimum, as a pure function of the step that the host evaluates).
+* **In-graph side**: the update math the fused step runs inside its compiled graph, written with
+  ``torch._foreach_*`` ops on tensors only: no ``.item()``, no Python branch on a tensor value,
+  learning rates as 0-dim device tensors changed in place between steps (``InGraphOptimizer.
+  set_lrs``), so ``torch.compile`` never recompiles and a CUDA graph never re-captures when the
+  learning rate changes. ``sgd_step_`` is the fused step's SGD (``fused.py`` ``_update``);
+  ``adamw_step_`` equals ``torch.optim.AdamW`` and ``clip_grad_norm_`` equals
+  ``torch.nn.utils.clip_grad_norm_`` (tests compare them step by step). Every state tensor
+  (SGD ``momentum_buffer``; AdamW ``exp_avg``, ``exp_avg_sq``, ``step``) lives in the
+  ``torch.optim`` object's own state, so the eager reference step and the fused step share
+  checkpoints. A ``keep`` 0/1 tensor (with its bool twin ``ok``) turns a non-finite step into
+  an exact no-op: parameters and every state tensor, AdamW's step count included, stay as they
+  were.
+
+Why hand-written: ``optimizer.step()`` cannot run inside the fused step's graph
+(spec/COMPILE.md fact 1), and PyTorch's own foreach implementations take the learning rate as a
+Python float (or, capturable, still branch on host values); these functions are their
+tensor-only twins.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Optional, Sequence
+
+import torch
+import torch.nn as nn
+
+from .ema import ema_momentum
+
+OPTIMIZERS = ("sgd", "adamw")
+
+
+# ---------------------------------------------------------------------------- weight-decay groups
+def no_weight_decay(name: str, param: torch.Tensor, names: Iterable[str] = ()) -> bool:
+    """True for the parameters the transformer recipes do not decay: every norm weight and bias
+    and every bias (all of them are 1-D: timm's ``param_groups_weight_decay`` rule) and position
+    or relative-position tables, class tokens and layer scales named in ``names`` (the released
+    configs' ``paramwise_options``; see ``ARCH_SPECS[arch].no_decay``)."""
+    if param.ndim <= 1 or name.endswith(".bias"):
+        return True
+    return any(part in name for part in names)
+
+
+def _named(model: nn.Module, params: Sequence[nn.Parameter]) -> list[tuple[str, nn.Parameter]]:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [(names[id(p)], p) for p in params]
+
+
+def param_groups(model: nn.Module, cfg) -> list[dict]:
+    """Parameter groups over ``model.trainable_parameters()`` (student, generator).
+
+    Without exclusions (``cfg.wd_exclude`` False; the default with SGD): two groups, student then
+    generator, exactly ``engine.build_optimizer``'s. With them (the default with AdamW): the
+    same two groups with every decayed parameter, then ``student_no_decay`` and
+    ``generator_no_decay`` (weight decay 0; empty ones left out). Each group has ``role``
+    ("student" or "generator"): the schedule's learning rate it follows.
+    """
+    from .models.specs import arch_spec
+
+    student, generator = model.trainable_parameters()
+    exclude = wd_exclude(cfg)
+    extra = arch_spec(cfg.arch).no_decay
+    gen_lr = cfg.gen_lr if cfg.gen_lr is not None else cfg.lr
+    groups: list[dict] = []
+    no_decay: list[dict] = []
+    for role, params, lr in (("student", student, cfg.lr), ("generator", generator, gen_lr)):
+        named = _named(model, params)
+        skip = [p for n, p in named if exclude and no_weight_decay(n, p, extra)]
+        skip_ids = {id(p) for p in skip}
+        keep = [p for _, p in named if id(p) not in skip_ids]
+        groups.append({"params": keep, "lr": lr, "weight_decay": cfg.weight_decay, "name": role, "role": role})
+        if skip:
+            no_decay.append({"params": skip, "lr": lr, "weight_decay": 0.0, "name": f"{role}_no_decay",
+                             "role": role})
+    return groups + no_decay
+
+
+def wd_exclude(cfg) -> bool:
+    """Whether norms, biases and position tables skip weight decay: ``cfg.wd_exclude``, or by
+    default on with AdamW (the released transformer configs) and off with SGD (the released
+    ResNet configs decay every parameter)."""
+    if cfg.wd_exclude is not None:
+        return bool(cfg.wd_exclude)
+    return cfg.optimizer == "adamw"
+
+
+def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    """SGD (momentum ``cfg.momentum``) or AdamW (``cfg.adam_beta1/2``, ``cfg.adam_eps``) over
+    ``param_groups(model, cfg)``. The in-graph twins support exactly these options (no nesterov,
+    dampening, amsgrad or maximize)."""
+    groups = param_groups(model, cfg)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                                 weight_decay=cfg.weight_decay, foreach=True)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True)
+
+
+# ---------------------------------------------------------------------------- schedule
+def cosine(base: float, final: float, progress: float) -> float:
+    progress = min(max(progress, 0.0), 1.0)
+    return final + (base - final) * (1.0 + math.cos(math.pi * progress)) / 2.0
+
+
+def warmup_factor(step: int, warmup_steps: int, warmup_ratio: float) -> float:
+    """mmcv's linear warm-up: ``1 - (1 - step / W) * (1 - ratio)`` for step < W, then 1.
+
+    It multiplies the regular (cosine) learning rate: the first step runs at ``ratio`` times it,
+    and the rate joins the cosine continuously at step W (the released ``warmup='linear'``,
+    ``warmup_ratio=1e-5``, ``warmup_by_epoch=True``)."""
+    if step >= warmup_steps:
+        return 1.0
+    return 1.0 - (1.0 - step / warmup_steps) * (1.0 - warmup_ratio)
+
+
+def warmup_cosine_lr(step: int, total_steps: int, base: float, final: float, warmup_steps: int = 0,
+                     warmup_ratio: float = 1e-5, steps_per_epoch: Optional[int] = None) -> float:
+    """Learning rate of global step ``step`` (0-based): cosine from ``base`` to ``final`` over the
+    whole run, per step (or per epoch when ``steps_per_epoch`` is given: epoch e uses progress
+    e / epochs, the released ``by_epoch=True``), times the linear warm-up factor."""
+    total_steps = max(int(total_steps), 1)
+    if steps_per_epoch:
+        epochs = max(total_steps // steps_per_epoch, 1)
+        progress = (step // steps_per_epoch) / epochs
+    else:
+        progress = step / total_steps
+    return cosine(base, final, progress) * warmup_factor(step, warmup_steps, warmup_ratio)
+
+
+class WarmupCosineSchedule:
+    """Learning rates and EMA momentum per global step, ``engine.Schedule``'s interface
+    (``lrs(step) -> (student lr, generator lr)``, ``ema(step)``, ``total_steps``) plus the
+    recipes' warm-up: ``cfg.warmup_epochs`` epochs (0: none) starting at ``cfg.warmup_ratio``
+    times the cosine's value. Without warm-up it equals ``engine.Schedule``."""
+
+    def __init__(self, cfg, steps_per_epoch: int):
+        self.cfg = cfg
+        self.steps_per_epoch = steps_per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.epochs * self.steps_per_epoch
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(round(self.cfg.warmup_epochs * self.steps_per_epoch))
+
+    def _lr(self, step: int, base: float, final: float) -> float:
+        per_epoch = None if self.cfg.lr_per_step else self.steps_per_epoch
+        return warmup_cosine_lr(step, self.total_steps, base, final, self.warmup_steps, self.cfg.warmup_ratio,
+                                steps_per_epoch=per_epoch)
+
+    def lrs(self, step: int) -> tuple[float, float]:
+        cfg = self.cfg
+        lr = self._lr(step, cfg.lr, cfg.min_lr)
+        if cfg.gen_lr is None:
+            return lr, lr
+        gen_min = cfg.gen_min_lr if cfg.gen_min_lr is not None else cfg.min_lr
+        return lr, self._lr(step, cfg.gen_lr, gen_min)
+
+    def ema(self, step: int) -> float:
+        return ema_momentum(step, self.total_steps, self.cfg.ema_start, self.cfg.ema_end, self.cfg.ema_warmup)
+
+
+# ---------------------------------------------------------------------------- in-graph pieces
+@torch.no_grad()
+def unscale_and_check_(grads: list[torch.Tensor], loss: torch.Tensor, loss_scale: Optional[torch.Tensor] = None):
+    """Unscale ``grads`` in place (when a loss scale is given) and flag a non-finite step.
+
+    Returns ``(ok, keep, grads)``: ``ok`` a 0-dim bool (every gradient and the loss finite),
+    ``keep`` its float32 0/1 twin, ``grads`` with inf/NaN replaced by 0 (so a skipped step
+    multiplies zeros, never NaN * 0). GradScaler's own kernel does the check.
+    """
+    found_inf = torch.zeros(1, dtype=torch.float32, device=loss.device)
+    inv_scale = torch.ones(1, dtype=torch.float32, device=loss.device) if loss_scale is None \
+        else (1.0 / loss_scale).reshape(1)
+    torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
+    ok = (found_inf[0] == 0) & torch.isfinite(loss)
+    grads = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
+    return ok, ok.to(torch.float32), grads
+
+
+@torch.no_grad()
+def clip_grad_norm_(grads: list[torch.Tensor], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` (L2, foreach) on a list of gradients, in graph.
+
+    total = ||(||g_1||, ..., ||g_n||)||_2; every g *= min(max_norm / (total + 1e-6), 1). Returns
+    the total norm as a 0-dim device tensor (never read on the host here)."""
+    norms = torch._foreach_norm(grads, 2.0)
+    total = torch.linalg.vector_norm(torch.stack(norms), 2.0)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    torch._foreach_mul_(grads, coef)
+    return total
+
+
+@torch.no_grad()
+def sgd_step_(params: list[torch.Tensor], grads: list[torch.Tensor], bufs: list[torch.Tensor], lr: torch.Tensor, *,
+              momentum: float, weight_decay: float, ok: torch.Tensor, keep: torch.Tensor) -> None:
+    """torch.optim.SGD (momentum, no dampening, no nesterov), skipped exactly when ``keep`` is 0.
+
+    d = g + wd * p; buf = mu * buf + d; p -= lr * buf. Buffers start at zero, which gives
+    SGD's first step (buf = d). ``grads`` are overwritten."""
+    if weight_decay:
+        torch._foreach_add_(grads, params, alpha=weight_decay)          # d = g + wd * p
+    torch._foreach_mul_(grads, keep)                                    # skipped: d = 0
+    mu = torch.where(ok, momentum, 1.0)                                 # skipped: buffer kept
+    torch._foreach_mul_(bufs, mu)
+    torch._foreach_add_(bufs, grads)                                    # buf = mu * buf + d
+    torch._foreach_sub_(params, torch._foreach_mul(bufs, lr * keep))    # p -= lr * buf
+
+
+@torch.no_grad()
+def adamw_step_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+                exp_avg_sqs: list[torch.Tensor], steps: list[torch.Tensor], lr: torch.Tensor, *, beta1: float,
+                beta2: float, eps: float, weight_decay: float, ok: torch.Tensor, keep: torch.Tensor) -> None:
+    """torch.optim.AdamW (amsgrad off), with every value a tensor, skipped exactly when ``keep`` is 0.
+
+        step += 1;  p *= 1 - lr * wd
+        m = lerp(m, g, 1 - beta1);  v = beta2 * v + (1 - beta2) * g^2
+        p -= lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps)
+
+    ``steps`` are the per-parameter 0-dim float32 step counts of torch's AdamW state (on the
+    parameters' device). Skipped step: the betas become 1 (moments unchanged, bit for bit), the
+    step count and the learning rate are multiplied by ``keep`` (nothing moves). The bias
+    corrections use max(step, 1) so that a skipped *first* step computes 0 * finite, not 0/0.
+    """
+    n = len(params)
+    torch._foreach_add_(steps, keep)
+    if weight_decay:
+        torch._foreach_mul_(params, 1.0 - lr * weight_decay * keep)
+    b1 = torch.where(ok, beta1, 1.0)
+    b2 = torch.where(ok, beta2, 1.0)
+    torch._foreach_lerp_(exp_avgs, grads, [1.0 - b1] * n)
+    torch._foreach_mul_(exp_avg_sqs, b2)
+    sq = torch._foreach_mul(grads, grads)
+    torch._foreach_mul_(sq, 1.0 - b2)
+    torch._foreach_add_(exp_avg_sqs, sq)
+    s = torch._foreach_maximum(steps, 1.0)
+    bc1 = torch._foreach_pow(beta1, s)                   # beta1^step
+    bc2 = torch._foreach_pow(beta2, s)
+    neg_step_size = torch._foreach_mul(torch._foreach_reciprocal(torch._foreach_sub(bc1, 1.0)), lr * keep)
+    bc2_sqrt = torch._foreach_sqrt(torch._foreach_sub(torch._foreach_neg(bc2), -1.0))   # sqrt(1 - beta2^step)
+    denom = torch._foreach_sqrt(exp_avg_sqs)
+    torch._foreach_div_(denom, bc2_sqrt)
+    torch._foreach_add_(denom, eps)
+    update = torch._foreach_div(exp_avgs, denom)
+    torch._foreach_mul_(update, neg_step_size)           # -lr / (1 - beta1^step) * m / denom
+    torch._foreach_add_(params, update)
+
+
+class InGraphOptimizer:
+    """The in-graph twin of a ``torch.optim.SGD`` or ``torch.optim.AdamW`` (any number of groups).
+
+    Host side, between steps: ``set_lrs((student_lr, generator_lr))`` writes every group's 0-dim
+    learning-rate tensor by its ``role`` (and ``group["lr"]``, for checkpoints and logs). In the
+    graph: ``step(grads, ok, keep)`` clips (``max_grad_norm``) and updates; ``grads`` follow
+    ``params()`` (the groups' parameters, in order). ``bind()`` collects the state tensors from
+    the optimizer's state (creating the missing ones as torch would) and snapshots the groups'
+    constant settings (momentum, weight decay, betas, eps); call it after any
+    ``optimizer.load_state_dict`` and before compiling.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, max_grad_norm: Optional[float] = None):
+        if isinstance(optimizer, torch.optim.AdamW):
+            self.kind = "adamw"
+            for g in optimizer.param_groups:
+                if g.get("amsgrad") or g.get("maximize"):
+                    raise ValueError("InGraphOptimizer: AdamW with amsgrad or maximize is not supported")
+        elif isinstance(optimizer, torch.optim.SGD):
+            self.kind = "sgd"
+            for g in optimizer.param_groups:
+                if g.get("nesterov") or g.get("dampening") or g.get("maximize"):
+                    raise ValueError("InGraphOptimizer: SGD with nesterov, dampening or maximize is not supported")
+        else:
+            raise TypeError(f"InGraphOptimizer supports torch.optim.SGD and AdamW, got {type(optimizer).__name__}")
+        if max_grad_norm is not None and max_grad_norm <= 0:
+            raise ValueError(f"max_grad_norm must be positive, got {max_grad_norm}")
+        self.optimizer = optimizer
+        self.max_grad_norm = max_grad_norm
+        first = next(p for g in optimizer.param_groups for p in g["params"])
+        self.device = first.device
+        self.lrs = [torch.full((), float(g["lr"]), dtype=torch.float32, device=self.device)
+                    for g in optimizer.param_groups]
+        self.bound = False
+
+    def params(self) -> list[torch.Tensor]:
+        """Every group's parameters, in order (the order ``step`` expects the gradients in)."""
+        if self.bound:
+            return self._params
+        return [p for g in self.optimizer.param_groups for p in g["params"]]
+
+    def set_lrs(self, lrs: Sequence[float]) -> None:
+        """(student lr, generator lr) -> every group by its ``role`` (groups without one: the
+        first value). In place: a compiled graph or CUDA graph reads the new values."""
+        by_role = {"student": lrs[0], "generator": lrs[1] if len(lrs) > 1 else lrs[0]}
+        for group, t in zip(self.optimizer.param_groups, self.lrs):
+            value = by_role.get(group.get("role", "student"), lrs[0])
+            group["lr"] = value
+            t.fill_(value)
+
+    def bind(self) -> None:
+        opt = self.optimizer
+        self.state = []
+        # The graph reads these snapshots, never ``optimizer.param_groups``: dynamo would guard
+        # on those dicts, whose "lr" entries change every step (a recompilation per step).
+        self.groups = []
+        for group in opt.param_groups:
+            hyper = {k: group[k] for k in ("momentum", "weight_decay", "betas", "eps") if k in group}
+            self.groups.append((list(group["params"]), hyper))
+        self._params = [p for params, _ in self.groups for p in params]
+        for group in opt.param_groups:
+            tensors = []
+            for p in group["params"]:
+                st = opt.state[p]
+                if self.kind == "sgd":
+                    if st.get("momentum_buffer") is None:
+                        st["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    tensors.append((st["momentum_buffer"],))
+                else:
+                    if "step" not in st:
+                        st["step"] = torch.zeros((), dtype=torch.float32, device=p.device)
+                        st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    # torch keeps the step on the CPU unless capturable; in a graph it must be
+                    # on the parameters' device (torch's eager AdamW reads either).
+                    if st["step"].device != p.device or st["step"].dtype != torch.float32:
+                        st["step"] = st["step"].to(device=p.device, dtype=torch.float32)
+                    tensors.append((st["exp_avg"], st["exp_avg_sq"], st["step"]))
+            self.state.append(tensors)
+        self.bound = True
+
+    def static_tensors(self) -> list[torch.Tensor]:
+        """Every tensor the graph updates in place (for ``torch._dynamo.mark_static_address``)."""
+        out = list(self.lrs)
+        for tensors in self.state:
+            for t in tensors:
+                out.extend(t)
+        return out
+
+    @torch.no_grad()
+    def step(self, grads: list[torch.Tensor], ok: torch.Tensor, keep: torch.Tensor) -> Optional[torch.Tensor]:
+        """Clip (when ``max_grad_norm``) and update every group; returns the total gradient norm
+        (0-dim tensor) when clipping, else None. ``grads`` (sanitised: finite) are consumed."""
+        if not self.bound:
+            raise RuntimeError("InGraphOptimizer.bind() must run before step()")
+        total = clip_grad_norm_(grads, self.max_grad_norm) if self.max_grad_norm is not None else None
+        offset = 0
+        for (params, group), lr, tensors in zip(self.groups, self.lrs, self.state):
+            g = grads[offset:offset + len(params)]
+            offset += len(params)
+            if not params:
+                continue
+            if self.kind == "sgd":
+                sgd_step_(params, g, [t[0] for t in tensors], lr, momentum=group["momentum"],
+                          weight_decay=group["weight_decay"], ok=ok, keep=keep)
+            else:
+                beta1, beta2 = group["betas"]
+                adamw_step_(params, g, [t[0] for t in tensors], [t[1] for t in tensors], [t[2] for t in tensors], lr,
+                            beta1=float(beta1), beta2=float(beta2), eps=group["eps"],
+                            weight_decay=group["weight_decay"], ok=ok, keep=keep)
+        return total
+
+
+__all__ = [
+    "OPTIMIZERS", "no_weight_decay", "param_groups", "wd_exclude", "build_optimizer", "warmup_factor",
+    "warmup_cosine_lr", "WarmupCosineSchedule", "unscale_and_check_", "clip_grad_norm_", "sgd_step_",
+    "adamw_step_", "InGraphOptimizer",
+]
