@@ -5,8 +5,11 @@
                          [--amp/--no-amp] [--amp-dtype bf16|fp16] [--channels-last]
 
 Impls (the ``IMPLS`` registry; adding one, e.g. ``fused``, is one builder function):
-  vanilla    plain cross-entropy training of the same backbone (head_one, SGD) - the floor
-  reference  ``ReferenceStep`` on an ``AdAutoMix`` model: the eager AdAutoMix step
+  vanilla            plain cross-entropy training of the same backbone (head_one, SGD) - the floor
+  vanilla_compiled   the same, compiled the way the fused step is (the fair floor of the fused steps)
+  reference          ``ReferenceStep`` on an ``AdAutoMix`` model: the eager AdAutoMix step
+  fused              AdAutoMix's fused step (fused_separate: three student passes)
+  fused_<method>     the fused step of --method <method>: every baseline and AutoMix
 Every impl of a shape sees the same synthetic batch, created once on the device, so only the
 step is timed. Each speed figure is also reported as a ratio measured in this process
 (``<impl>_over_vanilla`` step-time ratios, and ``reference_over_<impl>`` speed-ups).
@@ -28,7 +31,7 @@ if __package__ in (None, ""):  # `python bench/step.py` (spec/BENCHMARKS.md) as 
 import torch
 import torch.nn.functional as F
 
-from adautomix_fast.adautomix import AdAutoMix
+from adautomix_fast.methods import METHODS, build_model
 from adautomix_fast.config import Config, resolve
 from adautomix_fast.engine import Precision, Schedule, build_optimizer, build_step
 from adautomix_fast.generator import resolve_gen_kernels
@@ -79,14 +82,16 @@ class Case:
         cl = "-cl" if self.channels_last else ""
         return f"{self.arch}-{self.image_size}px-b{self.batch_size}-{self.precision_label}{cl}"
 
-    def config(self) -> Config:
-        """The AdAutoMix Config of this shape (published settings + the benchmark's sizes)."""
+    def config(self, method: str = "adautomix") -> Config:
+        """The Config of this shape for ``method`` (published settings + the benchmark's sizes;
+        AdAutoMix's N, lambda channel and generator BN as the shape states them)."""
         s = self.settings
-        return resolve(dict(dataset=s["dataset"], arch=self.arch, img_size=self.image_size,
-                            cifar_stem=self.cifar_stem, batch_size=self.batch_size,
-                            mix_samples=s["mix_samples"], lam_concat=s["lam_concat"],
-                            gen_norm=s["gen_norm"], amp=self.amp, amp_dtype=self.amp_dtype,
-                            channels_last=self.channels_last, device=str(self.device)))
+        values = dict(dataset=s["dataset"], arch=self.arch, img_size=self.image_size, cifar_stem=self.cifar_stem,
+                      batch_size=self.batch_size, amp=self.amp, amp_dtype=self.amp_dtype,
+                      channels_last=self.channels_last, device=str(self.device), method=method)
+        if method == "adautomix":
+            values.update(mix_samples=s["mix_samples"], lam_concat=s["lam_concat"], gen_norm=s["gen_norm"])
+        return resolve(values)
 
     def steps_per_epoch(self) -> int:
         # Real epoch length, so the per-epoch lr and the EMA momentum schedules are realistic.
@@ -139,14 +144,15 @@ def build_vanilla(case: Case) -> StepFn:
     return step
 
 
-def _build_adautomix(case: Case, impl: str, student_passes: str = "batched") -> StepFn:
-    """A ReferenceStep or FusedStep, built as adautomix_fast.train builds it."""
-    cfg = case.config()
+def _build_adautomix(case: Case, impl: str, student_passes: str = "batched", method: str = "adautomix") -> StepFn:
+    """A ReferenceStep or FusedStep of ``method``, built as adautomix_fast.train builds it."""
+    cfg = case.config(method)
     cfg.student_passes = student_passes
-    model = AdAutoMix.from_config(cfg, case.num_classes, case.cifar_stem).to(case.device)
+    model = build_model(cfg, case.num_classes, case.cifar_stem).to(case.device)
     if case.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    model.generator.kernels = resolve_gen_kernels("auto", impl, case.device)
+    if hasattr(model, "generator"):
+        model.generator.kernels = resolve_gen_kernels("auto", impl, case.device)
     optimizer = build_optimizer(model, cfg)
     schedule = Schedule(cfg, steps_per_epoch=case.steps_per_epoch())
     step = build_step(impl, model, optimizer, schedule, Precision.from_config(cfg, case.device), cfg, case.device)
@@ -207,14 +213,25 @@ def build_fused_separate(case: Case) -> StepFn:
     return _build_adautomix(case, "fused", "separate")
 
 
-# name -> builder; the ratios below pick new impls up by name.
+def build_method(method: str) -> Callable[[Case], StepFn]:
+    """The fused step of another --method (the baselines, AutoMix), on the same shape."""
+    def build(case: Case) -> StepFn:
+        return _build_adautomix(case, "fused", method=method)
+    build.__doc__ = f"The fused step of --method {method}."
+    return build
+
+
+# name -> builder; the ratios below pick new impls up by name. `fused_<method>`: the fused step
+# of every other method (`fused` is AdAutoMix's).
 IMPLS: dict[str, Callable[[Case], StepFn]] = {
     "vanilla": build_vanilla,
     "reference": build_reference,
     "vanilla_compiled": build_vanilla_compiled,
     "fused": build_fused,
     "fused_separate": build_fused_separate,
+    **{f"fused_{m}": build_method(m) for m in METHODS if m != "adautomix"},
 }
+METHOD_IMPLS = [f"fused_{m}" for m in METHODS if m != "adautomix"]
 
 
 # ---------------------------------------------------------------------------- running
@@ -270,9 +287,14 @@ def ratios_for(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         add(impl, "vanilla", f"step time {impl} / vanilla (cost of AdAutoMix over plain training)")
         if impl not in ("vanilla", "reference", "vanilla_compiled"):
             add("reference", impl, f"step time reference / {impl} (speed-up of {impl})")
-        if impl.startswith("fused"):
+        if impl in ("fused", "fused_separate"):
             add(impl, "vanilla_compiled", f"step time {impl} / vanilla compiled the same way (target: "
                 "<= 4.0 cifar, <= 3.3 imagenet)")
+        elif impl.startswith("fused_"):
+            target = "target < 1 against AdAutoMix" if impl == "fused_automix" else "target <= 1.1 on a GPU"
+            add(impl, "vanilla_compiled", f"step time {impl} / vanilla compiled the same way ({target} for the "
+                "baselines)")
+            add(impl, "fused", f"step time {impl} / AdAutoMix's fused step ({target})")
     add("fused_separate", "fused", "step time separate / batched student passes")
     return out
 
