@@ -144,6 +144,7 @@ class FusedStep:
         self.ema_pairs = model.ema_pairs() if model.has_teacher else None
         if self.compile:
             torch._dynamo.config.trace_autograd_ops = True   # autograd.grad inside the graph
+            _allow_one_graph_per_step()
             if self.device.type == "cuda":
                 for t in self._static_tensors():
                     torch._dynamo.mark_static_address(t)
@@ -278,6 +279,16 @@ class FusedStep:
         for name in ("loss_scale", "growth_tracker", "nonfinite_steps"):
             if name in state:
                 getattr(self, name).copy_(state[name])
+
+
+def _allow_one_graph_per_step(limit: int = 64) -> None:
+    """Every FusedStep compiles its own graph of the one function ``_step_graph`` (and one per N
+    with random_mix_samples); dynamo counts each as a recompilation of that code object and
+    refuses the 9th by default, which a process building several steps (bench.step, tests, a
+    script comparing methods) reaches. Raise the limit (never lower it)."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), limit))
 
 
 def _unique_graphs() -> int:

@@ -47,6 +47,16 @@ def step_health(step) -> dict:
     return health
 
 
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory so far: allocated GPU memory on CUDA, the process's peak resident set on a CPU
+    (getrusage; it includes everything the process holds, the data and the compiled code)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2 ** 20 if sys.platform == "darwin" else rss / 2 ** 10
+
+
 class Trainer:
     def __init__(self, *, cfg: Config, ctx: DistContext, device: torch.device, model, optimizer, step,
                  train_loader, val_loader, info, precision, cifar_stem: bool, folder: RunFolder,
@@ -183,7 +193,7 @@ class Trainer:
             trained = (len(self.train_loader) - done_before) * cfg.batch_size * self.ctx.world_size
             record = {"type": "epoch", "epoch": epoch + 1, "step": self.step.global_step, "train_time_s": train_time,
                       "img_per_s": trained / train_time, **{f"train_{k}": v for k, v in train_stats.items()},
-                      **self.metrics, "best_top1": self.best,
+                      **self.metrics, "best_top1": self.best, "peak_memory_mib": peak_memory_mib(self.device),
                       "skipped_corrupt": len(getattr(self.train_loader, "skipped", ()))}
             self.folder.log(record)
             self.folder.summary_row({"epoch": epoch + 1, "lr": train_stats.get("lr"),
