@@ -8,7 +8,7 @@ paper's suite on a checkpoint (docs/evaluation.md): one module per suite (``accu
 
 Pictures made during training (functions the trainer calls): ``mixvis.render_mix_grid`` (mixed
 samples, masks, lambdas), ``curves.render_training_curves`` (summary.csv as curves) and
-``tensorboard.ScalarLogger``.
+``tblog.ScalarLogger`` (the ``--tensorboard`` log).
 
 Only the accuracy module is imported here, so that importing the trainer stays light (the suite
 modules import matplotlib, torchmetrics, grad-cam and imagecorruptions on first use).

@@ -3,8 +3,8 @@
 ``correct`` protocol (default): eval mode; cross-entropy of the chosen head against the true
 labels; the gradient is taken with respect to the *pixels* (the de-normalised image), the step
 of eps = 8/255 is taken there, the result is clamped to [0, 1] and re-normalised. This is what
-torchattacks' ``FGSM``/``PGD`` compute with ``set_normalization_used(mean, std)``; the tests hold
-these functions to them.
+torchattacks' ``FGSM``/``PGD`` compute with ``set_normalization_used(mean, std)`` (normalised
+images in and out, the attack in pixel space); the tests hold these functions to them.
 
 ``official`` protocol: the released tool's computation. The step is taken on the *normalised*
 tensor and clamped to [0, 1] there, which sets every below-mean value to 0 (the mean colour) and

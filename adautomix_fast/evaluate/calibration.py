@@ -11,7 +11,8 @@ Protocols (spec/EVALUATION.md):
   confidences lying exactly on a bin edge.
 * ``official``: the released tool's computation, which sorts the per-bin accuracies and the
   per-bin confidences *independently* (empty bins as zeros) before pairing them with the
-  unsorted bin counts. It equals the correct ECE only when accuracy rises with confidence.
+  unsorted bin counts. It equals the correct ECE only when accuracy rises with confidence and
+  no bin is empty (empty bins sort as zeros and shift the pairing).
 
 Hand-written: ``reliability_bins`` (torchmetrics does not return its per-bin statistics, and
 the diagram and the official protocol need them) and ``ece_official`` (the bug itself).

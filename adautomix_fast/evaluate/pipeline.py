@@ -98,7 +98,7 @@ def evaluate_checkpoint(path: str, options: EvalOptions, out: Optional[str] = No
             "run": {"name": name, "dir": run.run_dir, "checkpoint": run.checkpoint_path, "epoch": run.epoch,
                     "method": run.method, "arch": run.config.get("arch"), "seed": run.config.get("seed"),
                     "heads": list(run.model.HEADS), "headline": run.model.HEADLINE},
-            "head": ctx.head, "protocol": options.protocol, "suites": list(options.suites),
+            "folder": os.path.abspath(dest), "head": ctx.head, "protocol": options.protocol, "suites": list(options.suites),
             "data": ctx.describe(), "limit": options.limit, "seed": options.seed, "amp": ctx.amp,
             "device": device_name(ctx.device), "versions": versions(),
             "seconds": time.perf_counter() - t0, "suite_seconds": timings,
