@@ -107,8 +107,8 @@ class NpyCorruptions:
         bs = ctx.options.batch_size
         for start in range(0, self.count(), bs):
             stop = min(start + bs, self.count())
-            images = torch.from_numpy(np.ascontiguousarray(arr[first + start:first + stop]))
-            labels = torch.from_numpy(np.asarray(self.labels[first + start:first + stop], dtype=np.int64))
+            images = torch.from_numpy(np.array(arr[first + start:first + stop]))   # a writable copy of the mapped slice
+            labels = torch.from_numpy(np.array(self.labels[first + start:first + stop], dtype=np.int64))
             yield _to_input(images, ctx), labels.to(ctx.device)
 
 

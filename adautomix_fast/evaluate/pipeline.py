@@ -75,6 +75,9 @@ def evaluate_checkpoint(path: str, options: EvalOptions, out: Optional[str] = No
     if "corruption" in options.suites:
         from .corruption import prepare
         reader = prepare(ctx)          # missing or malformed corruption files fail here
+    if "occlusion" in options.suites:
+        from .occlusion import patch_size
+        patch_size(ctx.info.image_size, options.occlusion_patch)   # a patch that does not fit fails here
     dest = out or default_folder(run.run_dir, options, ctx.head, timestamp)
     staged = StagedFolder(dest, overwrite)
     name = os.path.basename(run.run_dir)
