@@ -15,6 +15,8 @@ from adautomix_fast.evaluate.cli import main
 from adautomix_fast.evaluate.context import load_run
 from adautomix_fast.evaluate.plots import read_data
 
+pytestmark = pytest.mark.slow   # trains two runs (about 10-60 s on 2 cores, depending on load)
+
 FAST = ["--workers", "0", "--no-progress", "--batch-size", "20"]
 
 

@@ -261,6 +261,13 @@ def test_mix_grid_of_mixup_shows_scalar_weights(tmp_path):
         MixVisual(vis.sources, None, vis.mixed[:, :2], vis.lam).check()
 
 
+def test_vis_epochs_default_to_ten_pictures_per_run():
+    from adautomix_fast.evaluate.mixvis import vis_epochs
+
+    assert vis_epochs(800) == list(range(80, 801, 80))
+    assert vis_epochs(3) == [1, 2, 3] and vis_epochs(25, every=10) == [10, 20, 25]
+
+
 # ---------------------------------------------------------------------------- curves and TensorBoard
 def test_training_curves_plot_every_head_loss_and_lr(tmp_path):
     from adautomix_fast.evaluate.curves import render_training_curves

@@ -50,7 +50,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help="test data (default: the run's own data_dir, or $ADAUTOMIX_DATA)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N test images (default: all)")
     p.add_argument("-b", "--batch-size", type=int, default=D.batch_size, help=f"images per batch (default: {D.batch_size})")
-    p.add_argument("-j", "--workers", type=int, default=D.workers, help=f"data loading processes (default: {D.workers})")
+    p.add_argument("-j", "--workers", type=int, default=D.workers,
+                   help=f"data loading processes, and processes synthesising corruptions (default: {D.workers})")
     p.add_argument("--device", default=D.device, help="auto, cpu, cuda or cuda:N (default: auto: the GPU when present)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="bf16 autocast for the forward-only suites (default: on with CUDA, off on a CPU; attacks "

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Optional
 
 import torch
@@ -48,7 +48,6 @@ class EvalOptions:
     occlusion_patch: Optional[int] = None   # None: the divisor of the image size closest to size/14
     cam_images: int = 6
     progress: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass

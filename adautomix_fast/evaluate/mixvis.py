@@ -116,6 +116,17 @@ def render_mix_grid(vis: MixVisual, path: str, mean: Sequence[float], std: Seque
     return plots.save(fig, path, data)
 
 
+def vis_epochs(epochs: int, every: Optional[int] = None) -> list[int]:
+    """The epochs (1-based) after which a run draws its mixed-sample grid: every ``every`` epochs
+    (``--vis-every``; default: about 10 pictures per run, epochs // 10) and always the last one.
+    Only the primary rank draws."""
+    if every is not None and every < 1:
+        from ..errors import UsageError
+        raise UsageError(f"--vis-every must be at least 1 (got {every})")
+    every = every or max(1, epochs // 10)
+    return sorted({e for e in range(every, epochs + 1, every)} | {epochs})
+
+
 @contextlib.contextmanager
 def _buffers_preserved(*modules: torch.nn.Module):
     """Restore every buffer (BatchNorm running statistics, counters) of ``modules`` on exit, so a

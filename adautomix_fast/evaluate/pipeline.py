@@ -14,7 +14,7 @@ from typing import Callable, Optional
 import torch
 
 from .context import SUITES, EvalContext, EvalOptions, load_run
-from .report import (FORMAT, FORMAT_VERSION, REPORT, RESULTS, StagedFolder, device_name, folder_name,
+from .report import (FORMAT, FORMAT_VERSION, REPORT, RESULTS, StagedFolder, clean_json, device_name, folder_name,
                      render_report, versions, write_json)
 
 
@@ -118,7 +118,6 @@ def evaluate_checkpoint(path: str, options: EvalOptions, out: Optional[str] = No
     except BaseException:
         staged.discard()
         raise
-    from .report import clean_json
     return folder, clean_json(data)
 
 
