@@ -310,3 +310,44 @@ def test_head_classifier_is_the_heads_logits():
     x = torch.randn(2, 3, 16, 16)
     for head in model.HEADS:
         torch.testing.assert_close(HeadClassifier(model, head)(x), model.eval_logits(x, (head,))[head])
+
+
+class _OneHeadModel(torch.nn.Module):
+    """The interface a baseline's model offers (only a student and its one-hot head)."""
+
+    HEADS = ("student_one",)
+    HEADLINE = "student_one"
+
+    def __init__(self):
+        super().__init__()
+        from adautomix_fast.models import Classifier
+
+        self.student = Classifier("tiny", 10, cifar_stem=True)
+
+    def head_network(self, name):
+        if name not in self.HEADS:
+            raise ValueError(name)
+        return self.student, "head_one"
+
+    def eval_logits(self, x, heads=None):
+        return {"student_one": self.student.head_one(self.student.pooled(x))}
+
+
+def test_a_model_with_fewer_heads_defaults_to_its_headline_and_refuses_others():
+    from adautomix_fast.errors import UsageError
+    from adautomix_fast.evaluate.cam import _mix_pairs
+    from adautomix_fast.evaluate.context import check_head
+
+    model = _OneHeadModel().eval()
+    assert check_head(model, None) == "student_one" and check_head(model, "student_one") == "student_one"
+    with pytest.raises(UsageError, match="no such head; choose one of student_one$"):
+        check_head(model, "teacher_one")
+
+    class Ctx:
+        pass
+
+    ctx = Ctx()
+    ctx.model = model
+    x = torch.randn(4, 3, 16, 16)
+    mixed, mixer = _mix_pairs(ctx, x)         # no generator: plain mixup at 0.5
+    assert mixer == "mixup" and torch.allclose(mixed, 0.5 * x + 0.5 * x.roll(-1, 0))

@@ -72,8 +72,11 @@ def reliability_diagram(curves: Sequence[tuple[str, dict, float]], path: str, ti
         if len(curves) == 1:
             ax.bar(centers[filled], acc[filled], width=width * 0.95, color="tab:blue", alpha=0.8,
                    edgecolor="black", linewidth=0.5, label=f"accuracy, {text}")
-            ax.bar(centers[filled], conf[filled] - acc[filled], bottom=acc[filled], width=width * 0.95,
-                   color="tab:red", alpha=0.3, hatch="//", edgecolor="tab:red", linewidth=0.5, label="gap to confidence")
+            low = np.minimum(acc, conf)[filled]
+            ax.bar(centers[filled], np.abs(conf - acc)[filled], bottom=low, width=width * 0.95, fill=False,
+                   hatch="//", edgecolor="tab:red", linewidth=0.8, label="gap to mean confidence")
+            ax.plot(centers[filled], conf[filled], linestyle="none", marker="_", markersize=14, color="tab:red",
+                    label="mean confidence")
             axc.bar(centers, count, width=width * 0.95, color="tab:gray")
         else:
             ax.plot(conf[filled], acc[filled], marker="o", markersize=3, linewidth=1.2, label=text)
