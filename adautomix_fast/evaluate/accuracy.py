@@ -61,7 +61,7 @@ def evaluate(model, loader: Iterable, device: torch.device, precision=None, chan
         n += y.shape[0]
     model.train(was_training)
     if ctx is not None and ctx.enabled:
-        from .distributed import all_reduce_sum_
+        from ..distributed import all_reduce_sum_
         all_reduce_sum_(counts, ctx)
         all_reduce_sum_(n, ctx)
     counts, total = counts.cpu(), int(n)
