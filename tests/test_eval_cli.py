@@ -58,12 +58,17 @@ def png_ok(path):
     return read_data(path)
 
 
-def digits_val(n):
-    """The first n digits validation images (uint8 [n,32,32,3]) and labels, as the run sees them."""
-    from adautomix_fast.data.arrays import load_digits
+def digits_val(n, run=None):
+    """The first n digits validation images as the run sees them (uint8 [n,H,W,3] at its image
+    size: the loader resizes uint8 images, so this is exact) and their labels."""
+    from adautomix_fast.data import build_loaders
 
-    _, val, _ = load_digits()
-    return val.images[:n], val.labels[:n]
+    size = load_run(str(run)).config["img_size"] if run is not None else None
+    _, val, info = build_loaders("digits", None, 1, eval_batch_size=n, workers=0, image_size=size)
+    x, y = next(iter(val))
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (info.mean, info.std))
+    pixels = (x * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).numpy(), y.numpy()
 
 
 def reference_predictions(run_dir, images_u8):
@@ -93,7 +98,7 @@ def test_every_suite_end_to_end_writes_agreeing_results_report_and_pictures(runs
     r = data["results"]
 
     # accuracy: every head, and the headline equals the checkpoint's predictions computed here
-    images, labels = digits_val(40)
+    images, labels = digits_val(40, run)
     pred = reference_predictions(run, images)
     assert r["accuracy"]["top1"] == pytest.approx(100 * np.mean(pred == labels))
     assert set(r["accuracy"]["heads"]) == {"teacher_one", "teacher_mix", "student_one", "student_mix"}
@@ -116,6 +121,7 @@ def test_every_suite_end_to_end_writes_agreeing_results_report_and_pictures(runs
     # corruption: the 2 x 2 table, means of it, the heat map shows the same numbers
     cor = r["corruption"]
     assert cor["source"] == "synthesised" and cor["cells"] == 4 and cor["images"]["contrast/5"] == 40
+    assert cor["synthesised_at"] == 32 and data["data"]["image_size"] == 16      # made at 32 px, boxed back
     cells = [cor["top1"][c][s] for c in ("gaussian_noise", "contrast") for s in ("1", "5")]
     assert cor["mean_all"] == pytest.approx(np.mean(cells)) and cor["clean_top1"] == pytest.approx(r["accuracy"]["top1"])
     heat = png_ok(folder / "corruption.png")
@@ -123,7 +129,7 @@ def test_every_suite_end_to_end_writes_agreeing_results_report_and_pictures(runs
 
     # occlusion: ratio 0 is the clean accuracy; the curve is the table
     occ = r["occlusion"]
-    assert occ["patch"] == 2 and occ["cells"] == 256 and occ["masked_patches"][3] == 77
+    assert occ["patch"] == 1 and occ["cells"] == 256 and occ["masked_patches"][3] == 77   # 16 px digits
     assert occ["top1"][0] == pytest.approx(r["accuracy"]["top1"])
     assert png_ok(folder / "occlusion.png")["curves"][0]["top1"] == occ["top1"]
 
@@ -179,7 +185,7 @@ def expected_per_severity(run, images, labels):
 
 def test_cifar_c_layout_gives_per_severity_accuracy(runs, tmp_path, capsys):
     run = runs[0]
-    images, labels = digits_val(30)
+    images, labels = digits_val(30, run)
     write_cifar_c(tmp_path / "c", images, labels, ("fog", "saturate"))
     code, _, err = evaluate([run, "--suite", "corruption", "--corruption-dir", tmp_path / "c", "--corruptions",
                              "fog,saturate", "--out", tmp_path / "ev", *FAST], capsys)
@@ -195,7 +201,7 @@ def test_cifar_c_layout_gives_per_severity_accuracy(runs, tmp_path, capsys):
 
 def test_imagenet_c_layout_gives_per_severity_accuracy(runs, tmp_path, capsys):
     run = runs[0]
-    images, labels = digits_val(20)
+    images, labels = digits_val(20, run)
     for s, pixels in ((1, images), (2, np.zeros_like(images))):
         for i, (image, label) in enumerate(zip(pixels, labels)):
             folder = tmp_path / "inc" / "snow" / str(s) / str(label)        # digits classes are "0".."9"
@@ -212,7 +218,7 @@ def test_imagenet_c_layout_gives_per_severity_accuracy(runs, tmp_path, capsys):
 
 # ---------------------------------------------------------------------------- bad input
 def bad_input_cases(tmp_path, run):
-    images, labels = digits_val(10)
+    images, labels = digits_val(10, run)
     write_cifar_c(tmp_path / "small", images, labels, ("fog",), shape_override=(28, 28))
     write_cifar_c(tmp_path / "partial", images, labels, ("fog",))
     write_cifar_c(tmp_path / "badlabels", images, labels, ("fog",))
@@ -225,13 +231,13 @@ def bad_input_cases(tmp_path, run):
         ([run, *corr, tmp_path / "missing"], "no such folder"),
         ([run, *corr, tmp_path / "empty"], "neither the CIFAR-C layout"),
         ([run, *corr, tmp_path / "partial"], "missing gaussian_noise.npy"),
-        ([run, *corr, tmp_path / "small", "--corruptions", "fog"], "images are 28x28 but the checkpoint was trained on 32x32"),
+        ([run, *corr, tmp_path / "small", "--corruptions", "fog"], "images are 28x28 but the checkpoint was trained on 16x16"),
         ([run, *corr, tmp_path / "badlabels", "--corruptions", "fog"], "expected labels of shape [5n]"),
         ([run, *corr, tmp_path / "inc", "--corruptions", "snow"], "missing folder snow/2"),
         ([run, "--head", "teacher_two"], "no such head; choose one of teacher_one, teacher_mix, student_one, student_mix"),
         ([run, "--suite", "accuracy,speed"], "--suite: unknown speed"),
         ([run, "--corruptions", "rain"], "--corruptions: unknown rain"),
-        ([run, "--occlusion-patch", "3", "--suite", "occlusion"], "does not divide the image size 32"),
+        ([run, "--occlusion-patch", "3", "--suite", "occlusion"], "does not divide the image size 16"),
         ([tmp_path / "nowhere"], "no such run folder or checkpoint file"),
         ([tmp_path / "empty"], "has no checkpoint-last.pt"),
         ([run, runs_second(run)], "pass --compare"),
@@ -281,3 +287,31 @@ def test_compare_two_runs_in_one_report(runs, tmp_path, capsys):
     # A second comparison reuses the runs' evaluations.
     code, out, _ = evaluate(args[:-len(FAST) - 2] + ["--out", tmp_path / "cmp2", *FAST], capsys)
     assert code == 0 and out.count("reusing") == 2
+
+
+@pytest.fixture(scope="session")
+def mixup_run(runs):
+    """A one-epoch mixup baseline run beside the AdAutoMix ones (one head: student_one)."""
+    from adautomix_fast.train import main as train
+
+    out = runs[0].parent
+    assert train(["--method", "mixup", "--arch", "tiny", "--epochs", "1", "--batch-size", "100", "--workers", "0",
+                  "--output", str(out), "--run-name", "mixup"]) == 0
+    return out / "mixup"
+
+
+def test_a_baseline_run_is_evaluated_on_its_own_head_and_compared_by_method(runs, mixup_run, tmp_path, capsys):
+    code, _, err = evaluate([mixup_run, "--suite", "accuracy,calibration,cam", "--limit", 20, "--cam-images", 2, *FAST],
+                            capsys)
+    assert code == 0, err
+    data = json.loads((mixup_run / "eval-accuracy+calibration+cam-student_one-correct" / "results.json").read_text())
+    assert data["head"] == "student_one" and data["run"]["heads"] == ["student_one"] and data["run"]["method"] == "mixup"
+    assert list(data["results"]["accuracy"]["heads"]) == ["student_one"] and data["results"]["cam"]["mixer"] == "mixup"
+    code, _, err = evaluate([mixup_run, "--head", "teacher_one", *FAST], capsys)
+    assert code == 2 and "no such head; choose one of student_one" in one_error_line(err)
+    code, _, err = evaluate(["--compare", runs[0], mixup_run, "--suite", "calibration", "--limit", 20,
+                             "--out", tmp_path / "cmp", *FAST], capsys)
+    assert code == 0, err
+    cmp = json.loads((tmp_path / "cmp" / "results.json").read_text())
+    assert set(cmp["methods"]) == {"adautomix (tiny)", "mixup (tiny)"}
+    assert [r["head"] for r in cmp["runs"]] == ["teacher_one", "student_one"]

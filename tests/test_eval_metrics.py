@@ -216,6 +216,22 @@ def test_synthesised_corruptions_are_seeded_per_image_not_per_batch():
     assert np.array_equal(glass, corrupt_images(images[:1], "glass_blur", 1, 0, seed=7))
 
 
+def test_images_under_32_px_are_corrupted_at_32_and_boxed_back():
+    from PIL import Image as PILImage
+
+    from adautomix_fast.evaluate.corruption import corrupt_images
+
+    small = (np.random.RandomState(1).rand(2, 16, 16, 3) * 255).astype(np.uint8)
+    out = corrupt_images(small, "contrast", 5, 0, seed=0)
+    assert out.shape == small.shape and not np.array_equal(out, small)
+    # contrast is deterministic: the 32 px version of each image, contrasted, averaged 2x2
+    from imagecorruptions import corrupt
+
+    big = np.asarray(PILImage.fromarray(small[0]).resize((32, 32), PILImage.BILINEAR))
+    expected = np.asarray(PILImage.fromarray(corrupt(big, corruption_name="contrast", severity=5)).resize((16, 16), PILImage.BOX))
+    assert np.array_equal(out[0], expected)
+
+
 # ---------------------------------------------------------------------------- mixed-sample pictures
 def test_mix_grid_of_adautomix_shows_sources_masks_and_mix(tmp_path):
     from adautomix_fast.evaluate.mixvis import mix_visual_from_adautomix, render_mix_grid
@@ -266,6 +282,23 @@ def test_vis_epochs_default_to_ten_pictures_per_run():
 
     assert vis_epochs(800) == list(range(80, 801, 80))
     assert vis_epochs(3) == [1, 2, 3] and vis_epochs(25, every=10) == [10, 20, 25]
+
+
+@pytest.mark.parametrize("method", ["vanilla", "mixup", "cutmix", "adautomix"])
+def test_mix_grid_of_every_methods_visualize_dict(method, tmp_path):
+    from adautomix_fast.config import resolve
+    from adautomix_fast.evaluate.mixvis import MixVisual, render_mix_grid
+    from adautomix_fast.methods import build_model
+
+    torch.manual_seed(0)
+    model = build_model(resolve({"arch": "tiny", "method": method}), 10, cifar_stem=True)
+    x, y = torch.randn(6, 3, 16, 16), torch.randint(0, 10, (6,))
+    plan = model.sample_plan(6, generator=torch.Generator().manual_seed(0), image_size=(16, 16))
+    d = model.visualize(x, y, plan)
+    n, k = MixVisual.from_dict(d).check()
+    data = read_data(render_mix_grid(d, str(tmp_path / f"{method}.png"), (0.5,) * 3, (0.25,) * 3))
+    assert data["sources"] == n and data["samples"] == k == 4
+    assert data["has_masks"] == (d["masks"] is not None)
 
 
 # ---------------------------------------------------------------------------- curves and TensorBoard

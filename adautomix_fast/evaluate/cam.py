@@ -23,6 +23,8 @@ def _mix_pairs(ctx, x: torch.Tensor) -> tuple[torch.Tensor, str]:
     if hasattr(model, "generator") and hasattr(model, "teacher"):
         with torch.no_grad():
             feats = model.teacher.stem_to_stage3(x)
+            if hasattr(model.teacher, "tap_features"):
+                feats = model.teacher.tap_features(feats)
             logits = model.generator.mask_logits(feats, index, lam)
             mixed = model.generator.mix(logits, x, index)
         return mixed, "generator"

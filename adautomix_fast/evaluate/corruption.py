@@ -10,7 +10,8 @@ Three sources of corrupted images, one interface (``cells()`` and ``batches(corr
 * ``SynthesisedCorruptions``: no files: the run's own test images (the bundled digits too) are
   corrupted on the fly with ``imagecorruptions`` (the maintained ``imagecorruptions-imaug`` fork:
   the original 2020 package no longer imports with current setuptools and scikit-image), each
-  image seeded from (seed, corruption, severity, image index).
+  image seeded from (seed, corruption, severity, image index). Images under 32 px are corrupted at
+  a whole multiple of their size of at least 32 px and box-averaged back.
 
 The score (spec/EVALUATION.md): the table per corruption and severity, the pooled mean over every
 evaluated (corruption, severity) cell (the released score: all 19 files equally, not mCE), and
@@ -196,6 +197,32 @@ def open_corruption_dir(folder: str, corruptions, severities, image_size: int, c
                     "the ImageNet-C layout (<corruption>/<1-5>/<class>/<image>)")
 
 
+MIN_SIZE = 32   # imagecorruptions refuses smaller images
+
+
+def _corrupt_one(image: np.ndarray, corruption: str, severity: int, seed: int) -> np.ndarray:
+    """One uint8 [H,W,3] image. Images under 32 px (the 16 px digits demo) are corrupted at a
+    whole multiple of their size of at least 32 px (bilinear up) and brought back by averaging
+    each block (box down), since imagecorruptions works from 32 px on."""
+    from imagecorruptions import corrupt
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    scale = -(-MIN_SIZE // min(h, w)) if min(h, w) < MIN_SIZE else 1
+    work = image if scale == 1 else np.asarray(Image.fromarray(image).resize((w * scale, h * scale), Image.BILINEAR))
+    kwargs = {"seed": seed} if corruption in ("glass_blur", "impulse_noise") else {}
+    np.random.seed(seed)
+    # spatter divides by a maximum that is 0 on uniformly dark images (the digits'
+    # background); the library then casts NaN to uint8 (0). Quiet, as a library's own
+    # arithmetic, not the user's problem.
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = corrupt(np.ascontiguousarray(work), corruption_name=corruption, severity=severity, **kwargs)
+    if scale > 1:
+        out = np.asarray(Image.fromarray(out).resize((w, h), Image.BOX))
+    return out
+
+
 def corrupt_images(images: np.ndarray, corruption: str, severity: int, first_index: int, seed: int) -> np.ndarray:
     """uint8 [B,H,W,3] -> the same images corrupted, image i seeded from (seed, corruption,
     severity, first_index + i): the result does not depend on the batch size or the process.
@@ -204,20 +231,11 @@ def corrupt_images(images: np.ndarray, corruption: str, severity: int, first_ind
     restores it), except glass_blur and impulse_noise, which take their own seed (unseeded
     otherwise). Top-level so that worker processes can run it.
     """
-    from imagecorruptions import corrupt
-
     c = ALL.index(corruption)
     out = np.empty_like(images)
     for i, image in enumerate(images):
         image_seed = int(np.random.SeedSequence([seed, c, severity, first_index + i]).generate_state(1)[0])
-        np.random.seed(image_seed)
-        kwargs = {"seed": image_seed} if corruption in ("glass_blur", "impulse_noise") else {}
-        # spatter divides by a maximum that is 0 on uniformly dark images (the digits'
-        # background); the library then casts NaN to uint8 (0). Quiet, as a library's own
-        # arithmetic, not the user's problem.
-        with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            out[i] = corrupt(image, corruption_name=corruption, severity=severity, **kwargs)
+        out[i] = _corrupt_one(image, corruption, severity, image_seed)
     return out
 
 
@@ -229,12 +247,9 @@ class SynthesisedCorruptions:
     """
 
     kind = "synthesised"
-    MIN_SIZE = 32   # imagecorruptions refuses smaller images
 
     def __init__(self, corruptions, severities, image_size: int, seed: int, workers: int = 0):
-        if image_size < self.MIN_SIZE:
-            raise UsageError(f"synthesised corruptions need images of at least {self.MIN_SIZE} px (this run's are "
-                             f"{image_size} px); pass --corruption-dir with corrupted files instead")
+        self.image_size = image_size
         try:
             import imagecorruptions  # noqa: F401
         except ImportError as e:
@@ -250,7 +265,9 @@ class SynthesisedCorruptions:
             package = "imagecorruptions-imaug"
         except metadata.PackageNotFoundError:
             package, version = "imagecorruptions", metadata.version("imagecorruptions")
-        return {"source": "synthesised", "library": f"{package} {version}", "seed": self.seed}
+        scale = -(-MIN_SIZE // self.image_size) if self.image_size < MIN_SIZE else 1
+        return {"source": "synthesised", "library": f"{package} {version}", "seed": self.seed,
+                "synthesised_at": self.image_size * scale}
 
     def pool(self):
         """A process pool for the synthesis, or None to corrupt in this process."""

@@ -2,7 +2,8 @@
 
 The trainer calls, every ``--vis-every`` epochs on the primary rank, outside the compiled step::
 
-    vis = mix_visual_from_adautomix(model, x)          # or a MixVisual built by another method
+    vis = model.visualize(x, y, plan)                  # every method's own dict, or
+    vis = mix_visual_from_adautomix(model, x)          # AdAutoMix's batch with train-mode statistics
     render_mix_grid(vis, os.path.join(run_dir, f"mix-epoch{epoch:04d}.png"), info.mean, info.std)
 
 As released (spec/EVALUATION.md), the picture shows the first samples of the generator-side batch,
@@ -39,6 +40,12 @@ class MixVisual:
     lam: torch.Tensor
     title: str = ""
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "MixVisual":
+        """From a method's ``model.visualize(x, y, plan)`` dict (the same five fields)."""
+        return cls(sources=d["sources"], masks=d.get("masks"), mixed=d["mixed"], lam=torch.as_tensor(d["lam"]),
+                   title=str(d.get("title", "")))
+
     def check(self) -> tuple[int, int]:
         """(N, K) after checking that the shapes agree (ValueError naming the mismatch)."""
         if self.sources.dim() != 5:
@@ -61,14 +68,17 @@ def _denormalize(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -
     return (x * s + m).clamp(0, 1).movedim(-3, -1)
 
 
-def render_mix_grid(vis: MixVisual, path: str, mean: Sequence[float], std: Sequence[float],
+def render_mix_grid(vis, path: str, mean: Sequence[float], std: Sequence[float],
                     max_samples: Optional[int] = 4) -> str:
-    """Write the PNG grid of ``vis`` to ``path``: a column per sample (at most ``max_samples``);
+    """Write the PNG grid of ``vis`` (a MixVisual, or the dict of a method's ``model.visualize``)
+    to ``path``: a column per sample (at most ``max_samples``);
     rows: each source, each source's mask (heat map, 0..1), the mixed image. The lambdas are in
     the title (shared) or above each column (per sample). The PNG carries its numbers (lambdas,
     the mean of every mask) as JSON; see ``plots.read_data``."""
     from . import plots
 
+    if isinstance(vis, dict):
+        vis = MixVisual.from_dict(vis)
     n, k = vis.check()
     k = k if max_samples is None else min(k, max_samples)
     sources = _denormalize(vis.sources[:, :k], mean, std)            # [N,K,H,W,C]
@@ -158,6 +168,8 @@ def mix_visual_from_adautomix(model, x: torch.Tensor, plan=None, samples: int = 
     k = min(samples, b)
     with _buffers_preserved(model.teacher, model.generator):
         feats = model.teacher.stem_to_stage3(x)
+        if hasattr(model.teacher, "tap_features"):   # architectures whose tap needs a layout change
+            feats = model.teacher.tap_features(feats)
         logits = model.generator.mask_logits(feats, plan.index_gen, plan.lam_gen)
         mixed, masks = model.generator.mix(logits, x, plan.index_gen, return_masks=True)
     index = plan.index_gen[:, :k]                                     # [N,K]

@@ -135,7 +135,7 @@ def suite_tables(suite: str, r: dict) -> list[str]:
                   "| clean top-1 | attacked top-1 | attacked error |", "| ---: | ---: | ---: |",
                   f"| {_f(r['clean_top1'])} | {_f(r['top1'])} | {_f(r['error'])} |"]
     elif suite == "corruption":
-        source = (f"synthesised with {r['library']} (seed {r['seed']})" if r["source"] == "synthesised"
+        source = (f"synthesised with {r['library']} at {r['synthesised_at']} px (seed {r['seed']})" if r["source"] == "synthesised"
                   else f"{r['layout']} files in {r['folder']}")
         clean = f"; clean top-1 on the same images {_f(r['clean_top1'])}%" if "clean_top1" in r else ""
         lines += [f"Corruptions {source}. Mean top-1 over all {r['cells']} cells: **{_f(r['mean_all'])}%**; "
