@@ -89,3 +89,29 @@ def test_automix_refuses_more_than_two_images(tmp_path, capsys):
 def test_a_baseline_refuses_adautomix_only_switches(tmp_path, capsys):
     assert main(TINY + ["--method", "mixup", "--random-mix-samples", "--output", str(tmp_path)]) == 2
     assert "applies to adautomix only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method", ["adautomix", "cutmix"])
+def test_training_pictures_and_tensorboard_leave_training_unchanged(method, tmp_path, capsys):
+    """--vis-every draws the method's mixed samples and the curves at epoch ends, --tensorboard
+    mirrors every record; neither changes a single logged number of the training."""
+    args = TINY + ["--method", method, "--epochs", "2", "--log-interval", "1", "--output", str(tmp_path)]
+    assert main(args + ["--run-name", "plain", "--vis-every", "0"]) == 0
+    assert main(args + ["--run-name", "drawn", "--vis-every", "1", "--tensorboard"]) == 0
+    capsys.readouterr()
+    plain, drawn = tmp_path / "plain", tmp_path / "drawn"
+    for name in ("mix-epoch0001.png", "mix-epoch0002.png", "curves.png"):
+        assert (drawn / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert not (plain / name).exists()
+    strip = lambda log: [{k: v for k, v in r.items() if k not in ("img_per_s", "train_time_s", "time",  # noqa: E731
+                                                                     "peak_memory_mib")} for r in log[1:]]
+    assert strip(read_log(plain)) == strip(read_log(drawn))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(drawn / "tensorboard"))
+    events.Reload()
+    headline = "teacher_one" if method in TEACHER_METHODS else "student_one"
+    epochs = [r for r in read_log(drawn) if r["type"] == "epoch"]
+    scalars = events.Scalars(f"epoch/{headline}_top1")
+    assert [s.step for s in scalars] == [r["step"] for r in epochs]
+    assert [round(s.value, 4) for s in scalars] == [round(r[f"{headline}_top1"], 4) for r in epochs]
+    assert len(events.Scalars("train/loss")) == len([r for r in read_log(drawn) if r["type"] == "train"])
