@@ -237,9 +237,9 @@ class FusedStep:
             self.ema_momentum.fill_(momentum)
         model.set_schedule(step, self.schedule.total_steps)
         n = model.mix_samples_at(step)
-        if plan is None and getattr(model, "plan_outside_graph", False):
+        if plan is None and model.plan_outside_graph:
             # This method's plan needs work the graph cannot hold (e.g. OpenCV saliency on the host).
-            plan = model.complete_plan(x, model.sample_plan(x.shape[0], generator=self.plan_generator, n=n,
+            plan = model.complete_plan(x, y, model.sample_plan(x.shape[0], generator=self.plan_generator, n=n,
                                                             image_size=tuple(x.shape[-2:])))
         fn = self._compiled if self._compiled is not None else self._step_graph
         if self._compiled is not None and self.device.type == "cuda":

@@ -136,7 +136,7 @@ class Trainer:
                 gen = torch.Generator(device=x.device).manual_seed(self.cfg.seed * 1000 + epoch)
                 plan = model.sample_plan(x.shape[0], generator=gen, n=model.mix_samples_at(self.step.global_step),
                                          image_size=tuple(x.shape[-2:]))
-                plan = model.complete_plan(x, plan)
+                plan = model.complete_plan(x, y, plan)
                 vis = model.visualize(x, y, plan)
                 vis["title"] = f"{vis.get('title', '')} (epoch {epoch})"
                 render_mix_grid(vis, self.folder.file(f"mix-epoch{epoch:04d}.png"), self.info.mean, self.info.std)
