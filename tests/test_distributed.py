@@ -149,7 +149,9 @@ def test_torchrun_two_processes_one_checkpoint_rank0_logs(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert os.listdir(tmp_path) == ["ddp"]
     files = sorted(os.listdir(tmp_path / "ddp"))
-    assert files == ["checkpoint-best.pt", "checkpoint-last.pt", "config.yaml", "log.jsonl", "summary.csv"]
+    # one set of files, written by rank 0 alone (the pictures included: drawn by default)
+    assert files == ["checkpoint-best.pt", "checkpoint-last.pt", "config.yaml", "curves.png",
+                     "log.jsonl", "mix-epoch0001.png", "summary.csv"]
     records = [json.loads(line) for line in open(tmp_path / "ddp" / "log.jsonl")]
     start = [r for r in records if r["type"] == "start"]
     assert len(start) == 1 and start[0]["world_size"] == 2          # written once, by rank 0

@@ -80,7 +80,8 @@ def test_sample_plan_law(n):
     # reproducible from the generator
     again = model.sample_plan(b, generator=torch.Generator().manual_seed(3))
     for a, c in zip(plan, again):
-        assert torch.equal(a, c)
+        assert (a is None and c is None) or torch.equal(a, c)
+    assert plan.train_gen is None   # default gen_train_prob = 1: trained every step
     assert plan.use_mixup.dtype == torch.bool and plan.use_mixup.dim() == 0
 
 
