@@ -153,8 +153,8 @@ class FusedStep:
             if self.device.type == "cuda":
                 for t in self._static_tensors():
                     torch._dynamo.mark_static_address(t)
-            self._compiled = torch.compile(self._step_graph, fullgraph=True, dynamic=False, mode=self.mode,
-                                           backend=self.backend)
+            self._compiled = torch.compile(_own_code(self._step_graph), fullgraph=True, dynamic=False,
+                                           mode=self.mode, backend=self.backend)
 
     def _static_tensors(self):
         yield from (*self.lrs, self.ema_momentum, self.loss_scale, self.growth_tracker, self.nonfinite_steps)
@@ -268,6 +268,24 @@ class FusedStep:
         for name in ("loss_scale", "growth_tracker", "nonfinite_steps"):
             if name in state:
                 getattr(self, name).copy_(state[name])
+
+
+def _own_code(method):
+    """``method`` bound to a private copy of its code object.
+
+    Dynamo keeps its compiled graphs, and counts recompilations against
+    ``torch._dynamo.config.recompile_limit`` (8), per code object. Every FusedStep compiles
+    ``_step_graph``; sharing one code object, the steps of one process (a benchmark of every
+    method, a test suite) would pile their graphs into one cache, each new model type or batch
+    shape a "recompilation", until the limit fails the next fullgraph compile, and graphs of
+    dead steps would stay there. A copy per step gives each its own cache, freed with the step.
+    """
+    import types
+    fn = method.__func__
+    code = fn.__code__.replace()          # an equal but distinct code object
+    own = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    own.__kwdefaults__, own.__qualname__ = fn.__kwdefaults__, fn.__qualname__
+    return types.MethodType(own, method.__self__)
 
 
 def _unique_graphs() -> int:

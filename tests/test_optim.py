@@ -473,3 +473,20 @@ def test_fused_adamw_nonfinite_step_leaves_every_state_tensor():
             for k, v in fused.optimizer.state[p].items():
                 assert torch.equal(v, state[id(p)][k]), k
     assert float(fused.optimizer.state[fused.optimizer.param_groups[0]["params"][0]]["step"]) == 1.0
+
+
+def test_each_fused_step_compiles_into_its_own_cache():
+    """Steps of several methods in one process (a benchmark of every method, a test suite) never
+    count as recompilations of one another: with dynamo's limit at one graph per cache, three
+    live fused steps of three methods still compile, each once."""
+    steps = []
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for method in ("vanilla", "mixup", "cutmix"):
+            cfg = resolve(dict(dataset="digits", arch="tiny", batch_size=6, epochs=1, amp=False, method=method))
+            model = build_model(cfg, 5, True)
+            step = FusedStep(model, engine_build_optimizer(model, cfg), Schedule(cfg, 3),
+                             Precision.from_config(cfg, torch.device("cpu")), backend="aot_eager")
+            for _ in range(3):
+                step(*batch6())
+            assert step.recompiles_after_warmup() == 0
+            steps.append(step)
