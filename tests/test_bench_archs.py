@@ -14,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # bench/ is a folder of the repo, not an installed package
     sys.path.insert(0, ROOT)
 
+from adautomix_fast.models import drop_path_rate  # noqa: E402
 from bench import step  # noqa: E402
 
 # shape -> (test variant of its architecture, image size)
@@ -28,8 +29,10 @@ def test_shapes_are_the_published_architectures_with_their_recipes():
     for case, preset in ((swin, "cifar100-swin_t"), (conv, "cifar100-convnext_t")):
         cfg, published = case.config(), step.resolve({}, preset)
         for k in ("optimizer", "lr", "gen_lr", "min_lr", "weight_decay", "warmup_epochs", "lr_per_step", "clip_grad",
-                  "drop_path", "label_smoothing", "gen_train_prob", "upsample", "lam_concat", "mix_samples"):
+                  "label_smoothing", "gen_train_prob", "upsample", "lam_concat", "mix_samples"):
             assert getattr(cfg, k) == getattr(published, k), (case.shape, k)
+        # the architecture's published rate (None), which is the preset's
+        assert drop_path_rate(cfg.arch, cfg.drop_path) == published.drop_path
     # the ResNet shapes keep the engine's SGD
     assert step.case_for("cifar", torch.device("cpu")).config().optimizer == "sgd"
 
