@@ -24,6 +24,9 @@ $(PYTHON):
 $(STAMP): $(SOURCES) | $(PYTHON)
 	$(PYTHON) -m pip install --disable-pip-version-check -q "torch>=2.11" "torchvision>=0.26"
 	$(PYTHON) -m pip install --disable-pip-version-check -q --no-build-isolation -e ".[test,dali]"
+	# cv2 from OpenCV's contrib build: SaliencyMix needs cv2.saliency. imagecorruptions depends on the
+	# plain opencv-python, whose cv2 files this replaces with a superset (the same module).
+	$(PYTHON) -m pip install --disable-pip-version-check -q --no-deps --force-reinstall opencv-contrib-python-headless
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -167,7 +167,8 @@ setup(
     version="0.1.0",
     description="A fast, faithful training engine for AdAutoMix (adversarial automatic mixup)",
     python_requires=">=3.10",
-    packages=["adautomix_fast", "adautomix_fast.data", "adautomix_fast.methods", "adautomix_fast.kernels"],
+    packages=["adautomix_fast", "adautomix_fast.data", "adautomix_fast.evaluate", "adautomix_fast.methods",
+              "adautomix_fast.models", "adautomix_fast.kernels"],
     package_dir={"adautomix_fast.kernels": "kernels"},
     install_requires=[
         "torch>=2.11",
@@ -177,6 +178,17 @@ setup(
         "scikit-learn",
         "tqdm",
         "pyyaml",
+        # The evaluation suite (python -m adautomix_fast.evaluate, docs/evaluation.md).
+        "matplotlib",               # every picture (Agg backend, no display needed)
+        "torchmetrics",             # ECE
+        "torchattacks",             # the reference the hand-written FGSM/PGD are tested against
+        "grad-cam",                 # Grad-CAM panels (pytorch-grad-cam)
+        # Corruptions synthesised without downloads. The original `imagecorruptions` (1.1.2,
+        # 2020) no longer imports (it needs pkg_resources, gone from current setuptools, and
+        # skimage's removed `multichannel` argument); this maintained fork of it works with
+        # numpy 2 and scikit-image 0.26 and installs the same `imagecorruptions` module.
+        "imagecorruptions-imaug",
+        "tensorboard",              # the optional --tensorboard log (torch.utils.tensorboard)
     ],
     extras_require={
         # timm: the DeiT architectures (deit_s); the test suite runs them, so "test" pulls it too.
@@ -187,5 +199,6 @@ setup(
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     options={"bdist_wheel": {"py_limited_api": "cp310"}} if ext_modules else {},
-    entry_points={"console_scripts": ["adautomix-train=adautomix_fast.train:cli"]},
+    entry_points={"console_scripts": ["adautomix-train=adautomix_fast.train:cli",
+                                      "adautomix-evaluate=adautomix_fast.evaluate.cli:cli"]},
 )

@@ -108,6 +108,8 @@ class Config:
     run_name: Optional[str] = None
     log_interval: int = 20
     save_every_steps: int = 0               # also checkpoint every N steps (0: at epoch ends only)
+    vis_every: Optional[int] = None         # mixed-sample pictures every N epochs (None: ~10 per run, 0: never)
+    tensorboard: bool = False               # mirror every log record into <run>/tensorboard
     sync_bn: bool = False                   # SyncBatchNorm across ranks (reference impl, CUDA)
     preset: Optional[str] = None
     notes: str = ""
@@ -203,6 +205,8 @@ class Config:
         if self.img_size is not None and self.img_size < 8:
             raise UsageError(f"--img-size must be at least 8 (got {self.img_size})")
         self._validate_method()
+        if self.vis_every is not None and self.vis_every < 0:
+            raise UsageError(f"--vis-every must be >= 0 (got {self.vis_every}; 0 turns the pictures off)")
         if self.save_every_steps < 0:
             raise UsageError(f"--save-every-steps must be >= 0 (got {self.save_every_steps})")
         if self.workers < 0:

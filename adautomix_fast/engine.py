@@ -176,7 +176,7 @@ class ReferenceStep:
         if plan is None:
             plan = model.sample_plan(x.shape[0], generator=self.plan_generator, n=model.mix_samples_at(step),
                                      image_size=tuple(x.shape[-2:]))
-            plan = model.complete_plan(x, plan)
+            plan = model.complete_plan(x, y, plan)
 
         with self.precision.autocast():
             losses = self.forward(x, y, plan)

@@ -150,6 +150,7 @@ class FusedStep:
         self.ema_pairs = model.ema_pairs() if model.has_teacher else None
         if self.compile:
             torch._dynamo.config.trace_autograd_ops = True   # autograd.grad inside the graph
+            _allow_one_graph_per_step()
             if self.device.type == "cuda":
                 for t in self._static_tensors():
                     torch._dynamo.mark_static_address(t)
@@ -226,9 +227,9 @@ class FusedStep:
             self.ema_momentum.fill_(momentum)
         model.set_schedule(step, self.schedule.total_steps)
         n = model.mix_samples_at(step)
-        if plan is None and getattr(model, "plan_outside_graph", False):
+        if plan is None and model.plan_outside_graph:
             # This method's plan needs work the graph cannot hold (e.g. OpenCV saliency on the host).
-            plan = model.complete_plan(x, model.sample_plan(x.shape[0], generator=self.plan_generator, n=n,
+            plan = model.complete_plan(x, y, model.sample_plan(x.shape[0], generator=self.plan_generator, n=n,
                                                             image_size=tuple(x.shape[-2:])))
         fn = self._compiled if self._compiled is not None else self._step_graph
         if self._compiled is not None and self.device.type == "cuda":
@@ -278,7 +279,8 @@ def _own_code(method):
     ``_step_graph``; sharing one code object, the steps of one process (a benchmark of every
     method, a test suite) would pile their graphs into one cache, each new model type or batch
     shape a "recompilation", until the limit fails the next fullgraph compile, and graphs of
-    dead steps would stay there. A copy per step gives each its own cache, freed with the step.
+    dead steps would stay there (each call checking their guards first; on CUDA, their graphs
+    holding memory). A copy per step gives each its own cache, freed with the step.
     """
     import types
     fn = method.__func__
@@ -286,6 +288,16 @@ def _own_code(method):
     own = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
     own.__kwdefaults__, own.__qualname__ = fn.__kwdefaults__, fn.__qualname__
     return types.MethodType(own, method.__self__)
+
+
+def _allow_one_graph_per_step(limit: int = 64) -> None:
+    """Every FusedStep compiles its own graph of the one function ``_step_graph`` (and one per N
+    with random_mix_samples); dynamo counts each as a recompilation of that code object and
+    refuses the 9th by default, which a process building several steps (bench.step, tests, a
+    script comparing methods) reaches. Raise the limit (never lower it)."""
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), limit))
 
 
 def _unique_graphs() -> int:

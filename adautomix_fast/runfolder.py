@@ -37,6 +37,12 @@ class RunFolder:
         self.path = path
         self.created = created  # by this invocation: removed again if it fails before a checkpoint
         self.checkpoint_written = False
+        self.tensorboard = None  # a ScalarLogger that mirrors every record (--tensorboard)
+
+    def attach_tensorboard(self) -> None:
+        """Mirror every record logged from now on into ``<run folder>/tensorboard``."""
+        from .evaluate.tblog import ScalarLogger
+        self.tensorboard = ScalarLogger(self.file("tensorboard"))
 
     @classmethod
     def open(cls, folder: str, resuming: bool) -> "RunFolder":
@@ -61,6 +67,9 @@ class RunFolder:
     def log(self, record: dict) -> None:
         with open(self.file("log.jsonl"), "a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            self.tensorboard.log(record)
+            self.tensorboard.flush()
 
     def summary_row(self, row: dict) -> None:
         path = self.file("summary.csv")
@@ -92,6 +101,9 @@ class SilentRunFolder(RunFolder):
         super().__init__(path, created=False)
 
     def write_config(self, cfg, extra) -> None:
+        pass
+
+    def attach_tensorboard(self) -> None:
         pass
 
     def log(self, record) -> None:

@@ -67,6 +67,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--save-every-steps", type=int, metavar="N",
                    help="also write checkpoint-last.pt every N steps, mid-epoch; a resumed or restarted run "
                         "continues from that batch (default: 0, at epoch ends only)")
+    g.add_argument("--vis-every", type=int, metavar="EPOCHS",
+                   help="save a picture of the method's mixed samples (and the training curves) every N epochs "
+                        "(default: about 10 per run and the last epoch; 0: never)")
+    g.add_argument("--tensorboard", action=BOOL,
+                   help="also write every logged scalar to <run folder>/tensorboard (default: off)")
     g.add_argument("--sync-bn", action=BOOL, help="SyncBatchNorm across torchrun processes (reference impl on CUDA; default: off)")
     g.add_argument("--seed", type=int, help=f"random seed of model init, data order and mixing (default: {D.seed})")
     g.add_argument("--log-interval", type=int, help=f"steps between training log records (default: {D.log_interval})")
@@ -431,6 +436,8 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
 
     folder = (RunFolder.open(folder_path, resuming=resumed is not None) if ctx.primary
               else SilentRunFolder(folder_path))
+    if cfg.tensorboard:
+        folder.attach_tensorboard()
     trainer = Trainer(cfg=cfg, ctx=ctx, device=device, model=model, optimizer=optimizer, step=step,
                       train_loader=train_loader, val_loader=val_loader, info=info, precision=precision,
                       cifar_stem=cifar_stem, folder=folder, say=say)

@@ -47,6 +47,16 @@ def step_health(step) -> dict:
     return health
 
 
+def peak_memory_mib(device: torch.device) -> float:
+    """Peak memory so far: allocated GPU memory on CUDA, the process's peak resident set on a CPU
+    (getrusage; it includes everything the process holds, the data and the compiled code)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20
+    import resource
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2 ** 20 if sys.platform == "darwin" else rss / 2 ** 10
+
+
 class Trainer:
     def __init__(self, *, cfg: Config, ctx: DistContext, device: torch.device, model, optimizer, step,
                  train_loader, val_loader, info, precision, cifar_stem: bool, folder: RunFolder,
@@ -60,6 +70,12 @@ class Trainer:
         self.best = -1.0
         self.metrics: dict = {}
         self.fault = fault_injection_step()
+        self.last_batch = None
+        # Epochs after which the primary rank saves the mixed-sample picture and the curves.
+        self.draw_at: set[int] = set()
+        if cfg.vis_every != 0 and folder.writes:
+            from .evaluate.mixvis import vis_epochs
+            self.draw_at = set(vis_epochs(cfg.epochs, cfg.vis_every))
 
     # ------------------------------------------------------------------ state
     def rng_state(self) -> dict:
@@ -104,6 +120,31 @@ class Trainer:
         if best:
             self.folder.save(state, BEST)
 
+    @torch.no_grad()
+    def draw(self, epoch: int) -> None:
+        """The epoch's pictures: a grid of the method's mixed samples on the last training batch
+        (sources, masks, mixed images, lambdas), ``mix-epoch<NNNN>.png``, and ``curves.png`` from
+        summary.csv. Drawn outside the step, from a plan of its own generator (seeded by the epoch):
+        the training RNG, the compiled graph and every buffer are left as they were. A picture that
+        cannot be drawn is reported, never fatal."""
+        from .evaluate.curves import render_training_curves
+        from .evaluate.mixvis import render_mix_grid
+        try:
+            if self.last_batch is not None:
+                x, y = self.last_batch
+                model = self.model
+                gen = torch.Generator(device=x.device).manual_seed(self.cfg.seed * 1000 + epoch)
+                plan = model.sample_plan(x.shape[0], generator=gen, n=model.mix_samples_at(self.step.global_step),
+                                         image_size=tuple(x.shape[-2:]))
+                plan = model.complete_plan(x, y, plan)
+                vis = model.visualize(x, y, plan)
+                vis["title"] = f"{vis.get('title', '')} (epoch {epoch})"
+                render_mix_grid(vis, self.folder.file(f"mix-epoch{epoch:04d}.png"), self.info.mean, self.info.std)
+            render_training_curves(self.folder.file("summary.csv"), self.folder.file("curves.png"))
+        except Exception as exc:  # a picture must never cost a training run
+            self.say(f"note: the epoch-{epoch} pictures were not drawn ({type(exc).__name__}: "
+                     f"{' '.join(str(exc).split())[:200]})")
+
     def evaluate(self, progress: bool = False) -> dict:
         """Top-1/top-5 of the four heads over the whole validation set (collective)."""
         average_buffers_(self.model, self.ctx)
@@ -129,6 +170,7 @@ class Trainer:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             out = step(x, y)
+            self.last_batch = (x, y)   # a reference, no copy: the epoch's picture is drawn from it
             self.batch_in_epoch = index + 1
             if self.fault is not None and step.global_step == self.fault[0] and self.ctx.rank == self.fault[1]:
                 os._exit(17)   # test hook: a worker dies mid-epoch (distributed.fault_injection_step)
@@ -183,7 +225,7 @@ class Trainer:
             trained = (len(self.train_loader) - done_before) * cfg.batch_size * self.ctx.world_size
             record = {"type": "epoch", "epoch": epoch + 1, "step": self.step.global_step, "train_time_s": train_time,
                       "img_per_s": trained / train_time, **{f"train_{k}": v for k, v in train_stats.items()},
-                      **self.metrics, "best_top1": self.best,
+                      **self.metrics, "best_top1": self.best, "peak_memory_mib": peak_memory_mib(self.device),
                       "skipped_corrupt": len(getattr(self.train_loader, "skipped", ()))}
             self.folder.log(record)
             self.folder.summary_row({"epoch": epoch + 1, "lr": train_stats.get("lr"),
@@ -191,6 +233,8 @@ class Trainer:
                                      **{k: self.metrics[k] for k in self.metrics if k != "images"},
                                      "best_top1": self.best})
             self.save(best=is_best)
+            if self.ctx.primary and epoch + 1 in self.draw_at:
+                self.draw(epoch + 1)
             self.say(f"epoch {epoch + 1}/{cfg.epochs}: loss {train_stats.get('loss', float('nan')):.4f}, "
                      f"{self.model.HEADLINE} top-1 {top1:.2f} (best {self.best:.2f}), {record['img_per_s']:.1f} img/s")
         return self.metrics

@@ -209,7 +209,7 @@ def test_saliencymix_centres_the_box_on_the_saliency_peak():
     from adautomix_fast.methods.saliencymix import SaliencyMix
     x, y = images(b=4, h=16, w=16, seed=4)
     model = SaliencyMix("tiny", K, cifar_stem=True, mix_alpha=0.5)
-    plan = model.complete_plan(x, model.sample_plan(4, generator=torch.Generator().manual_seed(1), image_size=(16, 16)))
+    plan = model.complete_plan(x, y, model.sample_plan(4, generator=torch.Generator().manual_seed(1), image_size=(16, 16)))
     donor = x[plan.perm[0]].numpy().transpose(1, 2, 0).astype(np.float32)
     ok, smap = cv2.saliency.StaticSaliencyFineGrained_create().computeSaliency(donor)
     row, col = np.unravel_index(np.argmax((smap * 255).astype("uint8")), smap.shape)
@@ -270,7 +270,7 @@ def _assert_same_step(ref, fused, steps, atol):
     g = torch.Generator().manual_seed(9)
     for i in range(steps):
         x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, K, (8,), generator=g)
-        plan = ref.model.complete_plan(x, ref.model.sample_plan(8, torch.Generator().manual_seed(100 + i),
+        plan = ref.model.complete_plan(x, y, ref.model.sample_plan(8, torch.Generator().manual_seed(100 + i),
                                                                 image_size=(16, 16)))
         a, b = ref(x, y, plan), fused(x, y, plan)
         for k in a:

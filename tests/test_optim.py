@@ -476,17 +476,21 @@ def test_fused_adamw_nonfinite_step_leaves_every_state_tensor():
 
 
 def test_each_fused_step_compiles_into_its_own_cache():
-    """Steps of several methods in one process (a benchmark of every method, a test suite) never
-    count as recompilations of one another: with dynamo's limit at one graph per cache, three
-    live fused steps of three methods still compile, each once."""
+    """Steps of several methods in one process (a benchmark of every method, a test suite) keep
+    their graphs apart: each live step's code holds its own graph only, none counts as a
+    recompilation of another, and the code the class defines holds none."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
     steps = []
-    with torch._dynamo.config.patch(recompile_limit=1):
-        for method in ("vanilla", "mixup", "cutmix"):
-            cfg = resolve(dict(dataset="digits", arch="tiny", batch_size=6, epochs=1, amp=False, method=method))
-            model = build_model(cfg, 5, True)
-            step = FusedStep(model, engine_build_optimizer(model, cfg), Schedule(cfg, 3),
-                             Precision.from_config(cfg, torch.device("cpu")), backend="aot_eager")
-            for _ in range(3):
-                step(*batch6())
-            assert step.recompiles_after_warmup() == 0
-            steps.append(step)
+    for method in ("vanilla", "mixup", "cutmix"):
+        cfg = resolve(dict(dataset="digits", arch="tiny", batch_size=6, epochs=1, amp=False, method=method))
+        model = build_model(cfg, 5, True)
+        step = FusedStep(model, engine_build_optimizer(model, cfg), Schedule(cfg, 3),
+                         Precision.from_config(cfg, torch.device("cpu")), backend="aot_eager")
+        for _ in range(3):
+            step(*batch6())
+        assert step.recompiles_after_warmup() == 0
+        steps.append(step)
+    codes = [step._compiled._torchdynamo_orig_callable.__code__ for step in steps]
+    assert len({id(c) for c in codes}) == 3 and all(c is not FusedStep._step_graph.__code__ for c in codes)
+    assert [len(_debug_get_cache_entry_list(c)) for c in codes] == [1, 1, 1]
+    assert len(_debug_get_cache_entry_list(FusedStep._step_graph.__code__)) == 0

@@ -99,6 +99,9 @@ class MixModel(nn.Module):
     HEADLINE = "student_one"
     has_teacher = False
     uses_segmented_bn = False
+    # The plan needs host work (``complete_plan``: OpenCV saliency, graph cuts): the fused step
+    # draws it before its graph instead of inside it.
+    plan_outside_graph = False
 
     def __init__(self):
         super().__init__()
@@ -129,9 +132,10 @@ class MixModel(nn.Module):
         """One step's losses (so that DistributedDataParallel can wrap the whole model)."""
         return self.step_losses(x, y, plan)
 
-    def complete_plan(self, x: torch.Tensor, plan):
-        """Fill in the parts of a plan that depend on the images (SaliencyMix's box centre); the
-        steps call it after ``sample_plan``. Most methods' plans are complete."""
+    def complete_plan(self, x: torch.Tensor, y: torch.Tensor, plan):
+        """Fill in the parts of a plan that depend on the batch (SaliencyMix's box centre); the
+        steps call it after ``sample_plan``, outside the fused step's graph for methods with
+        ``plan_outside_graph``. Most methods' plans are complete."""
         return plan
 
     def mix_samples_at(self, step: int) -> Optional[int]:

@@ -60,7 +60,7 @@ class SaliencyMix(CutMix):
         perm = random_permutation(batch_size, generator, self.device)
         return BoxPlan(lam, perm, torch.full((2,), -1, dtype=torch.long, device=self.device))
 
-    def complete_plan(self, x: torch.Tensor, plan: BoxPlan) -> BoxPlan:
+    def complete_plan(self, x: torch.Tensor, y: torch.Tensor, plan: BoxPlan) -> BoxPlan:
         """The box centre: the saliency peak of x[perm[0]] (a host computation)."""
         row, col = saliency_peak(x[plan.perm[0]])
         return plan._replace(center=torch.tensor([row, col], dtype=torch.long, device=x.device))

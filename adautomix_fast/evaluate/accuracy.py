@@ -1,9 +1,12 @@
-"""Top-1 / top-5 of the four heads (ALGORITHM.md section 8).
+"""The ``accuracy`` suite: top-1 / top-5 of every head (ALGORITHM.md section 8).
 
-Heads: teacher one/mix and student one/mix, in eval mode (BatchNorm running statistics). The
-headline number is the teacher's ``head_one`` (``teacher_one``), as the paper reports it.
-Counts are accumulated on the device and read once at the end, and every image of the loader
-is counted exactly once.
+Heads: for AdAutoMix teacher one/mix and student one/mix, in eval mode (BatchNorm running
+statistics); other methods list their own in ``model.HEADS``. The headline number is the
+teacher's ``head_one`` (``teacher_one``), as the paper reports it. Counts are accumulated on the
+device and read once at the end, and every image of the loader is counted exactly once.
+
+``evaluate`` is what the trainer calls every epoch; ``run`` is the suite of
+``python -m adautomix_fast.evaluate`` (the same counts on the evaluation context's images).
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ def evaluate(model, loader: Iterable, device: torch.device, precision=None, chan
         n += y.shape[0]
     model.train(was_training)
     if ctx is not None and ctx.enabled:
-        from .distributed import all_reduce_sum_
+        from ..distributed import all_reduce_sum_
         all_reduce_sum_(counts, ctx)
         all_reduce_sum_(n, ctx)
     counts, total = counts.cpu(), int(n)
@@ -67,3 +70,27 @@ def evaluate(model, loader: Iterable, device: torch.device, precision=None, chan
         result[f"{name}_top1"] = 100.0 * int(counts[h, 0]) / max(total, 1)
         result[f"{name}_top5"] = 100.0 * int(counts[h, 1]) / max(total, 1)
     return result
+
+
+@torch.no_grad()
+def run(ctx) -> dict:
+    """Top-1/top-5 (%) of every head of the model on the context's images (``--limit`` applies).
+
+    Returns {"images": n, "heads": {head: {"top1", "top5"}}, "top1", "top5"} where the last two
+    are the chosen head's (``ctx.head``).
+    """
+    heads = tuple(ctx.model.HEADS)
+    counts = torch.zeros(len(heads), 2, dtype=torch.long, device=ctx.device)
+    n = 0
+    for _, x, y in ctx.batches("accuracy"):
+        with ctx.autocast():
+            logits = ctx.model.eval_logits(x, heads)
+        for h, name in enumerate(heads):
+            top1, top5 = topk_correct(logits[name].float(), y)
+            counts[h, 0] += top1
+            counts[h, 1] += top5
+        n += y.shape[0]
+    counts = counts.cpu()
+    per_head = {name: {"top1": 100.0 * int(counts[h, 0]) / max(n, 1), "top5": 100.0 * int(counts[h, 1]) / max(n, 1)}
+                for h, name in enumerate(heads)}
+    return {"images": n, "heads": per_head, "top1": per_head[ctx.head]["top1"], "top5": per_head[ctx.head]["top5"]}
