@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .ema import ema_update_, teacher_pairs
 from .generator import MaskGenerator, fp32_region, mix_images
 from .methods.base import MixModel, sample_beta
-from .models import Classifier
+from .models import Classifier, drop_path_rate
 
 GEN_OBJECTIVES = ("alternate", "adversarial", "cooperative")
 
@@ -123,7 +123,7 @@ class AdAutoMix(MixModel):
                  mix_alpha: float = 1.0, label_smoothing: float = 0.0, loss_one: bool = True,
                  loss_mce: bool = True, loss_amce: bool = True, loss_k: bool = True, loss_cos: bool = True,
                  gen_objective: str = "alternate", random_mix_samples: bool = False,
-                 gen_train_prob: float = 1.0, seed: int = 0):
+                 gen_train_prob: float = 1.0, seed: int = 0, drop_path: float = 0.0):
         super().__init__()
         if not 2 <= mix_samples <= 5:
             raise ValueError(f"mix_samples must be in 2..5, got {mix_samples}")
@@ -141,7 +141,8 @@ class AdAutoMix(MixModel):
         self.random_mix_samples = bool(random_mix_samples)
         self.gen_train_prob = float(gen_train_prob)
         self.seed = int(seed)
-        self.student = Classifier(arch, num_classes, cifar_stem)
+        # drop_path: the trunk's stochastic depth (Swin, ConvNeXt, DeiT recipes; 0 for ResNets).
+        self.student = Classifier(arch, num_classes, cifar_stem, drop_path=drop_path)
         # k copies q at start; its parameters then follow q by EMA only (never by gradients).
         self.teacher = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)
@@ -167,6 +168,9 @@ class AdAutoMix(MixModel):
         keys = ("mix_alpha", "label_smoothing", "loss_one", "loss_mce", "loss_amce", "loss_k", "loss_cos",
                 "gen_objective", "random_mix_samples", "gen_train_prob", "seed")
         out = {k: getattr(cfg, k) for k in keys if getattr(cfg, k, None) is not None}
+        # The trunk's stochastic depth: --drop-path or the architecture's published rate (here so
+        # that AutoMix, whose from_config passes these on, builds the same classifier).
+        out["drop_path"] = drop_path_rate(cfg.arch, getattr(cfg, "drop_path", None))
         return out
 
     # ------------------------------------------------------------------ sampling (section 3)

@@ -437,8 +437,9 @@ def method_defaults(method: str, dataset: str, arch: str) -> dict[str, Any]:
 def resolve(explicit: dict[str, Any], preset: Optional[str] = None) -> Config:
     """Build a Config from explicit settings (flags the user typed) and an optional preset.
 
-    Order: dataclass defaults < dataset defaults < (dataset, arch) defaults < the method's
-    defaults for the family < preset < explicit values.
+    Order: dataclass defaults < dataset defaults < (dataset, arch) defaults < the architecture's
+    published generator settings (``arch_generator``: nearest upsampling and the lambda channel
+    for Swin, ConvNeXt and DeiT) < the method's defaults for the family < preset < explicit values.
     """
     if preset is not None and preset not in PRESETS:
         raise UsageError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -451,6 +452,8 @@ def resolve(explicit: dict[str, Any], preset: Optional[str] = None) -> Config:
     values: dict[str, Any] = {}
     values.update(DATASET_DEFAULTS[dataset])
     values.update(ARCH_DATASET_DEFAULTS.get((dataset, arch), {}))
+    if arch in ARCH_SPECS:   # an unknown --arch is reported by validate()
+        values.update(arch_generator(arch))
     values.update(method_defaults(method, dataset, arch))
     values.update(preset_values)
     values.update(explicit)
@@ -485,7 +488,7 @@ def validate_recipe(cfg: Config) -> None:
     if not 0.0 < cfg.warmup_ratio <= 1.0:
         raise UsageError(f"--warmup-ratio must be in (0, 1] (got {cfg.warmup_ratio})")
     if cfg.clip_grad is not None and cfg.clip_grad <= 0:
-        raise UsageError(f"--clip-grad must be a positive norm (got {cfg.clip_grad}); leave it unset for no clipping")
+        raise UsageError(f"--clip-grad must be a positive norm (got {cfg.clip_grad}); --clip-grad none for no clipping")
     if cfg.drop_path is not None:
         if not 0.0 <= cfg.drop_path < 1.0:
             raise UsageError(f"--drop-path must be in [0, 1) (got {cfg.drop_path})")
@@ -501,4 +504,4 @@ def validate_recipe(cfg: Config) -> None:
         raise UsageError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)} (got {cfg.interpolation!r})")
     if cfg.cifar_stem and not spec.cifar_stem:
         raise UsageError(f"--arch {cfg.arch} has no CIFAR stem; use --no-cifar-stem and --img-size {spec.image_size}")
-    check_image_size(cfg.arch, cfg.img_size or NATIVE_SIZE[cfg.dataset])
+    check_image_size(cfg.arch, cfg.img_size or NATIVE_SIZE[cfg.dataset], cfg.cifar_stem)

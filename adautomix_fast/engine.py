@@ -1,7 +1,8 @@
 """Optimizer, schedules, precision and the reference train step.
 
 `ReferenceStep` runs one step of any method eagerly: sample the plan, compute every loss
-(``model.step_losses``) under autocast, one backward, one SGD step for the student and the
+(``model.step_losses``) under autocast, one backward, gradient clipping when the recipe asks
+(``torch.nn.utils.clip_grad_norm_``), one optimizer step (SGD or AdamW) for the student and the
 generator together, then (methods with a teacher) the EMA update of the teacher. It is the
 readable definition of a step; the fused, compiled step (adautomix_fast.fused) is tested
 against it.
@@ -18,6 +19,8 @@ import torch
 
 from .config import Config
 from .ema import ema_momentum, momentum_tensor
+from .optim import build_optimizer as _build_optimizer
+from .optim import group_role, set_group_lrs, warmup_factor
 from .precision import resolve_precision
 
 
@@ -32,8 +35,12 @@ def cosine_lr(base: float, final: float, progress: float) -> float:
 class Schedule:
     """Learning rates and EMA momentum as functions of the global step.
 
-    The released configs anneal the learning rate once per epoch (mmcv ``by_epoch=True``):
-    epoch e uses progress e / epochs. ``per_step`` anneals every step instead.
+    The released ResNet configs anneal the learning rate once per epoch (mmcv ``by_epoch=True``):
+    epoch e uses progress e / epochs. ``lr_per_step`` anneals every step instead (the transformer
+    recipes). ``warmup_epochs`` > 0 multiplies the first ``warmup_steps`` by mmcv's linear warm-up
+    factor (``optim.warmup_factor``: ``warmup_ratio`` at step 0, joining the cosine continuously);
+    the factor is exactly 1 afterwards and without warm-up, so the SGD presets' learning rates are
+    the same floats as before the recipes existed.
     """
 
     cfg: Config
@@ -43,6 +50,10 @@ class Schedule:
     def total_steps(self) -> int:
         return self.cfg.epochs * self.steps_per_epoch
 
+    @property
+    def warmup_steps(self) -> int:
+        return int(round(getattr(self.cfg, "warmup_epochs", 0.0) * self.steps_per_epoch))
+
     def progress(self, step: int) -> float:
         if self.cfg.lr_per_step:
             return step / max(self.total_steps, 1)
@@ -51,35 +62,44 @@ class Schedule:
     def lrs(self, step: int) -> tuple[float, float]:
         """(student lr, generator lr) for global step ``step``."""
         p = self.progress(step)
-        lr = cosine_lr(self.cfg.lr, self.cfg.min_lr, p)
+        warm = warmup_factor(step, self.warmup_steps, getattr(self.cfg, "warmup_ratio", 1.0))
+        lr = cosine_lr(self.cfg.lr, self.cfg.min_lr, p) * warm
         if self.cfg.gen_lr is None:
             return lr, lr
         gen_min = self.cfg.gen_min_lr if self.cfg.gen_min_lr is not None else self.cfg.min_lr
-        return lr, cosine_lr(self.cfg.gen_lr, gen_min, p)
+        return lr, cosine_lr(self.cfg.gen_lr, gen_min, p) * warm
 
     def ema(self, step: int) -> float:
         return ema_momentum(step, self.total_steps, self.cfg.ema_start, self.cfg.ema_end, self.cfg.ema_warmup)
 
 
 # ---------------------------------------------------------------------------- optimizer
-def build_optimizer(model, cfg: Config) -> torch.optim.SGD:
-    """SGD (momentum 0.9, weight decay 1e-4 by default) over the student and G.
+def build_optimizer(model, cfg: Config) -> torch.optim.Optimizer:
+    """The run's optimizer over the student and the generator (``optim.build_optimizer``).
 
-    Group 0 is the student, group 1 the generator (methods without a generator have group 0
-    only); the generator gets its own learning rate and schedule when ``cfg.gen_lr`` is set
-    (ImageNet presets), otherwise it follows the student's.
+    ``cfg.optimizer`` "sgd" (momentum ``cfg.momentum``, the released ResNet recipes) or "adamw"
+    (``cfg.adam_beta1/2``, ``cfg.adam_eps``; the transformer and ConvNeXt recipes). Parameter
+    groups, in this order (``optim.param_groups``):
+
+        0 student, 1 generator, 2 student_no_decay, 3 generator_no_decay
+
+    Groups 2-3 exist only with weight-decay exclusions (``cfg.wd_exclude``; default on with
+    AdamW): norms, biases, position tables and layer scales get weight decay 0. The generator
+    groups exist only for methods with a generator, and follow the generator's own learning rate
+    and schedule when ``cfg.gen_lr`` is set (otherwise the student's). Every group carries its
+    ``role`` ("student" / "generator"), which ``set_lrs`` and the fused step follow. SGD without
+    exclusions gives exactly the engine's original two groups.
     """
-    student, gen = model.trainable_parameters()
-    groups = [{"params": student, "lr": cfg.lr, "name": "student"}]
-    if gen:
-        groups.append({"params": gen, "lr": cfg.gen_lr if cfg.gen_lr is not None else cfg.lr, "name": "generator"})
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
-                           foreach=True)
+    return _build_optimizer(model, cfg)
 
 
 def set_lrs(optimizer: torch.optim.Optimizer, lrs: tuple[float, float]) -> None:
-    for group, lr in zip(optimizer.param_groups, lrs):
-        group["lr"] = lr
+    """(student lr, generator lr) -> every parameter group by its role."""
+    set_group_lrs(optimizer, lrs)
+
+
+def has_generator_group(optimizer: torch.optim.Optimizer) -> bool:
+    return any(group_role(g) == "generator" for g in optimizer.param_groups)
 
 
 # ---------------------------------------------------------------------------- precision
@@ -120,11 +140,14 @@ class Precision:
 
 # ---------------------------------------------------------------------------- the step
 class ReferenceStep:
-    """One eager step of any method: losses, one backward, one optimizer step, EMA update."""
+    """One eager step of any method: losses, one backward, gradient clipping (``max_grad_norm``:
+    the total L2 norm of every trained gradient, student and generator together, as mmcv's
+    ``OptimizerHook(grad_clip=...)``), one optimizer step, EMA update."""
 
     def __init__(self, model, optimizer: torch.optim.Optimizer, schedule: Schedule,
                  precision: Precision, channels_last: bool = False,
-                 plan_generator: Optional[torch.Generator] = None, forward=None):
+                 plan_generator: Optional[torch.Generator] = None, forward=None,
+                 max_grad_norm: Optional[float] = None):
         self.model = model
         # What computes the losses: the model itself, or its DistributedDataParallel wrapper
         # (whose forward is the model's, plus the gradient all-reduce hooks).
@@ -135,6 +158,7 @@ class ReferenceStep:
         self.scaler = precision.make_scaler()
         self.channels_last = channels_last
         self.plan_generator = plan_generator
+        self.max_grad_norm = max_grad_norm
         self.global_step = 0  # host copy of model.num_updates (schedules are host-side here)
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -159,10 +183,15 @@ class ReferenceStep:
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(losses["loss"]).backward()
+            if self.max_grad_norm is not None:
+                self.scaler.unscale_(self.optimizer)   # clip the true gradients
+                self._clip()
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
             losses["loss"].backward()
+            if self.max_grad_norm is not None:
+                self._clip()
             self.optimizer.step()
 
         if model.has_teacher:
@@ -173,11 +202,15 @@ class ReferenceStep:
 
         out = {k: v.detach() for k, v in losses.items()}
         out["lr"] = torch.tensor(lrs[0])
-        if len(self.optimizer.param_groups) > 1:
+        if has_generator_group(self.optimizer):
             out["lr_gen"] = torch.tensor(lrs[1])
         if model.has_teacher:
             out["ema_momentum"] = torch.tensor(momentum)
         return out
+
+    def _clip(self) -> None:
+        params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm, foreach=True)
 
     # Resumable state beyond the model's and the optimizer's state dicts (the plan generator's
     # state is saved per rank with the other random states: checkpoint.rng_state).
@@ -224,6 +257,7 @@ def build_step(impl: str, model, optimizer, schedule: Schedule, precision: Preci
                          mode=cfg.compile_mode, backend=getattr(cfg, "compile_backend", "inductor"),
                          batched_student=cfg.student_passes == "batched",
                          teacher_bn_stats=cfg.teacher_bn_stats, plan_generator=plan_generator,
-                         grad_sync=grad_sync)
+                         grad_sync=grad_sync, max_grad_norm=getattr(cfg, "clip_grad", None))
     return ReferenceStep(model, optimizer, schedule, precision, channels_last=cfg.channels_last,
-                         plan_generator=plan_generator, forward=forward)
+                         plan_generator=plan_generator, forward=forward,
+                         max_grad_norm=getattr(cfg, "clip_grad", None))

@@ -19,16 +19,19 @@ It computes the same losses, gradients and updates as the reference step (ALGORI
 3. **Everything on the device.** lambda and the permutations are sampled inside the function from
    the default generator (graph-safe on CUDA); the adversarial/cooperative choice and the margin
    rule are ``torch.where`` selections; learning rates, EMA momentum and the fp16 loss scale are
-   0-dim device tensors updated in place between steps; SGD is written with ``torch._foreach_*``
-   ops and gradients come from ``torch.autograd.grad`` inside the graph (``optimizer.step()``
-   would break the graph, spec/COMPILE.md fact 1). No ``.item()``, no Python branch on a value.
+   0-dim device tensors updated in place between steps; the optimizer (SGD or AdamW, with
+   gradient clipping: ``optim.InGraphOptimizer``) is written with ``torch._foreach_*`` ops and
+   gradients come from ``torch.autograd.grad`` inside the graph (``optimizer.step()`` would break
+   the graph, spec/COMPILE.md fact 1). No ``.item()``, no Python branch on a value.
 4. **Non-finite steps are skipped on the device.** If the loss or any gradient is not finite, the
-   SGD update, the EMA update and the BatchNorm running statistics of that step are discarded
+   optimizer update (parameters and every optimizer state tensor, AdamW's step count included),
+   the EMA update and the BatchNorm running statistics of that step are discarded
    (selected with ``torch.where``, no host sync), the fp16 loss scale backs off, and a device
    counter records the step; the trainer reads the counter at its log interval.
 
-SGD momentum buffers live in the torch.optim.SGD object's state, so checkpoints of the fused and
-the reference implementation are interchangeable.
+The optimizer's state tensors (SGD momentum buffers; AdamW moments and step counts) live in the
+torch.optim object's state, so checkpoints of the fused and the reference implementation are
+interchangeable.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .adautomix import MixPlan
 from .ema import MOMENTUM_DTYPE, ema_update_
+from .optim import InGraphOptimizer, unscale_and_check_
 from .segmented_bn import SegmentedBatchNorm2d, convert_batchnorm, set_segment_size
 
 # fp16 loss scaling, as torch.amp.GradScaler's defaults.
@@ -68,19 +72,26 @@ class FusedStep:
         batched_student: one [3B] student pass with segmented BatchNorm (default) or three
             (methods with several student passes: AdAutoMix, AutoMix).
         teacher_bn_stats: "exact" (reference running statistics) or "single" (module docstring).
+        max_grad_norm: clip the total L2 norm of every trained gradient to this, in the graph
+            (``torch.nn.utils.clip_grad_norm_``'s rule; None: no clipping).
     """
 
     def __init__(self, model, optimizer: torch.optim.Optimizer, schedule, precision, *,
                  channels_last: bool = False, compile: bool = True, mode: Optional[str] = None,
                  backend: str = "inductor", batched_student: bool = True, teacher_bn_stats: str = "exact",
-                 plan_generator: Optional[torch.Generator] = None, grad_sync=None):
+                 plan_generator: Optional[torch.Generator] = None, grad_sync=None,
+                 max_grad_norm: Optional[float] = None):
         if teacher_bn_stats not in ("exact", "single"):
             raise ValueError(f"teacher_bn_stats must be 'exact' or 'single', got {teacher_bn_stats!r}")
         student, gen = model.trainable_parameters()
-        expected = 2 if gen else 1
-        if len(optimizer.param_groups) != expected:
-            raise ValueError("FusedStep expects the optimizer of engine.build_optimizer (student group, and a "
-                             "generator group for methods with a generator)")
+        trained = {id(p) for p in student + gen}
+        in_optimizer = [id(p) for g in optimizer.param_groups for p in g["params"]]
+        if len(in_optimizer) != len(trained) or set(in_optimizer) != trained:
+            raise ValueError("FusedStep expects the optimizer of engine.build_optimizer (every student and "
+                             "generator parameter exactly once, nothing else)")
+        # The update of the graph: SGD or AdamW over the optimizer's groups (any number: the
+        # weight-decay exclusions add no-decay groups), clipping, the exact non-finite skip.
+        self.optim = InGraphOptimizer(optimizer, max_grad_norm)
         self.model = model
         self.optimizer = optimizer
         self.schedule = schedule
@@ -101,8 +112,8 @@ class FusedStep:
         dev = self.device
         f32 = dict(dtype=torch.float32, device=dev)
         # Device state, changed in place between steps (never recompiles or re-captures):
-        # one learning rate per parameter group (student, generator).
-        self.lrs = [torch.zeros((), **f32) for _ in optimizer.param_groups]
+        # one learning rate per schedule (student, generator), shared by the groups that follow it.
+        self.lrs = self.optim.lrs
         self.ema_momentum = torch.zeros((), dtype=MOMENTUM_DTYPE, device=dev)   # float64: 1 - m in double
         self.fp16 = precision.dtype is torch.float16
         self.loss_scale = torch.full((), _SCALE_INIT if self.fp16 else 1.0, **f32)
@@ -127,18 +138,13 @@ class FusedStep:
         model = self.model
         self._batch_size = batch_size
         set_segment_size(model, batch_size)
-        student_params, gen_params = model.trainable_parameters()
-        self.groups = [student_params, gen_params] if gen_params else [student_params]
-        self.momentum_buffers = []
-        for group in self.groups:
-            bufs = []
-            for p in group:
-                state = self.optimizer.state[p]
-                if state.get("momentum_buffer") is None:
-                    # Zero buffers: mu * 0 + d = d, exactly torch.optim.SGD's first step.
-                    state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                bufs.append(state["momentum_buffer"])
-            self.momentum_buffers.append(bufs)
+        # The optimizer's state tensors (created as torch would on its first step), its groups'
+        # parameters in order (the gradients follow them) and its constant settings.
+        self.optim.bind()
+        self.groups = [params for params, _ in self.optim.groups]
+        # SGD's momentum buffers per group (tests and debugging read them; AdamW: none).
+        self.momentum_buffers = ([[t[0] for t in tensors] for tensors in self.optim.state]
+                                 if self.optim.kind == "sgd" else [])
         self.bn_buffers = [b for norm in model.modules() if isinstance(norm, _BatchNorm) and norm.track_running_stats
                            for b in (norm.running_mean, norm.running_var, norm.num_batches_tracked)]
         self.ema_pairs = model.ema_pairs() if model.has_teacher else None
@@ -148,15 +154,16 @@ class FusedStep:
             if self.device.type == "cuda":
                 for t in self._static_tensors():
                     torch._dynamo.mark_static_address(t)
-            self._compiled = torch.compile(self._step_graph, fullgraph=True, dynamic=False, mode=self.mode,
-                                           backend=self.backend)
+            self._compiled = torch.compile(_own_code(self._step_graph), fullgraph=True, dynamic=False,
+                                           mode=self.mode, backend=self.backend)
 
     def _static_tensors(self):
         yield from (*self.lrs, self.ema_momentum, self.loss_scale, self.growth_tracker, self.nonfinite_steps)
         for name in self.model.schedule_values(0, 1):
             yield getattr(self.model, name)
-        for bufs in self.momentum_buffers:
-            yield from bufs
+        for t in self.optim.static_tensors():
+            if not any(t is lr for lr in self.lrs):   # the lrs are yielded above
+                yield t
 
     # ------------------------------------------------------------------ the step
     def _step_graph(self, x: torch.Tensor, y: torch.Tensor, plan, n: Optional[int] = None):
@@ -180,28 +187,13 @@ class FusedStep:
 
     @torch.no_grad()
     def _update(self, grads: list[torch.Tensor], loss: torch.Tensor, saved_bn: list[torch.Tensor]) -> None:
-        found_inf = torch.zeros(1, dtype=torch.float32, device=loss.device)
-        inv_scale = (1.0 / self.loss_scale).reshape(1)
-        # Unscales in place and flags any inf/NaN gradient (GradScaler's own kernel).
-        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
-        ok = (found_inf[0] == 0) & torch.isfinite(loss)
-        keep = ok.to(torch.float32)
-        # Sanitise so that a skipped step multiplies zeros, never NaN * 0.
-        grads = [torch.nan_to_num(g, nan=0.0, posinf=0.0, neginf=0.0) for g in grads]
-        offset = 0
-        for group_index, group in enumerate(self.groups):
-            cfg = self.optimizer.param_groups[group_index]
-            lr = self.lrs[group_index]
-            g = grads[offset:offset + len(group)]
-            offset += len(group)
-            if cfg["weight_decay"]:
-                torch._foreach_add_(g, group, alpha=cfg["weight_decay"])    # d = g + wd * p
-            torch._foreach_mul_(g, keep)                                     # skipped: d = 0
-            bufs = self.momentum_buffers[group_index]
-            mu = torch.where(ok, cfg["momentum"], 1.0)                      # skipped: buffer kept
-            torch._foreach_mul_(bufs, mu)
-            torch._foreach_add_(bufs, g)                                     # buf = mu * buf + d
-            torch._foreach_sub_(group, torch._foreach_mul(bufs, lr * keep))  # p -= lr * buf
+        # Unscales in place (GradScaler's own kernel; the scale is 1 without fp16) and flags an
+        # inf/NaN gradient or loss; the gradients come back sanitised, so a skipped step
+        # multiplies zeros, never NaN * 0.
+        ok, keep, grads = unscale_and_check_(grads, loss, self.loss_scale)
+        # Clipping (total norm a device tensor, never read here), then SGD or AdamW per group;
+        # keep = 0 leaves parameters and every optimizer state tensor as they were.
+        self.optim.step(grads, ok, keep)
         if self.ema_pairs is not None:
             momentum = torch.where(ok, self.ema_momentum, 1.0)               # skipped: teacher kept
             ema, src = self.ema_pairs
@@ -229,9 +221,7 @@ class FusedStep:
                              "(training loaders drop the last incomplete batch)")
         step = self.global_step
         lrs = self.schedule.lrs(step)
-        for tensor, group, lr in zip(self.lrs, self.optimizer.param_groups, lrs):
-            tensor.fill_(lr)
-            group["lr"] = lr     # kept in sync for checkpoints and logs
+        self.optim.set_lrs(lrs)   # the lr tensors, and every group's "lr" for checkpoints and logs
         momentum = self.schedule.ema(step) if model.has_teacher else None
         if momentum is not None:
             self.ema_momentum.fill_(momentum)
@@ -279,6 +269,25 @@ class FusedStep:
         for name in ("loss_scale", "growth_tracker", "nonfinite_steps"):
             if name in state:
                 getattr(self, name).copy_(state[name])
+
+
+def _own_code(method):
+    """``method`` bound to a private copy of its code object.
+
+    Dynamo keeps its compiled graphs, and counts recompilations against
+    ``torch._dynamo.config.recompile_limit`` (8), per code object. Every FusedStep compiles
+    ``_step_graph``; sharing one code object, the steps of one process (a benchmark of every
+    method, a test suite) would pile their graphs into one cache, each new model type or batch
+    shape a "recompilation", until the limit fails the next fullgraph compile, and graphs of
+    dead steps would stay there (each call checking their guards first; on CUDA, their graphs
+    holding memory). A copy per step gives each its own cache, freed with the step.
+    """
+    import types
+    fn = method.__func__
+    code = fn.__code__.replace()          # an equal but distinct code object
+    own = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    own.__kwdefaults__, own.__qualname__ = fn.__kwdefaults__, fn.__qualname__
+    return types.MethodType(own, method.__self__)
 
 
 def _allow_one_graph_per_step(limit: int = 64) -> None:

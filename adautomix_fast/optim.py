@@ -3,8 +3,9 @@
 Two halves:
 
 * **Host side**: ``param_groups`` / ``build_optimizer`` (SGD or AdamW over the student and the
-  generator, with the released weight-decay exclusions) and ``WarmupCosineSchedule`` (linear
-  warm-up, then cosine to a minimum, as a pure function of the step that the host evaluates).
+  generator, with the released weight-decay exclusions) and ``warmup_cosine_lr`` (linear
+  warm-up, then cosine to a minimum, as a pure function of the step that the host evaluates;
+  ``engine.Schedule`` evaluates it for the run).
 * **In-graph side**: the update math the fused step runs inside its compiled graph, written with
   ``torch._foreach_*`` ops on tensors only: no ``.item()``, no Python branch on a tensor value,
   learning rates as 0-dim device tensors changed in place between steps (``InGraphOptimizer.
@@ -32,8 +33,6 @@ from typing import Iterable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .ema import ema_momentum
-
 OPTIMIZERS = ("sgd", "adamw")
 
 
@@ -54,13 +53,16 @@ def _named(model: nn.Module, params: Sequence[nn.Parameter]) -> list[tuple[str, 
 
 
 def param_groups(model: nn.Module, cfg) -> list[dict]:
-    """Parameter groups over ``model.trainable_parameters()`` (student, generator).
+    """Parameter groups over ``model.trainable_parameters()`` (student, generator), in this order:
 
-    Without exclusions (``cfg.wd_exclude`` False; the default with SGD): two groups, student then
-    generator, exactly ``engine.build_optimizer``'s. With them (the default with AdamW): the
-    same two groups with every decayed parameter, then ``student_no_decay`` and
-    ``generator_no_decay`` (weight decay 0; empty ones left out). Each group has ``role``
-    ("student" or "generator"): the schedule's learning rate it follows.
+        student, generator, student_no_decay, generator_no_decay
+
+    Without exclusions (``cfg.wd_exclude`` False; the default with SGD): the first two only,
+    exactly the groups the engine had before the recipes (the golden SGD steps rely on it). With
+    them (the default with AdamW): the same two groups with every decayed parameter, then the
+    two no-decay groups (weight decay 0). Empty groups are left out: a method without a generator
+    (the baselines) has no generator groups. Each group has ``name`` and ``role`` ("student" or
+    "generator": the schedule's learning rate it follows; ``group_role``).
     """
     from .models.specs import arch_spec
 
@@ -71,15 +73,32 @@ def param_groups(model: nn.Module, cfg) -> list[dict]:
     groups: list[dict] = []
     no_decay: list[dict] = []
     for role, params, lr in (("student", student, cfg.lr), ("generator", generator, gen_lr)):
+        if not params:
+            continue
         named = _named(model, params)
         skip = [p for n, p in named if exclude and no_weight_decay(n, p, extra)]
         skip_ids = {id(p) for p in skip}
         keep = [p for _, p in named if id(p) not in skip_ids]
-        groups.append({"params": keep, "lr": lr, "weight_decay": cfg.weight_decay, "name": role, "role": role})
+        if keep:
+            groups.append({"params": keep, "lr": lr, "weight_decay": cfg.weight_decay, "name": role, "role": role})
         if skip:
             no_decay.append({"params": skip, "lr": lr, "weight_decay": 0.0, "name": f"{role}_no_decay",
                              "role": role})
     return groups + no_decay
+
+
+def group_role(group: dict) -> str:
+    """The schedule a parameter group follows: its ``role``; for groups saved before roles existed
+    (checkpoints of the SGD engine: ``name`` "student" / "generator") its name; else "student"."""
+    role = group.get("role") or group.get("name") or "student"
+    return "generator" if str(role).startswith("generator") else "student"
+
+
+def set_group_lrs(optimizer: torch.optim.Optimizer, lrs: Sequence[float]) -> None:
+    """(student lr, generator lr) -> every group's ``lr`` by its role (``lrs[0]`` when the
+    generator's is absent)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lrs[1] if group_role(group) == "generator" and len(lrs) > 1 else lrs[0]
 
 
 def wd_exclude(cfg) -> bool:
@@ -131,41 +150,6 @@ def warmup_cosine_lr(step: int, total_steps: int, base: float, final: float, war
     else:
         progress = step / total_steps
     return cosine(base, final, progress) * warmup_factor(step, warmup_steps, warmup_ratio)
-
-
-class WarmupCosineSchedule:
-    """Learning rates and EMA momentum per global step, ``engine.Schedule``'s interface
-    (``lrs(step) -> (student lr, generator lr)``, ``ema(step)``, ``total_steps``) plus the
-    recipes' warm-up: ``cfg.warmup_epochs`` epochs (0: none) starting at ``cfg.warmup_ratio``
-    times the cosine's value. Without warm-up it equals ``engine.Schedule``."""
-
-    def __init__(self, cfg, steps_per_epoch: int):
-        self.cfg = cfg
-        self.steps_per_epoch = steps_per_epoch
-
-    @property
-    def total_steps(self) -> int:
-        return self.cfg.epochs * self.steps_per_epoch
-
-    @property
-    def warmup_steps(self) -> int:
-        return int(round(self.cfg.warmup_epochs * self.steps_per_epoch))
-
-    def _lr(self, step: int, base: float, final: float) -> float:
-        per_epoch = None if self.cfg.lr_per_step else self.steps_per_epoch
-        return warmup_cosine_lr(step, self.total_steps, base, final, self.warmup_steps, self.cfg.warmup_ratio,
-                                steps_per_epoch=per_epoch)
-
-    def lrs(self, step: int) -> tuple[float, float]:
-        cfg = self.cfg
-        lr = self._lr(step, cfg.lr, cfg.min_lr)
-        if cfg.gen_lr is None:
-            return lr, lr
-        gen_min = cfg.gen_min_lr if cfg.gen_min_lr is not None else cfg.min_lr
-        return lr, self._lr(step, cfg.gen_lr, gen_min)
-
-    def ema(self, step: int) -> float:
-        return ema_momentum(step, self.total_steps, self.cfg.ema_start, self.cfg.ema_end, self.cfg.ema_warmup)
 
 
 # ---------------------------------------------------------------------------- in-graph pieces
@@ -257,13 +241,15 @@ def adamw_step_(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs:
 class InGraphOptimizer:
     """The in-graph twin of a ``torch.optim.SGD`` or ``torch.optim.AdamW`` (any number of groups).
 
-    Host side, between steps: ``set_lrs((student_lr, generator_lr))`` writes every group's 0-dim
-    learning-rate tensor by its ``role`` (and ``group["lr"]``, for checkpoints and logs). In the
-    graph: ``step(grads, ok, keep)`` clips (``max_grad_norm``) and updates; ``grads`` follow
-    ``params()`` (the groups' parameters, in order). ``bind()`` collects the state tensors from
-    the optimizer's state (creating the missing ones as torch would) and snapshots the groups'
-    constant settings (momentum, weight decay, betas, eps); call it after any
-    ``optimizer.load_state_dict`` and before compiling.
+    Host side, between steps: ``set_lrs((student_lr, generator_lr))`` writes the 0-dim
+    learning-rate tensors ``lrs`` (one per schedule: ``lrs[0]`` the student's, ``lrs[1]`` the
+    generator's when a group follows it) and every group's ``lr`` by its role (``group_role``),
+    for checkpoints and logs. Groups of one role share their tensor, so the no-decay groups follow
+    their role's schedule with nothing more to write. In the graph: ``step(grads, ok, keep)``
+    clips (``max_grad_norm``) and updates; ``grads`` follow ``params()`` (the groups' parameters,
+    in order). ``bind()`` collects the state tensors from the optimizer's state (creating the
+    missing ones as torch would) and snapshots the groups' constant settings (momentum, weight
+    decay, betas, eps); call it after any ``optimizer.load_state_dict`` and before compiling.
     """
 
     def __init__(self, optimizer: torch.optim.Optimizer, max_grad_norm: Optional[float] = None):
@@ -285,8 +271,11 @@ class InGraphOptimizer:
         self.max_grad_norm = max_grad_norm
         first = next(p for g in optimizer.param_groups for p in g["params"])
         self.device = first.device
-        self.lrs = [torch.full((), float(g["lr"]), dtype=torch.float32, device=self.device)
-                    for g in optimizer.param_groups]
+        roles = [group_role(g) for g in optimizer.param_groups]
+        self.roles = ["student", "generator"] if "generator" in roles else ["student"]
+        initial = {r: next((float(g["lr"]) for g, gr in zip(optimizer.param_groups, roles) if gr == r), 0.0)
+                   for r in self.roles}
+        self.lrs = [torch.full((), initial[r], dtype=torch.float32, device=self.device) for r in self.roles]
         self.bound = False
 
     def params(self) -> list[torch.Tensor]:
@@ -296,13 +285,11 @@ class InGraphOptimizer:
         return [p for g in self.optimizer.param_groups for p in g["params"]]
 
     def set_lrs(self, lrs: Sequence[float]) -> None:
-        """(student lr, generator lr) -> every group by its ``role`` (groups without one: the
-        first value). In place: a compiled graph or CUDA graph reads the new values."""
-        by_role = {"student": lrs[0], "generator": lrs[1] if len(lrs) > 1 else lrs[0]}
-        for group, t in zip(self.optimizer.param_groups, self.lrs):
-            value = by_role.get(group.get("role", "student"), lrs[0])
-            group["lr"] = value
-            t.fill_(value)
+        """(student lr, generator lr) -> the role tensors and every group's ``lr``. In place: a
+        compiled graph or CUDA graph reads the new values."""
+        for i, t in enumerate(self.lrs):
+            t.fill_(lrs[i] if i < len(lrs) else lrs[0])
+        set_group_lrs(self.optimizer, lrs)
 
     def bind(self) -> None:
         opt = self.optimizer
@@ -310,9 +297,13 @@ class InGraphOptimizer:
         # The graph reads these snapshots, never ``optimizer.param_groups``: dynamo would guard
         # on those dicts, whose "lr" entries change every step (a recompilation per step).
         self.groups = []
+        # Each group reads its role's lr tensor (recomputed here: a loaded state dict brings the
+        # saved groups, roles included).
+        self._group_lr = []
         for group in opt.param_groups:
             hyper = {k: group[k] for k in ("momentum", "weight_decay", "betas", "eps") if k in group}
             self.groups.append((list(group["params"]), hyper))
+            self._group_lr.append(self.roles.index(group_role(group)) if group_role(group) in self.roles else 0)
         self._params = [p for params, _ in self.groups for p in params]
         for group in opt.param_groups:
             tensors = []
@@ -351,7 +342,8 @@ class InGraphOptimizer:
             raise RuntimeError("InGraphOptimizer.bind() must run before step()")
         total = clip_grad_norm_(grads, self.max_grad_norm) if self.max_grad_norm is not None else None
         offset = 0
-        for (params, group), lr, tensors in zip(self.groups, self.lrs, self.state):
+        for (params, group), lr_index, tensors in zip(self.groups, self._group_lr, self.state):
+            lr = self.lrs[lr_index]
             g = grads[offset:offset + len(params)]
             offset += len(params)
             if not params:
@@ -369,6 +361,6 @@ class InGraphOptimizer:
 
 __all__ = [
     "OPTIMIZERS", "no_weight_decay", "param_groups", "wd_exclude", "build_optimizer", "warmup_factor",
-    "warmup_cosine_lr", "WarmupCosineSchedule", "unscale_and_check_", "clip_grad_norm_", "sgd_step_",
+    "warmup_cosine_lr", "group_role", "set_group_lrs", "unscale_and_check_", "clip_grad_norm_", "sgd_step_",
     "adamw_step_", "InGraphOptimizer",
 ]

@@ -23,12 +23,14 @@ import torch
 from . import checkpoint as ckpt_lib
 from . import distributed
 from .config import ARCHS, DATA_BACKENDS, DATASETS, GEN_KERNELS, IMPLS, PRESETS, Config, resolve
-from .data import DATA_ENV, build_loaders
+from .data import DATA_ENV, AugmentRecipe, build_loaders
 from .engine import Precision, Schedule, build_optimizer, build_step, resolve_impl
 from .errors import UsageError
 from .runfolder import LAST, RunFolder, SilentRunFolder, default_run_name
 from .generator import resolve_gen_kernels
 from .methods import METHODS, build_model
+from .models import default_cifar_stem, load_pretrained_model
+from .optim import OPTIMIZERS
 from .trainer import Trainer, format_metrics
 
 log = logging.getLogger("adautomix_fast")
@@ -152,6 +154,45 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema-end", type=float, help="teacher EMA momentum at the end (default: 0.999999; ImageNet 0.99999; digits 0.99)")
     g.add_argument("--ema-warmup", type=float, help=f"fraction of training at constant --ema-start (default: {D.ema_warmup})")
 
+    g = p.add_argument_group("architecture recipes (AdamW, warm-up, clipping, drop path, augmentation, "
+                             "pretrained weights; the cifar100-swin_t/convnext_t/deit_s presets set them)")
+    g.add_argument("--opt", dest="optimizer", choices=list(OPTIMIZERS),
+                   help=f"optimizer: sgd (momentum --momentum) or adamw (default: {D.optimizer}; the transformer "
+                        "and ConvNeXt presets: adamw)")
+    g.add_argument("--adam-beta1", type=float, help=f"AdamW beta1 (default: {D.adam_beta1})")
+    g.add_argument("--adam-beta2", type=float, help=f"AdamW beta2 (default: {D.adam_beta2})")
+    g.add_argument("--adam-eps", type=float, help=f"AdamW epsilon (default: {D.adam_eps:g})")
+    g.add_argument("--wd-exclude", action=BOOL,
+                   help="no weight decay on norms, biases, position tables and layer scales (default: on with "
+                        "adamw, off with sgd, as released)")
+    g.add_argument("--warmup-epochs", type=float,
+                   help="linear learning-rate warm-up over this many epochs, then the cosine (default: 0; Swin-T and "
+                        "ConvNeXt-T presets 20, DeiT-S 5)")
+    g.add_argument("--warmup-ratio", type=float,
+                   help=f"the warm-up starts at this fraction of the scheduled lr (mmcv's ratio) (default: {D.warmup_ratio:g})")
+    g.add_argument("--clip-grad", type=_optional_float, metavar="NORM",
+                   help="clip the total L2 norm of the gradients to NORM; 'none' for no clipping (default: none; "
+                        "Swin-T and DeiT-S presets 10)")
+    g.add_argument("--drop-path", type=float,
+                   help="stochastic depth rate of Swin, ConvNeXt and DeiT trunks (default: the architecture's "
+                        "published rate: swin_t 0.2, convnext_t 0.3, deit_s 0.1; test variants 0)")
+    g.add_argument("--randaugment", "--aa", dest="randaugment", type=_optional_str, metavar="SPEC",
+                   help="RandAugment in timm notation, e.g. rand-m7-n2-mstd0.5; 'none' for none (default: none; the "
+                        "transformer presets rand-m7-n2-mstd0.5)")
+    g.add_argument("--train-crop", choices=["pad", "pad-reflect", "rrc"],
+                   help="training crop: pad (random crop after zero padding), pad-reflect, rrc (RandomResizedCrop) "
+                        "(default: the data set's)")
+    g.add_argument("--crop-scale", type=float, help="RandomResizedCrop's minimum area (default: 0.08; fine-grained 0.5; "
+                                                    "Swin-T/DeiT-S presets 0.8)")
+    g.add_argument("--interpolation", choices=["bilinear", "bicubic"],
+                   help="resizing interpolation (default: bilinear; Swin-T/DeiT-S presets bicubic)")
+    g.add_argument("--pretrained", type=_optional_str, metavar="WEIGHTS",
+                   help="initial weights of the student (the teacher copies them; the generator starts fresh): a "
+                        "state dict file (torchvision/timm .pth or .safetensors, an --export of this engine, one of "
+                        "its checkpoints), 'imagenet' (the architecture's library weights, from the local cache "
+                        "only) or a torchvision weight name; 'none' for none (default: none; fine-grained presets "
+                        "imagenet)")
+
     g = p.add_argument_group("precision and layout")
     g.add_argument("--amp", action=BOOL,
                    help="mixed precision autocast (default: bf16 where the GPU or CPU computes bf16 natively, "
@@ -159,6 +200,20 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp-dtype", choices=["bf16", "fp16"], help=f"autocast dtype; fp16 adds a GradScaler (default: {D.amp_dtype})")
     g.add_argument("--channels-last", action=BOOL, help="channels-last memory format (default: on with CUDA, off on CPU)")
     return p
+
+
+def _optional_float(text: str) -> Optional[float]:
+    """A float, or None for 'none' (to switch off a preset's value)."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
+def _optional_str(text: str) -> Optional[str]:
+    return None if text.lower() == "none" else text
 
 
 METHOD_NAMES = {"adautomix": "AdAutoMix", "automix": "AutoMix", "vanilla": "Vanilla", "mixup": "MixUp",
@@ -173,6 +228,32 @@ def method_settings(cfg: Config) -> str:
     if cfg.method == "automix":
         return f"N=2, Beta({cfg.mix_alpha:g}), mask loss {cfg.mask_loss:g} ({cfg.mask_loss_schedule})"
     return "" if cfg.method == "vanilla" else f"Beta({cfg.mix_alpha:g})"
+
+
+def recipe_settings(cfg: Config) -> str:
+    """The optimizer and the recipe for the run summary, e.g. "AdamW lr 0.0005 (G 0.001), wd 0.05
+    (none on norms/biases/position tables), warm-up 20 ep, cosine per step to 0.0001, clip 10,
+    drop path 0.2, RandAugment rand-m7-n2-mstd0.5"."""
+    from .models import drop_path_rate
+    from .optim import wd_exclude
+
+    name = {"sgd": f"SGD momentum {cfg.momentum:g}", "adamw": "AdamW"}[cfg.optimizer]
+    gen = f" (G {cfg.gen_lr:g})" if cfg.gen_lr is not None and cfg.method in ("adautomix", "automix") else ""
+    parts = [f"{name} lr {cfg.lr:g}{gen}",
+             f"wd {cfg.weight_decay:g}" + (" (none on norms/biases/position tables)" if wd_exclude(cfg) else "")]
+    if cfg.warmup_epochs:
+        parts.append(f"warm-up {cfg.warmup_epochs:g} ep")
+    parts.append(f"cosine per {'step' if cfg.lr_per_step else 'epoch'} to {cfg.min_lr:g}")
+    if cfg.clip_grad is not None:
+        parts.append(f"clip {cfg.clip_grad:g}")
+    drop = drop_path_rate(cfg.arch, cfg.drop_path)
+    if drop:
+        parts.append(f"drop path {drop:g}")
+    if cfg.label_smoothing:
+        parts.append(f"label smoothing {cfg.label_smoothing:g}")
+    if cfg.randaugment:
+        parts.append(f"RandAugment {cfg.randaugment}")
+    return ", ".join(parts)
 
 
 # argparse dest -> config key, for the flags that are config fields.
@@ -283,13 +364,23 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
         cfg.dataset, cfg.data_dir, cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
         workers=cfg.workers, seed=cfg.seed, image_size=cfg.img_size, pin_memory=device.type == "cuda",
         rank=ctx.rank, world_size=ctx.world_size,
-        backend=cfg.data_backend, device=device, skip_corrupt=cfg.skip_corrupt, channels_last=cfg.channels_last)
-    cifar_stem = cfg.cifar_stem if cfg.cifar_stem is not None else info.image_size <= 64
+        backend=cfg.data_backend, device=device, skip_corrupt=cfg.skip_corrupt, channels_last=cfg.channels_last,
+        recipe=AugmentRecipe.from_config(cfg))
+    # Automatic stem: the CIFAR stem for small images, where the architecture has one (Swin and
+    # DeiT have none; their CIFAR presets resize to 224).
+    cifar_stem = cfg.cifar_stem if cfg.cifar_stem is not None else default_cifar_stem(info.image_size, cfg.arch)
     if resumed is not None and resumed.get("num_classes") not in (None, info.num_classes):
         raise UsageError(f"checkpoint {resume_path} has {resumed['num_classes']} classes but the data "
                          f"set has {info.num_classes}; resume with the data it was trained on")
 
-    model = build_model(cfg, info.num_classes, cifar_stem).to(device)
+    model = build_model(cfg, info.num_classes, cifar_stem)
+    pretrained = None
+    if cfg.pretrained and resumed is None:
+        # The student loads the weights (its heads start fresh), the teacher copies it, the
+        # generator keeps its initialisation; a bad path or a state dict of another architecture
+        # stops here in one line, before anything is written. A resumed run holds its weights.
+        pretrained = load_pretrained_model(model, cfg.pretrained)
+    model = model.to(device)
     if hasattr(model, "generator"):
         model.generator.kernels = resolve_gen_kernels(cfg.gen_kernels, impl, device)
     if cfg.sync_bn and ctx.enabled:
@@ -317,8 +408,10 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
     global_batch = cfg.batch_size * ctx.world_size
     parts = [f"{info.train_size} train / {info.val_size} val images, {info.num_classes} classes, "
              f"{info.image_size}px{', CIFAR stem' if cifar_stem else ''}"]
-    details = [method_settings(cfg), f"device {device}", f"data {info.backend}",
+    details = [method_settings(cfg), recipe_settings(cfg), f"device {device}", f"data {info.backend}",
                precision.reason, f"impl {impl}"]
+    if pretrained is not None:
+        details.append(f"pretrained {pretrained['path']} ({pretrained['loaded']} tensors; heads fresh)")
     if hasattr(model, "generator"):
         details.append(f"generator ops {model.generator.kernels}")
     if ctx.enabled:

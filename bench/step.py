@@ -5,7 +5,8 @@
                          [--amp/--no-amp] [--amp-dtype bf16|fp16] [--channels-last]
 
 Impls (the ``IMPLS`` registry; adding one, e.g. ``fused``, is one builder function):
-  vanilla            plain cross-entropy training of the same backbone (head_one, SGD) - the floor
+  vanilla            plain cross-entropy training of the same backbone (head_one, the shape's
+                     optimizer: SGD, or the recipe's AdamW and clipping) - the floor
   vanilla_compiled   the same, compiled the way the fused step is (the fair floor of the fused steps)
   reference          ``ReferenceStep`` on an ``AdAutoMix`` model: the eager AdAutoMix step
   fused              AdAutoMix's fused step (fused_separate: three student passes)
@@ -32,15 +33,20 @@ import torch
 import torch.nn.functional as F
 
 from adautomix_fast.methods import METHODS, build_model
-from adautomix_fast.config import Config, resolve
+from adautomix_fast.config import PRESETS, Config, resolve
 from adautomix_fast.engine import Precision, Schedule, build_optimizer, build_step
 from adautomix_fast.generator import resolve_gen_kernels
-from adautomix_fast.models import Classifier
+from adautomix_fast.models import ARCH_SPECS, Classifier, drop_path_rate
+from adautomix_fast.optim import InGraphOptimizer, no_weight_decay, wd_exclude
 from bench import common
 
-# The two shapes of spec/BENCHMARKS.md. `dataset` picks the published defaults in resolve();
+# The two shapes of spec/BENCHMARKS.md, and issue 14's Swin-T (224 px) and CIFAR ConvNeXt-T
+# (32 px, 3x3 stride-1 stem). `dataset` picks the published defaults in resolve(); `recipe` names
+# the preset whose optimizer recipe (AdamW, weight-decay exclusions, warm-up, clipping, label
+# smoothing, the generator's settings) every impl of the shape uses, vanilla included;
 # mix_samples / lam_concat / gen_norm are repeated so the shape is readable here. CPU sizes keep
-# `python -m bench.step` to minutes on 2 cores; their results are labelled CPU.
+# `python -m bench.step` to minutes on 2 cores (compiling a fused step for the CPU takes longer,
+# once); their results are labelled CPU.
 SHAPES: dict[str, dict[str, Any]] = {
     "cifar": dict(dataset="cifar100", arch="r18", cifar_stem=True, image_size=32, num_classes=100,
                   mix_samples=3, lam_concat=False, gen_norm=False, train_images=50_000,
@@ -51,7 +57,22 @@ SHAPES: dict[str, dict[str, Any]] = {
                      train_images=1_281_167,
                      gpu=dict(batch_size=256, steps=20, warmup=5),
                      cpu=dict(batch_size=8, steps=3, warmup=1)),
+    "swin": dict(dataset="cifar100", arch="swin_t", cifar_stem=False, image_size=224, num_classes=100,
+                 mix_samples=3, lam_concat=True, gen_norm=False, train_images=50_000, recipe="cifar100-swin_t",
+                 gpu=dict(batch_size=100, steps=20, warmup=5),
+                 cpu=dict(batch_size=4, steps=3, warmup=1)),
+    "convnext-cifar": dict(dataset="cifar100", arch="convnext_t", cifar_stem=True, image_size=32, num_classes=100,
+                           mix_samples=3, lam_concat=True, gen_norm=False, train_images=50_000,
+                           recipe="cifar100-convnext_t",
+                           gpu=dict(batch_size=100, steps=30, warmup=5),
+                           cpu=dict(batch_size=16, steps=3, warmup=1)),
 }
+
+# What a shape takes from its recipe preset: the optimisation and the method's settings, not the
+# data, the sizes (the shape's own) or the drop-path rate (the architecture's published one, so
+# that the hidden --arch override of a test network keeps a valid config).
+_NOT_FROM_RECIPE = ("dataset", "arch", "img_size", "cifar_stem", "epochs", "batch_size", "drop_path", "randaugment",
+                    "train_crop", "crop_scale", "interpolation", "upsample", "lam_concat", "mix_samples")
 
 
 @dataclass
@@ -86,7 +107,10 @@ class Case:
         """The Config of this shape for ``method`` (published settings + the benchmark's sizes;
         AdAutoMix's N, lambda channel and generator BN as the shape states them)."""
         s = self.settings
-        values = dict(dataset=s["dataset"], arch=self.arch, img_size=self.image_size, cifar_stem=self.cifar_stem,
+        values = {}
+        if s.get("recipe"):
+            values.update({k: v for k, v in PRESETS[s["recipe"]].items() if k not in _NOT_FROM_RECIPE})
+        values.update(dataset=s["dataset"], arch=self.arch, img_size=self.image_size, cifar_stem=self.cifar_stem,
                       batch_size=self.batch_size, amp=self.amp, amp_dtype=self.amp_dtype,
                       channels_last=self.channels_last, device=str(self.device), method=method)
         if method == "adautomix":
@@ -111,7 +135,8 @@ StepFn = Callable[[], torch.Tensor]
 def _vanilla_model(case: Case):
     """(config, the Classifier in train mode, the parameters plain training updates)."""
     cfg = case.config()
-    model = Classifier(case.arch, case.num_classes, case.cifar_stem).to(case.device)
+    model = Classifier(case.arch, case.num_classes, case.cifar_stem,
+                       drop_path=drop_path_rate(case.arch, cfg.drop_path)).to(case.device)
     if case.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
@@ -120,24 +145,46 @@ def _vanilla_model(case: Case):
     return cfg, model, params
 
 
+def _vanilla_optimizer(cfg, model, params) -> torch.optim.Optimizer:
+    """The shape's optimizer over the classifier: SGD momentum 0.9 wd 1e-4 (the ResNet shapes), or
+    the recipe's AdamW with its weight-decay exclusions (Swin, ConvNeXt)."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=1e-4, foreach=True)
+    names = {id(p): n for n, p in model.named_parameters()}
+    extra = ARCH_SPECS[cfg.arch].no_decay
+    skip = [p for p in params if wd_exclude(cfg) and no_weight_decay(names[id(p)], p, extra)]
+    skip_ids = {id(p) for p in skip}
+    groups = [{"params": [p for p in params if id(p) not in skip_ids]}]
+    if skip:
+        groups.append({"params": skip, "weight_decay": 0.0})
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
+                             weight_decay=cfg.weight_decay, foreach=True)
+
+
 def build_vanilla(case: Case) -> StepFn:
-    """Cross-entropy on head_one of the same Classifier, SGD momentum 0.9 wd 1e-4: the floor."""
+    """Cross-entropy on head_one of the same Classifier with the shape's optimizer (SGD momentum 0.9
+    wd 1e-4; or the recipe's AdamW, clipping and label smoothing): the floor."""
     cfg, model, params = _vanilla_model(case)
-    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=1e-4, foreach=True)
+    opt = _vanilla_optimizer(cfg, model, params)
     precision = Precision.from_config(cfg, case.device)
     scaler = precision.make_scaler()
     x, y = case.x, case.y
 
     def step() -> torch.Tensor:
         with precision.autocast():  # same autocast scope as ReferenceStep (loss included)
-            loss = F.cross_entropy(model.head_one(model.pooled(x)).float(), y)
+            loss = F.cross_entropy(model.head_one(model.pooled(x)).float(), y, label_smoothing=cfg.label_smoothing)
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
+            if cfg.clip_grad is not None:
+                scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad, foreach=True)
             scaler.step(opt)
             scaler.update()
         else:
             loss.backward()
+            if cfg.clip_grad is not None:
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad, foreach=True)
             opt.step()
         return loss.detach()
 
@@ -167,31 +214,47 @@ def build_reference(case: Case) -> StepFn:
 
 def build_vanilla_compiled(case: Case) -> StepFn:
     """The vanilla step compiled the way the fused step is: forward, torch.autograd.grad and a
-    foreach SGD update in one fullgraph torch.compile (CUDA graphs on a GPU). The fair floor
-    for the fused step's cost ratio (spec/BENCHMARKS.md)."""
+    foreach optimizer update (SGD; or the recipe's AdamW and clipping, in-graph as the fused step
+    runs them) in one fullgraph torch.compile (CUDA graphs on a GPU). The fair floor for the
+    fused step's cost ratio (spec/BENCHMARKS.md)."""
     cfg, model, params = _vanilla_model(case)
-    bufs = [torch.zeros_like(p) for p in params]
-    lr = torch.tensor(cfg.lr, device=case.device)
     precision = Precision.from_config(cfg, case.device)
     x, y = case.x, case.y
     if precision.dtype is torch.float16:
         raise ValueError("vanilla_compiled has no loss scaling: use bf16 or fp32")
+    if cfg.optimizer == "sgd":
+        bufs = [torch.zeros_like(p) for p in params]
+        lr = torch.tensor(cfg.lr, device=case.device)
+        static = [lr, *bufs]
 
-    def body(x, y):
-        with precision.autocast():
-            loss = F.cross_entropy(model.head_one(model.pooled(x)).float(), y)
-        grads = list(torch.autograd.grad(loss, params))
-        with torch.no_grad():
+        def update(grads):
             torch._foreach_add_(grads, params, alpha=1e-4)
             torch._foreach_mul_(bufs, 0.9)
             torch._foreach_add_(bufs, grads)
             torch._foreach_sub_(params, torch._foreach_mul(bufs, lr))
+    else:
+        ig = InGraphOptimizer(_vanilla_optimizer(cfg, model, params), cfg.clip_grad)
+        ig.bind()
+        params = ig.params()
+        ok = torch.ones((), dtype=torch.bool, device=case.device)   # the floor has no non-finite check
+        keep = ok.to(torch.float32)
+        static = ig.static_tensors()
+
+        def update(grads):
+            ig.step(grads, ok, keep)
+
+    def body(x, y):
+        with precision.autocast():
+            loss = F.cross_entropy(model.head_one(model.pooled(x)).float(), y, label_smoothing=cfg.label_smoothing)
+        grads = list(torch.autograd.grad(loss, params))
+        with torch.no_grad():
+            update(grads)
         return loss.detach()
 
     torch._dynamo.config.trace_autograd_ops = True
     mode = "reduce-overhead" if case.device.type == "cuda" else None
     if case.device.type == "cuda":
-        for t in [lr, *bufs]:
+        for t in static:
             torch._dynamo.mark_static_address(t)
     compiled = torch.compile(body, fullgraph=True, dynamic=False, mode=mode)
 

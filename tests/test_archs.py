@@ -148,6 +148,59 @@ def test_stems_and_sizes_refused_in_one_line():
     with pytest.raises(UsageError, match="224 px images only.*--img-size 224"):
         check_image_size("deit_s", 32)
     check_image_size("swin_t", 224)
+    check_image_size("tiny_swin", 16)                            # a 1x1 tap: small, but real pixels
+    # Swin's tap must tile the image (the merges would pad it otherwise); ConvNeXt without its
+    # CIFAR stem needs a 2x2 stage-3 map for the last downsampling.
+    with pytest.raises(UsageError, match=r"swin_t needs an image size that is a multiple of 32.*--img-size 224 as its presets do") as e1:
+        check_image_size("swin_t", 16)
+    with pytest.raises(UsageError, match="multiple of 32"):
+        check_image_size("swin_t", 100)
+    with pytest.raises(UsageError, match=r"convnext_t without the CIFAR stem needs images of at least 32 px.*--cifar-stem") as e2:
+        check_image_size("convnext_t", 16, cifar_stem=False)
+    check_image_size("convnext_t", 16)                          # automatic: the CIFAR stem at 16 px
+    for e in (e1, e2):
+        assert "\n" not in str(e.value)
+
+
+def test_the_refused_sizes_are_the_ones_the_trunks_cannot_take():
+    """What check_image_size refuses fails or pads in the trunk itself; what it accepts runs."""
+    with torch.no_grad():
+        with pytest.raises(RuntimeError):     # ConvNeXt's 2x2 downsampling of a 1x1 stage-3 map
+            Classifier("tiny_convnext", CLASSES, False).forward_stages(images(1, 16))
+        assert Classifier("tiny_convnext", CLASSES, False).forward_stages(images(1, 32)).shape[-1] == 1
+        # Swin at 24 px (not a multiple of 16): stage 3's map is padded, the tap is 2x2 of 1.5 px
+        swin = make("tiny_swin")
+        assert swin.stem_to_stage3(images(1, 24)).shape[-1] == 2 and 24 / 16 != 2
+        assert swin.stem_to_stage3(images(1, 32)).shape[-1] == 32 // 16
+
+
+@pytest.mark.parametrize("method", ["adautomix", "automix", "mixup", "vanilla"])
+@pytest.mark.parametrize("arch,drop", [("tiny_swin", None), ("tiny_convnext", 0.25), ("tiny_deit", 0.1)])
+def test_classifiers_are_built_with_the_configured_drop_path(method, arch, drop):
+    """--drop-path (or the architecture's published rate) reaches every classifier each method
+    builds (student and teacher; the baselines' one classifier)."""
+    from adautomix_fast.config import resolve
+    from adautomix_fast.methods import build_model
+    from adautomix_fast.models import drop_path_rate
+    cfg = resolve(dict(dataset="digits", arch=arch, img_size=SIZE[arch], method=method, drop_path=drop))
+    model = build_model(cfg, CLASSES, TINY[arch])
+    expected = drop_path_rate(arch, drop)
+    nets = [model.student] + ([model.teacher] if model.has_teacher else [])
+    for net in nets:
+        rates = _drop_rates(net)
+        assert max(rates) == pytest.approx(expected), (method, rates)
+    if drop is None:                                            # the test variants publish no rate
+        assert expected == 0.0
+
+
+def _drop_rates(net):
+    """The stochastic-depth probabilities of a trunk (torchvision StochasticDepth, timm DropPath;
+    timm builds a zero-rate block's as nn.Identity, hence [0.0] when there is none)."""
+    from timm.layers import DropPath
+    from torchvision.ops import StochasticDepth
+    rates = [m.p for m in net.modules() if isinstance(m, StochasticDepth)]
+    rates += [m.drop_prob for m in net.modules() if isinstance(m, DropPath)]
+    return rates or [0.0]
 
 
 def test_missing_timm_is_a_one_line_error(monkeypatch):
@@ -159,19 +212,11 @@ def test_missing_timm_is_a_one_line_error(monkeypatch):
 
 
 # ---------------------------------------------------------------------------- one step
-class TapAdAutoMix(AdAutoMix):
-    """AdAutoMix whose generator reads ``tap_features`` of the tap state (the wiring the step
-    needs for Swin and DeiT; identity for ConvNeXt)."""
-
-    def mixed_batches(self, f3, x, plan):
-        return super().mixed_batches(self.teacher.tap_features(f3), x, plan)
-
-
 @pytest.mark.parametrize("arch", list(TINY))
 def test_reference_and_fused_losses_and_gradients_agree(arch):
     torch.manual_seed(0)
     spec = ARCH_SPECS[arch]
-    ref = TapAdAutoMix(arch, CLASSES, cifar_stem=TINY[arch], mix_samples=3, lam_concat=spec.lam_concat,
+    ref = AdAutoMix(arch, CLASSES, cifar_stem=TINY[arch], mix_samples=3, lam_concat=spec.lam_concat,
                        upsample=spec.upsample)
     assert ref.generator.in_channels == spec.tap_channels and ref.generator.upsample == "nearest"
     fused = copy.deepcopy(ref)
@@ -232,7 +277,7 @@ def test_triton_generator_kernels_on_the_tap(arch):
     """The generator with the Triton kernels (interpreter) equals its PyTorch math on the tap."""
     torch.manual_seed(0)
     spec = ARCH_SPECS[arch]
-    model = TapAdAutoMix(arch, CLASSES, cifar_stem=False, mix_samples=3, lam_concat=True, upsample="nearest")
+    model = AdAutoMix(arch, CLASSES, cifar_stem=False, mix_samples=3, lam_concat=True, upsample="nearest")
     x = images(4)
     plan = model.sample_plan(4, generator=torch.Generator().manual_seed(3))
     feats = model.teacher.tap_features(model.teacher.stem_to_stage3(x)).detach().requires_grad_(True)
@@ -352,8 +397,8 @@ def test_compiled_fused_step_follows_reference_steps_for_swin():
     cfg = resolve(dict(dataset="digits", arch="tiny_swin", mix_samples=3, batch_size=B, epochs=1, lam_concat=True,
                        upsample="nearest"))
     torch.manual_seed(0)
-    ref_model = TapAdAutoMix("tiny_swin", CLASSES, cifar_stem=False, mix_samples=3, lam_concat=True,
-                             upsample="nearest")
+    ref_model = AdAutoMix("tiny_swin", CLASSES, cifar_stem=False, mix_samples=3, lam_concat=True,
+                          upsample="nearest")
     fused_model = copy.deepcopy(ref_model)
     schedule = Schedule(cfg, steps_per_epoch=3)
     precision = Precision.from_config(cfg, torch.device("cpu"))

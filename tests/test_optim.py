@@ -10,11 +10,14 @@ import torch.nn.functional as F
 
 from adautomix_fast import AdAutoMix
 from adautomix_fast.config import Config, resolve
-from adautomix_fast.engine import Schedule
+from adautomix_fast.engine import Precision, ReferenceStep, Schedule, make_plan_generator, set_lrs
 from adautomix_fast.engine import build_optimizer as engine_build_optimizer
 from adautomix_fast.errors import UsageError
-from adautomix_fast.optim import (InGraphOptimizer, WarmupCosineSchedule, build_optimizer, clip_grad_norm_,
-                                  no_weight_decay, param_groups, unscale_and_check_, warmup_cosine_lr)
+from adautomix_fast.fused import FusedStep
+from adautomix_fast.methods import build_model
+from adautomix_fast.models import default_cifar_stem
+from adautomix_fast.optim import (InGraphOptimizer, build_optimizer, clip_grad_norm_, group_role, no_weight_decay,
+                                  param_groups, unscale_and_check_, warmup_cosine_lr)
 
 
 class Net(nn.Module):
@@ -259,16 +262,25 @@ def test_warmup_cosine_follows_mmcv_and_joins_continuously():
 
 def test_schedule_uses_the_config_and_equals_engine_without_warmup():
     cfg = resolve({}, "cifar100-swin_t")
-    sched = WarmupCosineSchedule(cfg, steps_per_epoch=500)
+    sched = Schedule(cfg, steps_per_epoch=500)
     assert sched.warmup_steps == 20 * 500 and sched.total_steps == 200 * 500
     s0, g0 = sched.lrs(0)
     assert s0 == pytest.approx(5e-4 * 1e-5) and g0 == pytest.approx(1e-3 * 1e-5)
     assert sched.lrs(sched.total_steps - 1)[0] == pytest.approx(1e-4, rel=1e-3)
     assert sched.lrs(10_000)[1] == pytest.approx(1e-4 + (1e-3 - 1e-4) * (1 + math.cos(math.pi * 0.1)) / 2)
+    for step in (0, 1, 4_321, 9_999, 10_000, 54_321):            # mmcv's formula, per step
+        assert sched.lrs(step)[0] == pytest.approx(mmcv_lr(step, sched.total_steps, 5e-4, 1e-4, 10_000, 1e-5),
+                                                   rel=1e-12)
+        assert sched.lrs(step) == (warmup_cosine_lr(step, sched.total_steps, 5e-4, 1e-4, 10_000, 1e-5),
+                                   warmup_cosine_lr(step, sched.total_steps, 1e-3, 1e-4, 10_000, 1e-5))
+    # without warm-up: the released per-epoch cosine, the same floats as the pure function's
     plain = resolve(dict(dataset="cifar100", epochs=7))
-    a, b = WarmupCosineSchedule(plain, 9), Schedule(plain, 9)
+    sched = Schedule(plain, 9)
+    assert sched.warmup_steps == 0
     for step in range(0, 63, 5):
-        assert a.lrs(step) == pytest.approx(b.lrs(step)) and a.ema(step) == b.ema(step)
+        lr = warmup_cosine_lr(step, 63, plain.lr, plain.min_lr, steps_per_epoch=9)
+        assert sched.lrs(step) == (lr, lr)
+        assert sched.lrs(step)[0] == sched.lrs(step - step % 9)[0]  # constant within an epoch
 
 
 # ---------------------------------------------------------------------------- config
@@ -320,3 +332,165 @@ def test_presets_carry_the_published_settings():
         assert c.pretrained == "imagenet" and c.lam_concat and c.upsample == "bilinear"
     assert fg["aircraft-r18"].min_lr == 5e-4 and fg["aircraft-r18"].lam_margin == 0.0
     assert fg["cub-r50-transfer"].epochs == 100 and fg["cub-r18"].epochs == 200
+
+
+# ---------------------------------------------------------------------------- the engine's optimizer
+def test_engine_groups_follow_roles_in_a_stable_order():
+    """Student, generator, then the no-decay groups; baselines have no generator group; set_lrs
+    follows the roles (also for groups saved before roles existed)."""
+    cfg = resolve(dict(dataset="digits", arch="tiny", optimizer="adamw", weight_decay=0.05, gen_lr=0.02))
+    torch.manual_seed(0)
+    model = AdAutoMix.from_config(cfg, 5, cifar_stem=True)
+    opt = engine_build_optimizer(model, cfg)
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.999)
+    assert [g["name"] for g in opt.param_groups] == ["student", "generator", "student_no_decay", "generator_no_decay"]
+    set_lrs(opt, (0.1, 0.2))
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.2, 0.1, 0.2]
+    baseline = build_model(resolve(dict(cfg.to_dict(), method="mixup", preset=None)), 5, True)
+    opt = engine_build_optimizer(baseline, cfg)
+    assert [g["name"] for g in opt.param_groups] == ["student", "student_no_decay"]
+    sgd = engine_build_optimizer(model, resolve(dict(dataset="digits", arch="tiny")))
+    assert [g["name"] for g in sgd.param_groups] == ["student", "generator"]
+    assert isinstance(sgd, torch.optim.SGD)
+    # a checkpoint of the SGD engine before roles: groups named, without "role"
+    old = [{"name": "student"}, {"name": "generator"}, {}]
+    assert [group_role(g) for g in old] == ["student", "generator", "student"]
+
+
+def test_reference_step_clips_the_total_norm_of_every_trained_gradient():
+    """SGD, no weight decay, first step: p0 - p1 = lr * g, so the update's total norm over the
+    student and the generator is the clipping norm when clipping, above it without."""
+    def update_norm(clip):
+        cfg = resolve(dict(dataset="digits", arch="tiny", batch_size=6, epochs=1, amp=False, weight_decay=0.0,
+                           lr=0.1, clip_grad=clip))
+        torch.manual_seed(0)
+        model = AdAutoMix.from_config(cfg, 5, cifar_stem=True)
+        step = ReferenceStep(model, engine_build_optimizer(model, cfg), Schedule(cfg, 4),
+                             Precision.from_config(cfg, torch.device("cpu")), max_grad_norm=cfg.clip_grad,
+                             plan_generator=make_plan_generator(torch.device("cpu"), 0))
+        params = [p for g in step.optimizer.param_groups for p in g["params"]]
+        before = [p.detach().clone() for p in params]
+        x, y = batch6()
+        lr = step.schedule.lrs(0)[0]
+        step(x, y)
+        deltas = [(b - p.detach()) / lr for b, p in zip(before, params)]
+        assert any(d.abs().sum() > 0 for d in deltas[-4:])                 # the generator moved too
+        return float(torch.linalg.vector_norm(torch.stack([d.norm() for d in deltas])))
+    unclipped = update_norm(None)
+    assert unclipped > 0.05
+    assert update_norm(0.01) == pytest.approx(0.01, rel=1e-4)
+
+
+def batch6(seed=0, b=6):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 3, 16, 16, generator=g), torch.randint(0, 5, (b,), generator=g)
+
+
+# AdamW's first updates are lr * g / (|g| + eps): with the released eps 1e-8, a gradient entry
+# within float noise of zero (the generator's, early on) becomes a full +-lr step whose sign is
+# that noise, so two correct implementations that sum in another order part by ~lr. A larger eps
+# keeps the update linear in such entries; AdamW itself is compared with eps 1e-8 above.
+ADAM_EPS = 1e-3
+
+
+def recipe_steps(compile, backend="aot_eager", arch="tiny_convnext"):
+    """A ReferenceStep and a FusedStep of the same AdAutoMix model with the transformer recipe's
+    optimisation: AdamW with the four weight-decay groups, clipping that binds, a per-step warm-up
+    then cosine (the lr changes every step), separate generator lr.
+
+    The recipes' own trunks: their LayerNorms make the fused arrangement (one teacher pass for the
+    cosine sources, batched student passes) exact up to float rounding. The tiny ResNet's 2x2
+    layer-4 BatchNorm maps are ill-conditioned for some plans (a 2e-7 input change moves the
+    teacher's input gradient by 9%), which AdamW would carry into the weights; its SGD steps are
+    tests/test_fused.py's."""
+    cfg = resolve(dict(dataset="digits", arch=arch, batch_size=12, epochs=2, amp=False, optimizer="adamw",
+                       weight_decay=0.05, lr=2e-3, gen_lr=4e-3, min_lr=1e-4, gen_min_lr=1e-4, lr_per_step=True,
+                       warmup_epochs=1, clip_grad=0.5, drop_path=0.0, adam_eps=ADAM_EPS))
+    torch.manual_seed(0)
+    ref_model = build_model(cfg, 5, default_cifar_stem(16, arch))
+    fused_model = copy.deepcopy(ref_model)
+    schedule = Schedule(cfg, steps_per_epoch=3)
+    precision = Precision.from_config(cfg, torch.device("cpu"))
+    ref = ReferenceStep(ref_model, engine_build_optimizer(ref_model, cfg), schedule, precision,
+                        max_grad_norm=cfg.clip_grad)
+    fused = FusedStep(fused_model, engine_build_optimizer(fused_model, cfg), schedule, precision, compile=compile,
+                      backend=backend, max_grad_norm=cfg.clip_grad)
+    return ref, fused
+
+
+def assert_steps_agree(ref, fused, steps):
+    x, y = batch6(b=12)
+    lrs = []
+    for i in range(steps):
+        plan = ref.model.sample_plan(12, generator=torch.Generator().manual_seed(30 + i))
+        a, b = ref(x, y, plan), fused(x, y, plan)
+        lrs.append(float(a["lr"]))
+        for k in ("loss", "loss_amce", "loss_re", "loss_gen", "loss_k", "cos", "lr", "lr_gen"):
+            torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-5, msg=f"step {i} {k}")
+    assert len(set(lrs)) == steps                                # warm-up and cosine: a new lr every step
+    for (k, va), (_, vb) in zip(ref.model.state_dict().items(), fused.model.state_dict().items()):
+        torch.testing.assert_close(vb, va, atol=1e-5, rtol=1e-4, msg=k)
+    assert [g["lr"] for g in fused.optimizer.param_groups] == [g["lr"] for g in ref.optimizer.param_groups]
+    assert len(fused.optimizer.param_groups) == 4
+    for ga, gb in zip(ref.optimizer.param_groups, fused.optimizer.param_groups):
+        for pa, pb in zip(ga["params"], gb["params"]):
+            sa, sb = ref.optimizer.state[pa], fused.optimizer.state[pb]
+            assert set(sa) == set(sb) == {"step", "exp_avg", "exp_avg_sq"}
+            for k in sa:
+                torch.testing.assert_close(sb[k].cpu(), sa[k].cpu(), atol=1e-6, rtol=1e-4, msg=k)
+
+
+@pytest.mark.parametrize("arch", ["tiny_convnext", "tiny_swin"])
+def test_fused_adamw_clip_warmup_equals_reference_eager(arch):
+    ref, fused = recipe_steps(compile=False, arch=arch)
+    assert_steps_agree(ref, fused, 4)
+
+
+def test_fused_adamw_clip_warmup_compiled_once_equals_reference():
+    """The same through torch.compile (fullgraph; aot_eager: the whole step traced as one graph
+    without code generation, which keeps this test to a minute on 2 cores): equal steps, and no
+    graph compiled after warm-up while the learning rate changes every step."""
+    ref, fused = recipe_steps(compile=True)
+    assert_steps_agree(ref, fused, 5)
+    assert fused.recompiles_after_warmup() == 0
+
+
+def test_fused_adamw_nonfinite_step_leaves_every_state_tensor():
+    _, fused = recipe_steps(compile=False)
+    x, y = batch6(b=12)
+    fused(x, y)
+    params = {n: p.detach().clone() for n, p in fused.model.named_parameters()}
+    state = {id(p): {k: v.clone() for k, v in fused.optimizer.state[p].items()}
+             for g in fused.optimizer.param_groups for p in g["params"]}
+    x_bad = x.clone()
+    x_bad[0, 0, 0, 0] = float("nan")
+    fused(x_bad, y)
+    assert int(fused.nonfinite_steps) == 1
+    for n, p in fused.model.named_parameters():
+        assert torch.equal(p, params[n]), n
+    for g in fused.optimizer.param_groups:
+        for p in g["params"]:
+            for k, v in fused.optimizer.state[p].items():
+                assert torch.equal(v, state[id(p)][k]), k
+    assert float(fused.optimizer.state[fused.optimizer.param_groups[0]["params"][0]]["step"]) == 1.0
+
+
+def test_each_fused_step_compiles_into_its_own_cache():
+    """Steps of several methods in one process (a benchmark of every method, a test suite) keep
+    their graphs apart: each live step's code holds its own graph only, none counts as a
+    recompilation of another, and the code the class defines holds none."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+    steps = []
+    for method in ("vanilla", "mixup", "cutmix"):
+        cfg = resolve(dict(dataset="digits", arch="tiny", batch_size=6, epochs=1, amp=False, method=method))
+        model = build_model(cfg, 5, True)
+        step = FusedStep(model, engine_build_optimizer(model, cfg), Schedule(cfg, 3),
+                         Precision.from_config(cfg, torch.device("cpu")), backend="aot_eager")
+        for _ in range(3):
+            step(*batch6())
+        assert step.recompiles_after_warmup() == 0
+        steps.append(step)
+    codes = [step._compiled._torchdynamo_orig_callable.__code__ for step in steps]
+    assert len({id(c) for c in codes}) == 3 and all(c is not FusedStep._step_graph.__code__ for c in codes)
+    assert [len(_debug_get_cache_entry_list(c)) for c in codes] == [1, 1, 1]
+    assert len(_debug_get_cache_entry_list(FusedStep._step_graph.__code__)) == 0

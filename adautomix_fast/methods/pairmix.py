@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from ..models import Classifier
+from ..models import Classifier, drop_path_rate
 from .base import MixModel, pair_mixed_cross_entropy, random_permutation, sample_beta
 
 
@@ -47,17 +47,19 @@ class PairMix(MixModel):
     HEADLINE = "student_one"
 
     def __init__(self, arch: str, num_classes: int, *, cifar_stem: bool, mix_alpha: float = 1.0,
-                 label_smoothing: float = 0.0):
+                 label_smoothing: float = 0.0, drop_path: float = 0.0):
         super().__init__()
         self.mix_alpha = float(mix_alpha)
         self.label_smoothing = float(label_smoothing)
-        self.student = Classifier(arch, num_classes, cifar_stem, mix_head=False)
+        # drop_path: the trunk's stochastic depth (Swin, ConvNeXt, DeiT recipes; 0 for ResNets).
+        self.student = Classifier(arch, num_classes, cifar_stem, drop_path=drop_path, mix_head=False)
 
     @classmethod
     def from_config(cls, cfg, num_classes: int, cifar_stem: bool):
         alpha = cfg.mix_alpha if cfg.mix_alpha is not None else 1.0
         return cls(cfg.arch, num_classes, cifar_stem=cifar_stem, mix_alpha=alpha,
-                   label_smoothing=cfg.label_smoothing)
+                   label_smoothing=cfg.label_smoothing,
+                   drop_path=drop_path_rate(cfg.arch, getattr(cfg, "drop_path", None)))
 
     # ------------------------------------------------------------------ plan and mixing
     def sample_lam(self, generator: Optional[torch.Generator]) -> torch.Tensor:

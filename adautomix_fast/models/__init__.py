@@ -9,8 +9,8 @@ share is :mod:`.base`'s. ``load_pretrained`` / ``export_state_dict`` / ``library
 
 from .base import Classifier
 from .pretrained import export_state_dict, library_model, load_pretrained, load_pretrained_model
-from .resnet import TINY_WIDTHS, ResNetClassifier, TinyResNet, build_trunk, default_cifar_stem, stage_channels
-from .specs import ARCH_SPECS, ArchSpec, arch_spec, check_image_size, drop_path_rate
+from .resnet import TINY_WIDTHS, ResNetClassifier, TinyResNet, build_trunk, stage_channels
+from .specs import ARCH_SPECS, ArchSpec, arch_spec, check_image_size, default_cifar_stem, drop_path_rate
 
 __all__ = [
     "Classifier", "ResNetClassifier", "TinyResNet", "TINY_WIDTHS", "build_trunk", "stage_channels",

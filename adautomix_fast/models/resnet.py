@@ -15,7 +15,7 @@ from torchvision.models.resnet import BasicBlock, ResNet
 
 from ..errors import UsageError
 from .base import Classifier
-from .specs import arch_spec
+from .specs import arch_spec, default_cifar_stem  # noqa: F401  (default_cifar_stem: re-exported)
 
 # torchvision constructors of the supported trunks. `tiny` is a narrow 4-stage ResNet (BasicBlock,
 # one block per stage, widths 8-16-32-64) so that tests of whole steps run in seconds on a CPU.
@@ -115,11 +115,3 @@ class ResNetClassifier(Classifier):
     def cam_target(self) -> nn.Module:
         """The last residual block (its output is [B, C, h, w])."""
         return self.layer4[-1]
-
-
-def default_cifar_stem(image_size: int, arch: str | None = None) -> bool:
-    """The automatic stem choice: the CIFAR stem for images of 64 px or less, for architectures
-    that have one (Swin and DeiT have none: they are trained at 224 px)."""
-    if arch is not None and not arch_spec(arch).cifar_stem:
-        return False
-    return image_size <= 64

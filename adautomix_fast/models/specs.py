@@ -124,10 +124,35 @@ def drop_path_rate(arch: str, value: Optional[float]) -> float:
     return arch_spec(arch).drop_path if value is None else float(value)
 
 
-def check_image_size(arch: str, image_size: int) -> None:
-    """One-line UsageError when ``arch`` cannot take ``image_size`` px images (DeiT: its learned
-    position table fixes the size; the other families take any size, padding where needed)."""
+def default_cifar_stem(image_size: int, arch: Optional[str] = None) -> bool:
+    """The automatic stem choice: the CIFAR stem for images of 64 px or less, for architectures
+    that have one (Swin and DeiT have none: they are trained at 224 px)."""
+    if arch is not None and not arch_spec(arch).cifar_stem:
+        return False
+    return image_size <= 64
+
+
+def check_image_size(arch: str, image_size: int, cifar_stem: Optional[bool] = None) -> None:
+    """One-line UsageError when ``arch`` cannot take ``image_size`` px images (``cifar_stem``
+    None: the automatic choice).
+
+    * DeiT: its learned position table fixes the size.
+    * Swin: the size must be a multiple of its total stride (32 for Swin-T): the tap (image / 32,
+      7x7 at 224) must tile the image, otherwise the patch merging pads the map and the generator
+      reads padding (at 16 px, Swin-T's tap would be one padded pixel).
+    * ConvNeXt without the CIFAR stem: at least twice the tap's stride (32 px for ConvNeXt-T): its
+      unpadded 2x2 downsampling before stage 4 needs a 2x2 stage-3 map.
+    The ResNets pad every strided layer and take any size the config allows.
+    """
     spec = arch_spec(arch)
+    fix = f"pass --img-size {spec.image_size}" + (" as its presets do" if not spec.test_only else "")
     if spec.fixed_size and image_size != spec.image_size:
         raise UsageError(f"--arch {arch} takes {spec.image_size} px images only (its position table is "
                          f"learned at that size), got {image_size}: pass --img-size {spec.image_size}")
+    if spec.family == "swin" and image_size % spec.size_multiple:
+        raise UsageError(f"--arch {arch} needs an image size that is a multiple of {spec.size_multiple} (its "
+                         f"generator tap is the image / {spec.size_multiple}), got {image_size}: {fix}")
+    stem = default_cifar_stem(image_size, arch) if cifar_stem is None else cifar_stem
+    if spec.family == "convnext" and not stem and image_size < 2 * spec.size_multiple:
+        raise UsageError(f"--arch {arch} without the CIFAR stem needs images of at least {2 * spec.size_multiple} "
+                         f"px, got {image_size}: use --cifar-stem, or {fix}")
