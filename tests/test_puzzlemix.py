@@ -350,7 +350,9 @@ def test_pixel_index_moves_whole_cells():
     x = torch.arange(36.0).view(1, 1, 6, 6)
     index = pixel_index(source_of_dest, 2, 3)
     moved = x.flatten(2).gather(2, index[:, None]).view(1, 1, 6, 6)
-    expected = torch.cat([torch.cat([x[..., 3:, 3:], x[..., 3:, :3]], -1), torch.cat([x[..., :3, 3:], x[..., :3, :3]], -1)], -2)
+    top = torch.cat([x[..., 3:, 3:], x[..., 3:, :3]], -1)             # cells 3, 2
+    bottom = torch.cat([x[..., :3, 3:], x[..., :3, :3]], -1)          # cells 1, 0
+    expected = torch.cat([top, bottom], -2)
     assert torch.equal(moved, expected)
 
 
@@ -421,7 +423,7 @@ def test_published_options_and_defaults():
     (["--puzzle-block-num", "7"], "--puzzle-block-num must be between 2 and 6"),
     (["--puzzle-t-size", "0"], "--puzzle-t-size must be a side in pixels or -1"),
     (["--puzzle-transport", "sinkhorn"], "invalid choice"),
-    (["--img-size", "24"], "the 4x4 grid has 6-px blocks, which 4-px smoothness/transport cells do not divide"),
+    (["--img-size", "24"], "the 4x4 grid has 6-px blocks, which the 4-px smoothness cells do not divide"),
     (["--img-size", "8"], "the 16x16 grid does not divide 8-px images"),
 ])
 def test_bad_options_are_one_line_usage_errors(flags, message, tmp_path, capsys):

@@ -28,9 +28,10 @@ Where this differs from OpenMixup, on purpose (docs/puzzlemix.md):
 
 * The graph cut gets integer costs throughout. OpenMixup passes int32 unary and edge costs with a
   float smoothness matrix, which switches pyGCO to its "float" mode: it multiplies the int32
-  unaries by 10^5 in int32 arithmetic, which wraps around for a block that holds more than
-  ~8 % of an image's saliency on the 16 x 16 grid. Here the energy is the same up to the factor
-  (L - 1)^2 (no wrap-around, the same minimiser otherwise).
+  unaries by 10^5 in int32 arithmetic, which wraps around when a unary cost exceeds
+  2^31 / (10^8 g^2): on the 16 x 16 grid for a block holding more than about 7-8 % of its
+  image's saliency, on the 8 x 8 grid about 28-34 %. Here the energy is OpenMixup's times
+  (L - 1)^2 with no wrap-around (the same masks wherever OpenMixup's costs do not wrap).
 * The transport ends as a permutation of blocks. OpenMixup's iterative assignment returns a
   partial matching: blocks that lose every bid are dropped and destinations nobody wins are left
   black. Every destination the mask shows is always won (``transport_approx``), so the dropped
@@ -50,7 +51,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .base import cross_entropy, random_permutation, sample_beta, uniform_int
+from .base import cross_entropy, random_permutation, uniform_int
 from .pairmix import PairMix
 
 # OpenMixup's PuzzleMix options that every released config keeps fixed.
@@ -87,9 +88,10 @@ def size_problem(image_side: int, block_num: int, t_size: int) -> Optional[str]:
         if image_side % grid:
             return f"the {grid}x{grid} grid does not divide {image_side}-px images"
         block, neigh, t = block_sizes(image_side, grid, t_size)
-        if block % neigh or block % t:
-            return (f"the {grid}x{grid} grid has {block}-px blocks, which {min(neigh, t)}-px "
-                    "smoothness/transport cells do not divide")
+        if block % neigh:
+            return f"the {grid}x{grid} grid has {block}-px blocks, which the {neigh}-px smoothness cells do not divide"
+        if block % t:
+            return f"the {grid}x{grid} grid has {block}-px blocks, which {t}-px transport cells do not divide"
     return None
 
 
@@ -330,7 +332,8 @@ def transport_approx(visible: torch.Tensor, saliency: torch.Tensor, eps: float) 
         # zero one ahead of every other row; a positive one only if every row bids there.
         taken = torch.where(low < 0, True, torch.where(low == 0, first_low < first_other, bidders == n))
         placed = taken.gather(1, choice) & (first_low.gather(1, choice) == rows)   # [B, src] won its bid
-        cost.scatter_add_(2, choice[..., None], (~placed).float()[..., None])
+        # +1 on the losing bids: one entry per source, so a plain (deterministic) scatter
+        cost.scatter_(2, choice[..., None], (bid + (~placed).float())[..., None])
     source_of_dest = torch.where(taken, first_low, 0)                         # [B, dst]
     # A cell free as both source and destination keeps its own block (a visible destination can
     # be left without a winner only by a tie at zero saliency: OpenMixup leaves it black there);
