@@ -189,6 +189,10 @@ setup(
         # numpy 2 and scikit-image 0.26 and installs the same `imagecorruptions` module.
         "imagecorruptions-imaug",
         "tensorboard",              # the optional --tensorboard log (torch.utils.tensorboard)
+        # --method puzzlemix: pyGCO's graph cuts (manylinux wheels; the module is `gco`) and
+        # SciPy's exact assignment (--puzzle-transport exact; scikit-learn pulls it in anyway).
+        "gco-wrapper",
+        "scipy",
     ],
     extras_require={
         # timm: the DeiT architectures (deit_s); the test suite runs them, so "test" pulls it too.

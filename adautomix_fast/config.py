@@ -27,7 +27,7 @@ AMP_DTYPES = ("bf16", "fp16")
 DATA_BACKENDS = ("auto", "torch", "dali")
 GEN_KERNELS = ("auto", "torch", "triton")
 # The paper's baselines (one head, no generator); with "adautomix" and "automix" the --method values.
-BASELINES = ("vanilla", "mixup", "cutmix", "manifoldmix", "fmix", "resizemix", "saliencymix")
+BASELINES = ("vanilla", "mixup", "cutmix", "manifoldmix", "fmix", "resizemix", "saliencymix", "puzzlemix")
 
 
 # The recipe fields that define what is trained (appended to Config.IDENTITY; `pretrained` is
@@ -77,6 +77,17 @@ class Config:
     mask_loss: float = 0.0
     mask_loss_margin: float = 0.1
     mask_loss_schedule: str = "cosine"
+    # PuzzleMix (OpenMixup's options; methods/puzzlemix.py): grids 2 .. 2^(n-1) blocks a side, the
+    # graph cut's label smoothness beta, data smoothness gamma and prior weight eta, the transport
+    # (approx: the released iterative assignment; exact; off), its cost eps and cell side (px, -1:
+    # the graph-cut blocks). None: the published value for the image size (<= 32 px: 5 and 4 px).
+    puzzle_block_num: Optional[int] = None
+    puzzle_beta: float = 1.2
+    puzzle_gamma: float = 0.5
+    puzzle_eta: float = 0.2
+    puzzle_transport: str = "approx"
+    puzzle_t_eps: float = 0.8
+    puzzle_t_size: Optional[int] = None
     # --- optimisation
     epochs: int = 3
     batch_size: int = 100
@@ -149,6 +160,8 @@ class Config:
         "ema_end", "ema_warmup", "seed", "method", "mix_alpha", "label_smoothing", "loss_one",
         "loss_mce", "loss_amce", "loss_k", "loss_cos", "gen_objective", "random_mix_samples",
         "gen_train_prob", "mask_loss", "mask_loss_margin", "mask_loss_schedule",
+        "puzzle_block_num", "puzzle_beta", "puzzle_gamma", "puzzle_eta", "puzzle_transport", "puzzle_t_eps",
+        "puzzle_t_size",
     ) + RECIPE_IDENTITY
 
     def identity(self) -> dict:
@@ -230,6 +243,8 @@ class Config:
             raise UsageError(f"--mask-loss and --mask-loss-margin must be >= 0 (got {self.mask_loss}, {self.mask_loss_margin})")
         if self.mask_loss_schedule not in ("cosine", "constant"):
             raise UsageError(f"--mask-loss-schedule must be cosine or constant (got {self.mask_loss_schedule!r})")
+        from .methods.puzzlemix import validate_settings
+        validate_settings(self)
         if self.method == "automix" and self.mix_samples != 2:
             raise UsageError(f"AutoMix mixes two images (got --mix-samples {self.mix_samples}); drop --mix-samples")
         if self.random_mix_samples and self.mix_samples < 3:
@@ -387,12 +402,14 @@ PRESET_SOURCES.update({
 # lambda's Beta(a, a) concentration per method and data-set family: the published configs
 # (METHODS.md). ImageNet ResNet-18/34 use 0.2 for the cutting methods.
 METHOD_ALPHA: dict[str, dict[str, float]] = {
-    "cifar": dict(mixup=1.0, cutmix=0.2, manifoldmix=2.0, saliencymix=0.2, fmix=0.2, resizemix=1.0, automix=2.0),
+    "cifar": dict(mixup=1.0, cutmix=0.2, manifoldmix=2.0, saliencymix=0.2, fmix=0.2, resizemix=1.0, automix=2.0,
+                  puzzlemix=1.0),
     "cifar-transformer": dict(mixup=0.8, cutmix=2.0, manifoldmix=2.0, saliencymix=0.2, fmix=1.0, resizemix=1.0,
-                              automix=2.0),
-    "imagenet": dict(mixup=0.2, cutmix=1.0, manifoldmix=0.2, saliencymix=1.0, fmix=1.0, resizemix=1.0, automix=2.0),
+                              automix=2.0, puzzlemix=2.0),
+    "imagenet": dict(mixup=0.2, cutmix=1.0, manifoldmix=0.2, saliencymix=1.0, fmix=1.0, resizemix=1.0, automix=2.0,
+                     puzzlemix=1.0),
     "fine-grained": dict(mixup=1.0, cutmix=0.2, manifoldmix=2.0, saliencymix=0.2, fmix=0.2, resizemix=1.0,
-                         automix=2.0),
+                         automix=2.0, puzzlemix=1.0),
 }
 _SMALL_IMAGENET_TRUNKS = ("r18", "r34")
 TRANSFORMER_ARCHS = ("swin_t", "convnext_t", "deit_s")

@@ -114,6 +114,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--mask-loss-schedule", choices=["cosine", "constant"],
                    help="automix: mask-loss weight annealed to 0 by cosine, or constant (default: constant for "
                         "small-image data, as the released CIFAR config; cosine otherwise)")
+    g.add_argument("--puzzle-block-num", type=int,
+                   help="puzzlemix: grids of 2^1 .. 2^(n-1) blocks a side, one drawn per step (default: 5, grids "
+                        "2-16, for images <= 32 px; else 4, grids 2-8: OpenMixup's configs)")
+    g.add_argument("--puzzle-beta", type=float, help=f"puzzlemix: label smoothness of the graph cut (default: {D.puzzle_beta})")
+    g.add_argument("--puzzle-gamma", type=float, help=f"puzzlemix: data smoothness across block edges, 0..1 (default: {D.puzzle_gamma})")
+    g.add_argument("--puzzle-eta", type=float, help=f"puzzlemix: weight of the mixing-ratio prior (default: {D.puzzle_eta})")
+    g.add_argument("--puzzle-transport", choices=["approx", "exact", "off"],
+                   help="puzzlemix: move salient blocks under the mask by OpenMixup's iterative assignment (approx), "
+                        f"an exact assignment, or not at all (default: {D.puzzle_transport})")
+    g.add_argument("--puzzle-t-eps", type=float, help=f"puzzlemix: transport distance cost (default: {D.puzzle_t_eps})")
+    g.add_argument("--puzzle-t-size", type=int,
+                   help="puzzlemix: transport cell side in px, -1 for the graph-cut blocks (default: 4 for images "
+                        "<= 32 px, else -1)")
 
     g = p.add_argument_group("AdAutoMix (ablation switches: a switched-off term is still logged)")
     g.add_argument("--loss-one", action=BOOL, help="clean cross-entropy in the classifier loss, weight 1 - alpha (default: on)")
@@ -218,7 +231,7 @@ def _optional_str(text: str) -> Optional[str]:
 
 METHOD_NAMES = {"adautomix": "AdAutoMix", "automix": "AutoMix", "vanilla": "Vanilla", "mixup": "MixUp",
                 "cutmix": "CutMix", "manifoldmix": "ManifoldMix", "fmix": "FMix", "resizemix": "ResizeMix",
-                "saliencymix": "SaliencyMix"}
+                "saliencymix": "SaliencyMix", "puzzlemix": "PuzzleMix"}
 
 
 def method_settings(cfg: Config) -> str:
@@ -227,6 +240,13 @@ def method_settings(cfg: Config) -> str:
         return f"N={cfg.mix_samples}" + (" (random 2..N)" if cfg.random_mix_samples else "") + f", Beta({cfg.mix_alpha:g})"
     if cfg.method == "automix":
         return f"N=2, Beta({cfg.mix_alpha:g}), mask loss {cfg.mask_loss:g} ({cfg.mask_loss_schedule})"
+    if cfg.method == "puzzlemix":
+        from .data.transforms import NATIVE_SIZE
+        from .methods.puzzlemix import resolved_settings
+        blocks, t_size = resolved_settings(cfg, cfg.img_size or NATIVE_SIZE[cfg.dataset])
+        transport = "off" if cfg.puzzle_transport == "off" else \
+            f"{cfg.puzzle_transport} (eps {cfg.puzzle_t_eps:g}, {'block' if t_size == -1 else f'{t_size} px'} cells)"
+        return f"Beta({cfg.mix_alpha:g}), grids 2-{2 ** (blocks - 1)}, transport {transport}"
     return "" if cfg.method == "vanilla" else f"Beta({cfg.mix_alpha:g})"
 
 

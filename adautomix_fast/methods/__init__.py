@@ -32,6 +32,7 @@ METHODS: dict[str, str] = {
     "fmix": "adautomix_fast.methods.fmix:FMix",
     "resizemix": "adautomix_fast.methods.resizemix:ResizeMix",
     "saliencymix": "adautomix_fast.methods.saliencymix:SaliencyMix",
+    "puzzlemix": "adautomix_fast.methods.puzzlemix:PuzzleMix",
 }
 
 
