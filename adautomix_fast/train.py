@@ -24,6 +24,7 @@ from . import checkpoint as ckpt_lib
 from . import distributed
 from .config import ARCHS, DATA_BACKENDS, DATASETS, GEN_KERNELS, IMPLS, PRESETS, Config, resolve
 from .data import DATA_ENV, AugmentRecipe, build_loaders
+from .devices import pick_device
 from .engine import Precision, Schedule, build_optimizer, build_step, resolve_impl
 from .errors import UsageError
 from .runfolder import LAST, RunFolder, SilentRunFolder, default_run_name
@@ -312,20 +313,6 @@ def build_config(args: argparse.Namespace, resumed: Optional[dict]) -> Config:
     settings.update(explicit)
     preset = getattr(args, "preset", None) or settings.pop("preset", None)
     return resolve(settings, preset)
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} asked for, but torch sees no CUDA GPU; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name}: only cpu and cuda are supported")
-    return dev
 
 
 # ---------------------------------------------------------------------------- the run

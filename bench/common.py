@@ -29,15 +29,13 @@ SCHEMA = 2
 
 # ---------------------------------------------------------------------------- device
 def pick_device(name: str) -> torch.device:
-    """auto -> cuda when present, else cpu. A one-line SystemExit for an impossible request."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"--device {name}: torch.cuda.is_available() is False; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise SystemExit(f"--device {name}: only cpu and cuda are benchmarked")
-    return dev
+    """The engine's --device rule; an impossible request exits with its one line (no traceback)."""
+    from adautomix_fast.devices import pick_device as engine_pick_device
+    from adautomix_fast.errors import UsageError
+    try:
+        return engine_pick_device(name)
+    except UsageError as e:
+        raise SystemExit(str(e)) from None
 
 
 def cpu_model() -> str:

@@ -17,6 +17,7 @@ from typing import Iterator, Optional
 import torch
 import torch.nn as nn
 
+from ..devices import pick_device
 from ..errors import UsageError
 
 # The suites, in the order they run and appear in the report. `all` runs every one of them.
@@ -141,20 +142,6 @@ class HeadClassifier(nn.Module):
     @property
     def target_layer(self) -> nn.Module:
         return self.network.cam_target()
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name} asked for, but torch sees no CUDA GPU; use --device cpu")
-    if dev.type not in ("cpu", "cuda"):
-        raise UsageError(f"--device {name}: only cpu and cuda are supported")
-    return dev
 
 
 class EvalContext:
