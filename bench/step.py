@@ -364,7 +364,8 @@ def ratios_for(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.step", description=__doc__.split("\n\n")[0])
-    p.add_argument("--shapes", default="cifar,imagenet", help=f"comma list of {', '.join(SHAPES)} (default: all)")
+    p.add_argument("--shapes", default="cifar,imagenet",
+                   help=f"comma list of {', '.join(SHAPES)} (default: cifar,imagenet)")
     p.add_argument("--impls", default="vanilla,reference",
                    help=f"comma list of {', '.join(IMPLS)} (default: vanilla,reference)")
     p.add_argument("--steps", type=int, help="timed steps (default: 20-30 on GPU, 3-5 on CPU, per shape)")
