@@ -41,7 +41,6 @@ from typing import Optional
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .adautomix import MixPlan
 from .ema import MOMENTUM_DTYPE, ema_update_
 from .optim import InGraphOptimizer, unscale_and_check_
 from .segmented_bn import SegmentedBatchNorm2d, convert_batchnorm, set_segment_size

@@ -29,3 +29,9 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def cpu_generator():
     return torch.Generator().manual_seed(1234)
+
+
+@pytest.fixture(autouse=True)
+def no_data_env(monkeypatch):
+    """Tests name their data explicitly: a user's $ADAUTOMIX_DATA must not change what they read."""
+    monkeypatch.delenv("ADAUTOMIX_DATA", raising=False)

@@ -1,7 +1,6 @@
 """The CLI end to end on the bundled digits data, exact resume, export and bad input."""
 
 import csv
-import json
 import os
 import subprocess
 import sys
@@ -12,31 +11,9 @@ from PIL import Image
 
 from adautomix_fast.train import main
 
+from cli_helpers import run_cli, single_error_line, read_log
+
 TINY = ["--arch", "tiny", "--workers", "0", "--batch-size", "100"]
-
-
-def run_cli(args, capsys):
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def single_error_line(err):
-    """The error is one line, the last one written (a progress bar may precede it)."""
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], err
-    return errors[0]
-
-
-def read_log(folder):
-    with open(os.path.join(folder, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-@pytest.fixture(autouse=True)
-def no_data_env(monkeypatch):
-    monkeypatch.delenv("ADAUTOMIX_DATA", raising=False)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ guards and recompilation counting as Inductor), without Inductor's code generati
 take minutes per architecture on two cores.
 """
 
-import json
 import os
 import sys
 
@@ -20,6 +19,8 @@ from adautomix_fast.config import Config, resolve
 from adautomix_fast.engine import Schedule
 from adautomix_fast.models import library_model
 from adautomix_fast.train import build_config, get_args_parser, main, recipe_settings
+
+from cli_helpers import run_cli, single_error_line, read_log
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
@@ -33,29 +34,6 @@ RECIPE = ["--opt", "adamw", "--lr", "2e-3", "--gen-lr", "1e-3", "--weight-decay"
           "--lr-per-step", "--clip-grad", "5", "--drop-path", "0.1", "--label-smoothing", "0.1"]
 # Batches of 200: 7 steps per epoch of digits, each logged.
 COMMON = ["--workers", "0", "--batch-size", "200", "--epochs", "1", "--no-amp", "--log-interval", "1"]
-
-
-def run_cli(args, capsys):
-    code = main(args)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def single_error_line(err):
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], err
-    return errors[0]
-
-
-def read_log(folder):
-    with open(os.path.join(folder, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
-
-
-@pytest.fixture(autouse=True)
-def no_data_env(monkeypatch):
-    monkeypatch.delenv("ADAUTOMIX_DATA", raising=False)
 
 
 @pytest.fixture(scope="module")

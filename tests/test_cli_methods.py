@@ -3,8 +3,6 @@ resume, evaluation and export of a baseline."""
 
 from __future__ import annotations
 
-import json
-import os
 
 import pytest
 import torch
@@ -12,13 +10,10 @@ import torch
 from adautomix_fast.methods import METHODS
 from adautomix_fast.train import main
 
+from cli_helpers import read_log
+
 TINY = ["--arch", "tiny", "--img-size", "16", "--workers", "0", "--batch-size", "200", "--no-amp"]
 TEACHER_METHODS = ("adautomix", "automix")
-
-
-def read_log(folder):
-    with open(os.path.join(folder, "log.jsonl")) as f:
-        return [json.loads(line) for line in f]
 
 
 # AdAutoMix's own CLI runs (both implementations, compiled) are in test_cli.py and test_distributed.py.

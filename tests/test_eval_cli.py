@@ -20,11 +20,6 @@ pytestmark = pytest.mark.slow   # trains two runs (about 10-60 s on 2 cores, dep
 FAST = ["--workers", "0", "--no-progress", "--batch-size", "20"]
 
 
-@pytest.fixture(autouse=True)
-def no_data_env(monkeypatch):
-    monkeypatch.delenv("ADAUTOMIX_DATA", raising=False)
-
-
 @pytest.fixture(scope="session")
 def runs(tmp_path_factory):
     """Two one-epoch digits runs of the test architecture (seeds 0 and 1), made once (about 10 s
