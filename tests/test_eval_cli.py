@@ -14,6 +14,9 @@ from PIL import Image
 from adautomix_fast.evaluate.cli import main
 from adautomix_fast.evaluate.context import load_run
 from adautomix_fast.evaluate.plots import read_data
+from adautomix_fast.precision import resolve_precision
+
+from cli_helpers import read_log, single_error_line
 
 pytestmark = pytest.mark.slow   # trains two runs (about 10-60 s on 2 cores, depending on load)
 
@@ -38,13 +41,6 @@ def evaluate(args, capsys):
     code = main([str(a) for a in args])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def one_error_line(err):
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("error: ")]
-    assert len(errors) == 1 and lines[-1] == errors[0], err
-    return errors[0]
 
 
 def png_ok(path):
@@ -149,7 +145,7 @@ def test_official_protocol_on_every_image_and_overwrite_rules(runs, capsys):
     assert cal["ece"] == cal["ece_official"] and data["results"]["fgsm"]["protocol"] == "official"
     # An existing evaluation folder is not overwritten without --overwrite ...
     code, _, err = evaluate(args, capsys)
-    assert code == 2 and "--overwrite" in one_error_line(err)
+    assert code == 2 and "--overwrite" in single_error_line(err)
     # ... is replaced with it (nothing else left behind) ...
     code, _, _ = evaluate(args + ["--overwrite", "--limit", 20], capsys)
     assert code == 0 and json.loads((folder / "results.json").read_text())["data"]["images"] == 20
@@ -249,7 +245,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(runs, tmp_path, capsys)
     for args, message in bad_input_cases(tmp_path, run):
         code, _, err = evaluate([*args, *FAST], capsys)
         assert code == 2, (args, err)
-        assert message in one_error_line(err), (message, err)
+        assert message in single_error_line(err), (message, err)
         assert sorted(os.listdir(run)) == before, args
 
 
@@ -303,10 +299,30 @@ def test_a_baseline_run_is_evaluated_on_its_own_head_and_compared_by_method(runs
     assert data["head"] == "student_one" and data["run"]["heads"] == ["student_one"] and data["run"]["method"] == "mixup"
     assert list(data["results"]["accuracy"]["heads"]) == ["student_one"] and data["results"]["cam"]["mixer"] == "mixup"
     code, _, err = evaluate([mixup_run, "--head", "teacher_one", *FAST], capsys)
-    assert code == 2 and "no such head; choose one of student_one" in one_error_line(err)
+    assert code == 2 and "no such head; choose one of student_one" in single_error_line(err)
     code, _, err = evaluate(["--compare", runs[0], mixup_run, "--suite", "calibration", "--limit", 20,
                              "--out", tmp_path / "cmp", *FAST], capsys)
     assert code == 0, err
     cmp = json.loads((tmp_path / "cmp" / "results.json").read_text())
     assert set(cmp["methods"]) == {"adautomix (tiny)", "mixup (tiny)"}
     assert [r["head"] for r in cmp["runs"]] == ["teacher_one", "student_one"]
+
+
+def test_default_precision_is_the_trainings_so_every_head_scores_as_logged(runs, tmp_path, capsys):
+    """Without --amp/--no-amp the suite uses the training's precision rule for this machine, so
+    each head's top-1 equals the run's last logged evaluation; --no-amp is fp32 anywhere."""
+    expected = resolve_precision(None, "bf16", "cpu")
+    code, out, _ = evaluate([runs[0], "--suite", "accuracy", "--out", tmp_path / "default", "--workers", 0], capsys)
+    assert code == 0 and expected.reason in out
+    with open(tmp_path / "default" / "results.json") as f:
+        result = json.load(f)
+    assert (result["precision"], result["precision_reason"], result["amp"]) == (expected.label, expected.reason,
+                                                                               expected.amp)
+    logged = [r for r in read_log(runs[0]) if r["type"] == "epoch"][-1]
+    for head, scores in result["results"]["accuracy"]["heads"].items():
+        assert scores["top1"] == pytest.approx(logged[f"{head}_top1"]), head
+
+    code, out, _ = evaluate([runs[0], "--suite", "accuracy", "--out", tmp_path / "fp32", "--workers", 0, "--no-amp"],
+                            capsys)
+    with open(tmp_path / "fp32" / "results.json") as f:
+        assert code == 0 and json.load(f)["precision"] == "fp32"

@@ -54,8 +54,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"data loading processes, and processes synthesising corruptions (default: {D.workers})")
     p.add_argument("--device", default=D.device, help="auto, cpu, cuda or cuda:N (default: auto: the GPU when present)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="bf16 autocast for the forward-only suites (default: on with CUDA, off on a CPU; attacks "
-                        "and Grad-CAM always run in fp32)")
+                   help="bf16 autocast for the forward-only suites (default: as training: on where the GPU or CPU "
+                        "computes bf16 natively, off elsewhere; attacks and Grad-CAM always run in fp32)")
     p.add_argument("--seed", type=int, default=D.seed,
                    help=f"seed of the PGD start, the occlusion patches and synthesised corruptions (default: {D.seed})")
     g = p.add_argument_group("suites")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
@@ -19,6 +20,7 @@ import torch.nn as nn
 
 from ..devices import pick_device
 from ..errors import UsageError
+from ..precision import resolve_precision
 
 # The suites, in the order they run and appear in the report. `all` runs every one of them.
 SUITES = ("accuracy", "calibration", "fgsm", "pgd", "corruption", "occlusion", "cam")
@@ -38,7 +40,7 @@ class EvalOptions:
     batch_size: int = 100
     workers: int = 2
     device: str = "auto"
-    amp: Optional[bool] = None              # bf16 autocast for forward-only suites; None: on with CUDA only
+    amp: Optional[bool] = None              # bf16 autocast for forward-only suites; None: training's rule
     seed: int = 0                           # PGD start, occlusion patches, synthesised corruptions
     eps: float = 8.0                        # attack budget, in 1/255 pixel units (l-infinity)
     pgd_steps: int = 10
@@ -175,7 +177,14 @@ class EvalContext:
         self.num_images = self.info.val_size if options.limit is None else min(options.limit, self.info.val_size)
         self.mean = torch.tensor(self.info.mean, device=self.device).view(1, 3, 1, 1)
         self.std = torch.tensor(self.info.std, device=self.device).view(1, 3, 1, 1)
-        self.amp = options.amp if options.amp is not None else self.device.type == "cuda"
+        # The training's rule (precision.py), so that a run's evaluated top-1 is the one its log
+        # reports: bf16 where the GPU or CPU computes it natively, fp32 elsewhere (bf16 on a CPU
+        # that emulates it would make the suite many times slower).
+        choice = resolve_precision(options.amp, "bf16", self.device)
+        if choice.warning:
+            print(choice.warning, file=sys.stderr, flush=True)
+        self.amp_dtype, self.precision, self.precision_reason = choice.dtype, choice.label, choice.reason
+        self.amp = choice.amp
 
     # ------------------------------------------------------------------ images
     def batches(self, desc: str) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
@@ -204,10 +213,10 @@ class EvalContext:
         return x * self.std + self.mean
 
     def autocast(self):
-        """bf16 autocast for forward-only passes when enabled (never by default on a CPU)."""
+        """Autocast for forward-only passes when the precision rule (or --amp) enables it."""
         if not self.amp:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     @torch.no_grad()
     def logits(self, x: torch.Tensor) -> torch.Tensor:

@@ -83,7 +83,8 @@ def evaluate_checkpoint(path: str, options: EvalOptions, out: Optional[str] = No
     name = os.path.basename(run.run_dir)
     try:
         say(f"evaluating {run.checkpoint_path} (epoch {run.epoch}), head {ctx.head}, protocol {options.protocol}, "
-            f"{ctx.num_images} {ctx.dataset} images on {ctx.device}: {', '.join(options.suites)}")
+            f"{ctx.num_images} {ctx.dataset} images on {ctx.device} ({ctx.precision_reason}): "
+            f"{', '.join(options.suites)}")
         results: dict = {}
         pictures: dict = {}
         timings: dict = {}
@@ -103,6 +104,7 @@ def evaluate_checkpoint(path: str, options: EvalOptions, out: Optional[str] = No
                     "heads": list(run.model.HEADS), "headline": run.model.HEADLINE},
             "folder": os.path.abspath(dest), "head": ctx.head, "protocol": options.protocol, "suites": list(options.suites),
             "data": ctx.describe(), "limit": options.limit, "seed": options.seed, "amp": ctx.amp,
+            "precision": ctx.precision, "precision_reason": ctx.precision_reason,
             "device": device_name(ctx.device), "versions": versions(),
             "seconds": time.perf_counter() - t0, "suite_seconds": timings,
             "options": {"eps": options.eps, "pgd_steps": options.pgd_steps, "pgd_alpha": options.pgd_alpha,
