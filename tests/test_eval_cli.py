@@ -278,6 +278,10 @@ def test_compare_two_runs_in_one_report(runs, tmp_path, capsys):
     # A second comparison reuses the runs' evaluations.
     code, out, _ = evaluate(args[:-len(FAST) - 2] + ["--out", tmp_path / "cmp2", *FAST], capsys)
     assert code == 0 and out.count("reusing") == 2
+    # ... but not an evaluation made in another precision: it says so in one line.
+    other = "--no-amp" if resolve_precision(None, "bf16", "cpu").amp else "--amp"
+    code, _, err = evaluate(args[:-len(FAST) - 2] + ["--out", tmp_path / "cmp3", other, *FAST], capsys)
+    assert code == 2 and "other settings" in single_error_line(err)
 
 
 @pytest.fixture(scope="session")

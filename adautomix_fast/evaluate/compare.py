@@ -46,10 +46,24 @@ def _load_results(folder: str) -> dict:
         raise UsageError(f"{folder}: unreadable {RESULTS} ({e}); evaluate the run again with --overwrite") from None
 
 
+def _precision_of(results: dict) -> str:
+    """The forward passes' precision of an evaluation (results written before it was recorded
+    name only ``amp``, which was bf16 autocast)."""
+    return results.get("precision") or ("bf16 autocast" if results.get("amp") else "fp32")
+
+
+def _precision_here(options: EvalOptions) -> str:
+    """The precision an evaluation with these options would use on this machine."""
+    from ..devices import pick_device
+    from ..precision import resolve_precision
+    return resolve_precision(options.amp, "bf16", pick_device(options.device)).label
+
+
 def _matches(results: dict, options: EvalOptions) -> bool:
-    """An existing evaluation answers this comparison: same protocol, image count and seed, and
-    every requested suite present."""
+    """An existing evaluation answers this comparison: same protocol, image count, seed and
+    precision, and every requested suite present."""
     return (results.get("protocol") == options.protocol and results.get("limit") == options.limit
+            and _precision_of(results) == _precision_here(options)
             and results.get("seed") == options.seed and set(options.suites) <= set(results.get("results", {}))
             and (options.head is None or results.get("head") == options.head))
 
