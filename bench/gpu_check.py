@@ -9,7 +9,8 @@ On a CUDA machine, in order, within one time budget (under 8 minutes on one H100
      (``bench.step --amp --channels-last``);
   4. kernel benchmarks: every ``bench/kernels*.py`` and every module in ``EXTRA_BENCHMARKS``,
      run as ``python -m bench.<name> --out DIR [--quick]`` (they write through bench.common);
-  5. the step benchmark in fp32 for the CIFAR shape, unless --quick or the budget is spent.
+  5. the step benchmark of the ConvNeXt (CIFAR) and Swin-T shapes, AdAutoMix beside vanilla;
+  6. the step benchmark in fp32 for the CIFAR shape, unless --quick or the budget is spent.
 Then a summary table, and the results JSON in --out and in bench/results.
 
 Without CUDA (or with --dry-run) it is a dry run: it says what it would run and that the GPU
@@ -117,7 +118,13 @@ def plan(args: argparse.Namespace, out: str) -> list[tuple[str, list[str]]]:
     # ResNet-50 graphs alive and is not expected to fit an 80 GB card.
     fp32 = [] if args.quick else [("step bench fp32 cifar", ["-m", "bench.step", "--device", "cuda",
                                                              "--shapes", "cifar", "--out", out])]
-    return [("gpu tests", ["-m", "pytest", "-m", "gpu", "tests", "-q", "-p", "no:cacheprovider"])] + steps + kernels + fp32
+    # The transformer and ConvNeXt shapes with their AdamW recipes, after the kernels: the first
+    # parts the time budget drops (compiling Swin-T's fused step takes minutes).
+    archs = [("step bench convnext-cifar,swin amp bf16 channels-last",
+              ["-m", "bench.step", "--device", "cuda", "--shapes", "convnext-cifar,swin", "--amp", "--channels-last",
+               "--out", out, "--impls", "vanilla,vanilla_compiled,reference,fused"] + warm)]
+    return ([("gpu tests", ["-m", "pytest", "-m", "gpu", "tests", "-q", "-p", "no:cacheprovider"])] + steps + kernels
+            + archs + fp32)
 
 
 def summary_table(parts: list[dict[str, Any]]) -> str:

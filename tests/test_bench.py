@@ -77,6 +77,8 @@ def test_gpu_check_dry_run_records_skips(tmp_path, capsys):
     assert section["build"]["status"] in ("built", "not built")
     names = {s["name"] for s in section["skipped"]}
     assert "gpu tests" in names and any(n.startswith("step bench") for n in names)
+    # the baselines' and AutoMix's fused steps and the transformer/ConvNeXt shapes are GPU-check parts
+    assert "step bench cifar methods" in names and "step bench convnext-cifar,swin amp bf16 channels-last" in names
 
 
 def test_parse_pytest_summary():
