@@ -74,8 +74,9 @@ def test_fused_cuda_graph_step_equals_reference(n, amp, batched, gen_kernels):
     assert manager is not None and sum(len(nodes) for nodes in manager.roots.values()) >= 1
 
 
-def test_fused_step_samples_its_plan_inside_the_graph_without_host_sync():
-    _, fused = make_steps(3, amp=True, channels_last=True, gen_kernels="triton")
+def assert_replays_without_host_sync(fused):
+    """Warm up and record the step, then replay it with host syncs made errors: the replay
+    trains (finite loss, parameters move) and nothing recompiles after the warm-up."""
     x, y = batch()
     fused(x, y)
     fused(x, y)                                   # warm-up and recording
@@ -88,6 +89,11 @@ def test_fused_step_samples_its_plan_inside_the_graph_without_host_sync():
     assert torch.isfinite(out["loss"]).item()
     assert any(not torch.equal(a, b) for a, b in zip(before, fused.model.student.parameters()))
     assert fused.recompiles_after_warmup() == 0
+
+
+def test_fused_step_samples_its_plan_inside_the_graph_without_host_sync():
+    _, fused = make_steps(3, amp=True, channels_last=True, gen_kernels="triton")
+    assert_replays_without_host_sync(fused)
 
 
 # Every method runs through the same fused step; two representative ones are compiled here (the
@@ -107,16 +113,5 @@ def test_a_methods_fused_step_is_one_cuda_graph_without_host_sync(method):
         model.generator.kernels = "triton"
     fused = FusedStep(model, build_optimizer(model, cfg), Schedule(cfg, steps_per_epoch=4),
                       Precision.from_config(cfg, dev), channels_last=True)
-    x, y = batch()
-    fused(x, y)
-    fused(x, y)                                   # warm-up and recording
-    before = [p.clone() for p in model.student.parameters()]
-    torch.cuda.set_sync_debug_mode("error")       # any host sync inside a replay raises
-    try:
-        out = fused(x, y)
-    finally:
-        torch.cuda.set_sync_debug_mode(0)
-    assert torch.isfinite(out["loss"]).item()
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.student.parameters()))
-    assert fused.recompiles_after_warmup() == 0
+    assert_replays_without_host_sync(fused)
     assert counters["inductor"]["cudagraph_skips"] == 0
