@@ -11,7 +11,6 @@ against it.
 from __future__ import annotations
 
 import contextlib
-import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -20,17 +19,11 @@ import torch
 from .config import Config
 from .ema import ema_momentum, momentum_tensor
 from .optim import build_optimizer as _build_optimizer
-from .optim import group_role, set_group_lrs, warmup_factor
+from .optim import cosine_lr, group_role, set_group_lrs, warmup_factor
 from .precision import resolve_precision
 
 
 # ---------------------------------------------------------------------------- schedules
-def cosine_lr(base: float, final: float, progress: float) -> float:
-    """Cosine annealing from ``base`` (progress 0) to ``final`` (progress 1)."""
-    progress = min(max(progress, 0.0), 1.0)
-    return final + (base - final) * (1.0 + math.cos(math.pi * progress)) / 2.0
-
-
 @dataclass
 class Schedule:
     """Learning rates and EMA momentum as functions of the global step.
@@ -52,7 +45,7 @@ class Schedule:
 
     @property
     def warmup_steps(self) -> int:
-        return int(round(getattr(self.cfg, "warmup_epochs", 0.0) * self.steps_per_epoch))
+        return int(round(self.cfg.warmup_epochs * self.steps_per_epoch))
 
     def progress(self, step: int) -> float:
         if self.cfg.lr_per_step:
@@ -62,7 +55,7 @@ class Schedule:
     def lrs(self, step: int) -> tuple[float, float]:
         """(student lr, generator lr) for global step ``step``."""
         p = self.progress(step)
-        warm = warmup_factor(step, self.warmup_steps, getattr(self.cfg, "warmup_ratio", 1.0))
+        warm = warmup_factor(step, self.warmup_steps, self.cfg.warmup_ratio)
         lr = cosine_lr(self.cfg.lr, self.cfg.min_lr, p) * warm
         if self.cfg.gen_lr is None:
             return lr, lr

@@ -149,7 +149,6 @@ class FusedStep:
         self.ema_pairs = model.ema_pairs() if model.has_teacher else None
         if self.compile:
             torch._dynamo.config.trace_autograd_ops = True   # autograd.grad inside the graph
-            _allow_one_graph_per_step()
             if self.device.type == "cuda":
                 for t in self._static_tensors():
                     torch._dynamo.mark_static_address(t)
@@ -279,7 +278,9 @@ def _own_code(method):
     method, a test suite) would pile their graphs into one cache, each new model type or batch
     shape a "recompilation", until the limit fails the next fullgraph compile, and graphs of
     dead steps would stay there (each call checking their guards first; on CUDA, their graphs
-    holding memory). A copy per step gives each its own cache, freed with the step.
+    holding memory). A copy per step gives each its own cache, freed with the step, holding one
+    graph per N at most (random_mix_samples: 4), so the default limit is never reached and the
+    global dynamo configuration is left alone.
     """
     import types
     fn = method.__func__
@@ -287,16 +288,6 @@ def _own_code(method):
     own = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
     own.__kwdefaults__, own.__qualname__ = fn.__kwdefaults__, fn.__qualname__
     return types.MethodType(own, method.__self__)
-
-
-def _allow_one_graph_per_step(limit: int = 64) -> None:
-    """Every FusedStep compiles its own graph of the one function ``_step_graph`` (and one per N
-    with random_mix_samples); dynamo counts each as a recompilation of that code object and
-    refuses the 9th by default, which a process building several steps (bench.step, tests, a
-    script comparing methods) reaches. Raise the limit (never lower it)."""
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, name, max(getattr(config, name), limit))
 
 
 def _unique_graphs() -> int:

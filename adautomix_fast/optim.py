@@ -122,7 +122,8 @@ def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
 
 
 # ---------------------------------------------------------------------------- schedule
-def cosine(base: float, final: float, progress: float) -> float:
+def cosine_lr(base: float, final: float, progress: float) -> float:
+    """Cosine annealing from ``base`` (progress 0) to ``final`` (progress 1)."""
     progress = min(max(progress, 0.0), 1.0)
     return final + (base - final) * (1.0 + math.cos(math.pi * progress)) / 2.0
 
@@ -149,7 +150,7 @@ def warmup_cosine_lr(step: int, total_steps: int, base: float, final: float, war
         progress = (step // steps_per_epoch) / epochs
     else:
         progress = step / total_steps
-    return cosine(base, final, progress) * warmup_factor(step, warmup_steps, warmup_ratio)
+    return cosine_lr(base, final, progress) * warmup_factor(step, warmup_steps, warmup_ratio)
 
 
 # ---------------------------------------------------------------------------- in-graph pieces
@@ -361,6 +362,6 @@ class InGraphOptimizer:
 
 __all__ = [
     "OPTIMIZERS", "no_weight_decay", "param_groups", "wd_exclude", "build_optimizer", "warmup_factor",
-    "warmup_cosine_lr", "group_role", "set_group_lrs", "unscale_and_check_", "clip_grad_norm_", "sgd_step_",
+    "cosine_lr", "warmup_cosine_lr", "group_role", "set_group_lrs", "unscale_and_check_", "clip_grad_norm_", "sgd_step_",
     "adamw_step_", "InGraphOptimizer",
 ]
