@@ -26,7 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .ema import ema_update_, teacher_pairs
-from .generator import MaskGenerator, fp32_region, mix_images
+from .generator import MaskGenerator, mix_images
+from .numerics import at_least_fp32, fp32_region
 from .methods.base import MixModel, sample_beta
 from .models import Classifier, drop_path_rate
 
@@ -70,7 +71,7 @@ def mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, index: torch.Tens
                         lam: torch.Tensor, label_smoothing: float = 0.0) -> torch.Tensor:
     """MCE(z, tuple, lambda) = sum_i lambda_i * CE(z, y[tuple_i]), in fp32."""
     with fp32_region(logits):
-        logits = logits.float()
+        logits = at_least_fp32(logits)
         total = None
         for i in range(index.shape[0]):
             ce = (F.cross_entropy(logits, y[index[i]], label_smoothing=label_smoothing) if label_smoothing
@@ -83,10 +84,10 @@ def mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, index: torch.Tens
 def weighted_cosine(z: torch.Tensor, sources: list[torch.Tensor], lam: torch.Tensor) -> torch.Tensor:
     """mean over the batch of sum_i lambda_i * cos_sim(z, sources[i]) (on logits, fp32)."""
     with fp32_region(z):
-        z = z.float()
+        z = at_least_fp32(z)
         total = None
         for i, src in enumerate(sources):
-            term = F.cosine_similarity(z, src.float(), dim=-1) * lam[i]
+            term = F.cosine_similarity(z, at_least_fp32(src), dim=-1) * lam[i]
             total = term if total is None else total + term
         return total.mean()
 
@@ -359,8 +360,8 @@ class AdAutoMix(MixModel):
         """L_one, L_mce (N >= 3), L_re and L_amce from the student's logits."""
         ls = self.label_smoothing
         with fp32_region(z_one):
-            loss_one = (F.cross_entropy(z_one.float(), y, label_smoothing=ls) if ls
-                        else F.cross_entropy(z_one.float(), y))
+            loss_one = (F.cross_entropy(at_least_fp32(z_one), y, label_smoothing=ls) if ls
+                        else F.cross_entropy(at_least_fp32(z_one), y))
         terms: dict[str, torch.Tensor] = {}
         one_term = loss_one if self.loss_one else None
         if z_pixel is not None:

@@ -104,7 +104,7 @@ class Config:
     ema_end: float = 0.999999
     ema_warmup: float = 0.1                 # fraction of training at constant ema_start
     # --- precision and layout
-    amp: Optional[bool] = None              # None: bf16 autocast on CUDA, fp32 on CPU
+    amp: Optional[bool] = None              # None: bf16 where the device computes it natively (CUDA, CPUs with bf16 instructions), else fp32
     amp_dtype: str = "bf16"
     channels_last: Optional[bool] = None    # None: on with CUDA, off on CPU
     impl: str = "auto"                      # auto: fused on CUDA, reference on CPU

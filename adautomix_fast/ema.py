@@ -77,10 +77,13 @@ def _momentum_type_error(momentum: Any) -> TypeError:
                      "(use adautomix_fast.ema.momentum_tensor)")
 
 
-def _validate(ema: Sequence[torch.Tensor], model: Sequence[torch.Tensor], momentum: torch.Tensor) -> None:
+def _validate(ema: Sequence[torch.Tensor], model: Sequence[torch.Tensor], momentum: torch.Tensor,
+              allow_double: bool = False) -> None:
     """The op's argument checks (csrc/ema_update.cpp, check_ema_update_inputs), word for word.
 
     Shapes, dtypes, devices and strides only: no data is read, nothing synchronises.
+    ``allow_double``: float64 EMA and model tensors pass too (the PyTorch twin runs a float64
+    model, which the op does not take).
     """
     if len(ema) != len(model):
         raise ValueError(f"ema_update_: {len(ema)} EMA tensors but {len(model)} model tensors")
@@ -102,9 +105,10 @@ def _validate(ema: Sequence[torch.Tensor], model: Sequence[torch.Tensor], moment
         raise ValueError(f"ema_update_: momentum is on {momentum.device} but ema[0] is on {device} "
                          "(keep the momentum on the parameters' device)")
     for i, (e, x) in enumerate(zip(ema, model)):
-        if e.dtype != torch.float32:
+        double = allow_double and e.dtype == x.dtype == torch.float64
+        if e.dtype != torch.float32 and not double:
             raise TypeError(f"ema_update_: ema[{i}] must be float32 (the EMA state stays fp32), got {_dtype_name(e.dtype)}")
-        if x.dtype not in _MODEL_DTYPES:
+        if x.dtype not in _MODEL_DTYPES and not double:
             raise TypeError(f"ema_update_: model[{i}] must be float32, float16 or bfloat16, got {_dtype_name(x.dtype)}")
         if e.shape != x.shape:
             raise ValueError(f"ema_update_: ema[{i}] has shape {list(e.shape)} but model[{i}] has shape {list(x.shape)}")
@@ -194,14 +198,15 @@ def ema_update_reference(ema: Sequence[torch.Tensor], model: Sequence[torch.Tens
     device tensor (the list overload of ``_foreach_lerp_``; the scalar overload would read it to the
     host, a synchronisation that also breaks CUDA-graph capture). fp16/bf16 model tensors are
     converted to fp32 first; lerp's formula gives m = 1 -> ema kept and m = 0 -> model copied,
-    exactly.
+    exactly. A float64 teacher (exact regression values, gradient checks) is updated in float64.
     """
     ema, model = list(ema), list(model)
-    _validate(ema, model, momentum)
+    _validate(ema, model, momentum, allow_double=True)
     if not ema:
         return
-    weight = (1.0 - momentum).to(torch.float32)
-    model = [x if x.dtype == torch.float32 else x.float() for x in model]
+    dtype = ema[0].dtype if all(e.dtype == torch.float64 for e in ema) else torch.float32
+    weight = (1.0 - momentum).to(dtype)
+    model = [x if x.dtype == dtype else x.to(dtype) for x in model]
     torch._foreach_lerp_(ema, model, [weight] * len(ema))
 
 
@@ -219,7 +224,8 @@ def ema_update_(ema: Sequence[torch.Tensor], model: Sequence[torch.Tensor], mome
     if not isinstance(momentum, torch.Tensor):
         raise _momentum_type_error(momentum)
     device_type = ema[0].device.type if ema else momentum.device.type
-    if _OP_DEVICES.get(device_type, False):
+    double = bool(ema) and ema[0].dtype == torch.float64
+    if _OP_DEVICES.get(device_type, False) and not double:
         try:
             torch.ops.adautomix_fast.ema_update_(ema, model, momentum)  # validates in C++
         except NotImplementedError:
@@ -228,7 +234,8 @@ def ema_update_(ema: Sequence[torch.Tensor], model: Sequence[torch.Tensor], mome
             _validate(ema, model, momentum)
             raise
         return
-    _warn_fallback_once(device_type)
+    if not double:   # float64 is the twin's by design, not a fallback
+        _warn_fallback_once(device_type)
     ema_update_reference(ema, model, momentum)
 
 

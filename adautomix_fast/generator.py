@@ -20,11 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
-def fp32_region(t: torch.Tensor):
-    """Autocast off: inside, ops run in the dtype of their (fp32) inputs. The attention, the
-    mask softmax and the losses stay fp32 under --amp, as the released implementation forces."""
-    return torch.autocast(device_type=t.device.type, enabled=False)
+from .numerics import at_least_fp32, fp32_region
 
 
 def cross_attention_mask_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -37,7 +33,7 @@ def cross_attention_mask_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Te
     if scale is None:
         scale = q.shape[-1] ** -0.5
     with fp32_region(q):
-        q, k, v = q.float(), k.float(), v.float()
+        q, k, v = at_least_fp32(q), at_least_fp32(k), at_least_fp32(v)
         k_others = k.sum(dim=0, keepdim=True) - k                  # [N,B,P,D]: sum over j != i
         logits = torch.matmul(q, k_others.transpose(-1, -2)) * scale  # [N,B,P(query),P(key)]
         attn = logits.softmax(dim=-1)
@@ -48,7 +44,7 @@ def upsample_masks(m: torch.Tensor, size: tuple[int, int], mode: str = "bilinear
     """Low-res logits [B,N,h,w] -> full-resolution masks [B,N,H,W], softmax over N, fp32."""
     kwargs = {"align_corners": False} if mode == "bilinear" else {}
     with fp32_region(m):
-        up = F.interpolate(m.float(), size=size, mode=mode, **kwargs)
+        up = F.interpolate(at_least_fp32(m), size=size, mode=mode, **kwargs)
         return up.softmax(dim=1)
 
 
@@ -58,7 +54,7 @@ def mix_images(masks: torch.Tensor, x: torch.Tensor, index: torch.Tensor) -> tor
     out = None
     for i in range(index.shape[0]):
         weight = masks[:, i:i + 1] if masks.dim() == 4 else masks[i]
-        term = weight * x[index[i]].float()
+        term = weight * at_least_fp32(x[index[i]])
         out = term if out is None else out + term
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
         else torch.contiguous_format

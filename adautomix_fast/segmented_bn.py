@@ -28,6 +28,8 @@ from typing import Iterable, Optional
 import torch
 import torch.nn as nn
 
+from .numerics import at_least_fp32
+
 
 class SegmentedBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm2d with per-segment batch statistics in train mode.
@@ -52,14 +54,14 @@ class SegmentedBatchNorm2d(nn.BatchNorm2d):
         if n % size:
             raise ValueError(f"SegmentedBatchNorm2d: batch {n} is not a multiple of the segment size {size}")
         segments = n // size
-        xs = x.float().reshape(segments, size, c, h, w)
+        xs = at_least_fp32(x).reshape(segments, size, c, h, w)
         mean = xs.mean(dim=(1, 3, 4))                                    # [S, C]
         var = xs.var(dim=(1, 3, 4), unbiased=False)                      # [S, C], biased: normalises
         inv_std = torch.rsqrt(var + self.eps)
-        scale = inv_std if self.weight is None else inv_std * self.weight.float()
+        scale = inv_std if self.weight is None else inv_std * at_least_fp32(self.weight)
         shift = -mean * scale
         if self.bias is not None:
-            shift = shift + self.bias.float()
+            shift = shift + at_least_fp32(self.bias)
         y = xs * scale[:, None, :, None, None] + shift[:, None, :, None, None]
         with torch.no_grad():
             count = size * h * w

@@ -109,11 +109,32 @@ def _worker_eval(rank, init_file, out_dir):
     if rank == 0:
         _, full_val, _ = build_loaders("digits", None, 50, eval_batch_size=47, workers=0)
         single = evaluate(model, full_val, torch.device("cpu"))
-        assert sharded == single, (sharded, single)
-        assert sharded["images"] == 360
+        assert sharded["images"] == single["images"] == 360
+        # Each image is scored in a batch of other images and size on the two sides; fp32
+        # convolutions may round differently per batch on some CPUs, which can flip only images
+        # whose top two logits nearly tie: the two counts may differ by those images alone.
+        ties = _near_ties(model, full_val)
+        for key in single:
+            if key != "images":
+                head = key.rsplit("_", 1)[0]
+                assert abs(sharded[key] - single[key]) <= 100 * ties[head] / 360 + 1e-9, (key, sharded, single, ties)
         with open(os.path.join(out_dir, "ok"), "w") as f:
             f.write("ok")
     dist.destroy_process_group()
+
+
+def _near_ties(model, loader, margin=1e-4):
+    """Per head, the images whose top two logits (top-1) or 5th and 6th logits (top-5) are closer
+    than ``margin``, a thousand times the fp32 rounding of logits of this size."""
+    model.eval()
+    ties: dict = {}
+    with torch.no_grad():
+        for x, _ in loader:
+            for head, z in model.eval_logits(x).items():
+                top = z.float().topk(6, dim=1).values
+                ties[head] = ties.get(head, 0) + int(((top[:, 0] - top[:, 1] < margin)
+                                                      | (top[:, 4] - top[:, 5] < margin)).sum())
+    return ties
 
 
 def test_sharded_evaluation_equals_one_process(tmp_path):

@@ -48,6 +48,22 @@ def test_update_matches_formula_in_float64(momentum):
             assert torch.equal(got, m)               # copies exactly
 
 
+def test_a_float64_teacher_is_updated_in_float64():
+    """A float64 model (the portable golden step, gradient checks) keeps a float64 teacher: the
+    update runs in float64 (the op takes fp32 EMA state only, so its PyTorch twin runs it)."""
+    g = torch.Generator().manual_seed(0)
+    ema = [torch.randn(5, generator=g, dtype=torch.float64), torch.randn(3, 2, generator=g, dtype=torch.float64)]
+    model = [torch.randn(5, generator=g, dtype=torch.float64), torch.randn(3, 2, generator=g, dtype=torch.float64)]
+    m = 0.999999
+    expected = [m * e + (1 - m) * x for e, x in zip(ema, model)]
+    ema_update_(ema, model, momentum_tensor(m, "cpu"))
+    for got, want in zip(ema, expected):
+        assert got.dtype == torch.float64
+        torch.testing.assert_close(got, want, atol=1e-15, rtol=1e-15)
+    with pytest.raises(TypeError, match=r"ema\[0\] must be float32"):   # float64 EMA of an fp32 model: no
+        ema_update_([torch.zeros(2, dtype=torch.float64)], [torch.zeros(2)], momentum_tensor(m, "cpu"))
+
+
 def test_update_rejects_mismatched_lists():
     with pytest.raises(ValueError, match="2 EMA tensors but 1 model"):
         ema_update_([torch.zeros(1), torch.zeros(1)], [torch.zeros(1)], momentum_tensor(0.5, "cpu"))

@@ -62,22 +62,45 @@ def digits_val(n, run=None):
     return pixels.permute(0, 2, 3, 1).numpy(), y.numpy()
 
 
-def reference_predictions(run_dir, images_u8):
-    """The teacher_one predictions of the run's checkpoint on uint8 images, computed directly."""
+def reference_logits(run_dir, images_u8):
+    """The teacher_one logits of the run's checkpoint on uint8 images, computed directly in fp32
+    (the suites these are compared with run with --no-amp: the same precision on every CPU)."""
     from adautomix_fast.data.transforms import NORMALIZATION
 
     run = load_run(str(run_dir))
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in NORMALIZATION["digits"])
     x = (torch.from_numpy(np.ascontiguousarray(images_u8)).permute(0, 3, 1, 2).float() / 255 - mean) / std
     with torch.no_grad():
-        return run.model.eval_logits(x, ("teacher_one",))["teacher_one"].argmax(1).numpy()
+        return run.model.eval_logits(x, ("teacher_one",))["teacher_one"]
+
+
+# Logits whose top two are closer than this may be ranked either way by another CPU's fp32
+# kernels, or by the same CPU at another batch size (different convolution algorithms): 1e-4 is
+# a thousand times the fp32 rounding of logits of this size (|z| < 10, epsilon 6e-8).
+NEAR_TIE = 1e-4
+
+
+def top1_bounds(logits, labels):
+    """(lowest, highest) top-1 in % that an evaluation of these logits may report: images whose
+    top-two logits nearly tie count as wrong for the lowest and right for the highest. Asserts
+    that such images are few, so that the bounds still test something."""
+    top2 = logits.topk(2, dim=1).values
+    tied = (top2[:, 0] - top2[:, 1] < NEAR_TIE).numpy()
+    right = (logits.argmax(1).numpy() == labels) & ~tied
+    assert tied.mean() <= 0.25, f"{tied.sum()} of {len(tied)} images nearly tie: not data to check accuracy on"
+    return 100 * right.mean(), 100 * (right | tied).mean()
+
+
+def assert_top1(reported, logits, labels):
+    low, high = top1_bounds(logits, labels)
+    assert low - 1e-9 <= reported <= high + 1e-9, (reported, low, high)
 
 
 # ---------------------------------------------------------------------------- every suite
 def test_every_suite_end_to_end_writes_agreeing_results_report_and_pictures(runs, capsys):
     run = runs[0]
     code, out, err = evaluate([run, "--suite", "all", "--limit", 40, "--corruptions", "gaussian_noise,contrast",
-                               "--severities", "1,5", "--cam-images", 3, *FAST], capsys)
+                               "--severities", "1,5", "--cam-images", 3, "--no-amp", *FAST], capsys)
     assert code == 0, err
     folder = run / "eval-all-teacher_one-correct"
     assert f"evaluation written to {folder}" in out
@@ -90,8 +113,7 @@ def test_every_suite_end_to_end_writes_agreeing_results_report_and_pictures(runs
 
     # accuracy: every head, and the headline equals the checkpoint's predictions computed here
     images, labels = digits_val(40, run)
-    pred = reference_predictions(run, images)
-    assert r["accuracy"]["top1"] == pytest.approx(100 * np.mean(pred == labels))
+    assert_top1(r["accuracy"]["top1"], reference_logits(run, images), labels)
     assert set(r["accuracy"]["heads"]) == {"teacher_one", "teacher_mix", "student_one", "student_mix"}
     assert f"| teacher_one | {r['accuracy']['top1']:.2f} | {r['accuracy']['top5']:.2f} |" in report
 
@@ -168,10 +190,10 @@ def write_cifar_c(folder, images, labels, corruptions, shape_override=None):
     np.save(os.path.join(folder, "labels.npy"), np.tile(labels, 5))
 
 
-def expected_per_severity(run, images, labels):
-    clean = 100 * np.mean(reference_predictions(run, images) == labels)
-    black = 100 * np.mean(reference_predictions(run, np.zeros_like(images)) == labels)
-    return clean, black
+def per_severity_logits(run, images):
+    """teacher_one logits of the clean images (severities 1-4 of the files below) and of the black
+    ones (severity 5)."""
+    return reference_logits(run, images), reference_logits(run, np.zeros_like(images))
 
 
 def test_cifar_c_layout_gives_per_severity_accuracy(runs, tmp_path, capsys):
@@ -179,15 +201,20 @@ def test_cifar_c_layout_gives_per_severity_accuracy(runs, tmp_path, capsys):
     images, labels = digits_val(30, run)
     write_cifar_c(tmp_path / "c", images, labels, ("fog", "saturate"))
     code, _, err = evaluate([run, "--suite", "corruption", "--corruption-dir", tmp_path / "c", "--corruptions",
-                             "fog,saturate", "--out", tmp_path / "ev", *FAST], capsys)
+                             "fog,saturate", "--out", tmp_path / "ev", "--no-amp", *FAST], capsys)
     assert code == 0, err
     cor = json.loads((tmp_path / "ev" / "results.json").read_text())["results"]["corruption"]
-    clean, black = expected_per_severity(run, images, labels)
+    clean, black = per_severity_logits(run, images)
     assert cor["layout"] == "CIFAR-C (.npy)" and cor["images_per_cell"] == 30
     for c in ("fog", "saturate"):
-        assert [cor["top1"][c][s] for s in "1234"] == pytest.approx([clean] * 4) and cor["top1"][c]["5"] == pytest.approx(black)
-    assert cor["per_severity"]["5"] == pytest.approx(black)
-    assert cor["mean_standard"] == pytest.approx((4 * clean + black) / 5)     # fog is standard, saturate is not
+        for s in "1234":
+            assert_top1(cor["top1"][c][s], clean, labels)
+        assert_top1(cor["top1"][c]["5"], black, labels)
+        # the same images in every clean cell: the same score, whatever the CPU
+        assert len({cor["top1"][c][s] for s in "1234"}) == 1
+    assert cor["per_severity"]["5"] == pytest.approx(np.mean([cor["top1"][c]["5"] for c in ("fog", "saturate")]))
+    fog = cor["top1"]["fog"]
+    assert cor["mean_standard"] == pytest.approx(np.mean([fog[s] for s in "12345"]))   # fog is standard, saturate is not
 
 
 def test_imagenet_c_layout_gives_per_severity_accuracy(runs, tmp_path, capsys):
@@ -199,12 +226,13 @@ def test_imagenet_c_layout_gives_per_severity_accuracy(runs, tmp_path, capsys):
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(folder / f"{i:03d}.png")
     code, _, err = evaluate([run, "--suite", "corruption", "--corruption-dir", tmp_path / "inc", "--corruptions", "snow",
-                             "--severities", "1,2", "--out", tmp_path / "ev", *FAST], capsys)
+                             "--severities", "1,2", "--out", tmp_path / "ev", "--no-amp", *FAST], capsys)
     assert code == 0, err
     cor = json.loads((tmp_path / "ev" / "results.json").read_text())["results"]["corruption"]
-    clean, black = expected_per_severity(run, images, labels)
+    clean, black = per_severity_logits(run, images)
     assert cor["layout"] == "ImageNet-C (folders)" and cor["images"] == {"snow/1": 20, "snow/2": 20}
-    assert cor["top1"]["snow"]["1"] == pytest.approx(clean) and cor["top1"]["snow"]["2"] == pytest.approx(black)
+    assert_top1(cor["top1"]["snow"]["1"], clean, labels)
+    assert_top1(cor["top1"]["snow"]["2"], black, labels)
 
 
 # ---------------------------------------------------------------------------- bad input
@@ -316,7 +344,11 @@ def test_default_precision_is_the_trainings_so_every_head_scores_as_logged(runs,
     """Without --amp/--no-amp the suite uses the training's precision rule for this machine, so
     each head's top-1 equals the run's last logged evaluation; --no-amp is fp32 anywhere."""
     expected = resolve_precision(None, "bf16", "cpu")
-    code, out, _ = evaluate([runs[0], "--suite", "accuracy", "--out", tmp_path / "default", "--workers", 0], capsys)
+    # The training's own evaluation batches (its batch size), so that each image is scored by the
+    # same kernels as in the log: another batch size may round near-tied logits the other way.
+    batch = load_run(str(runs[0])).config["batch_size"]
+    code, out, _ = evaluate([runs[0], "--suite", "accuracy", "--out", tmp_path / "default", "--workers", 0,
+                             "--batch-size", batch], capsys)
     assert code == 0 and expected.reason in out
     with open(tmp_path / "default" / "results.json") as f:
         result = json.load(f)

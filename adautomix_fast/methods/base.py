@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..generator import fp32_region
+from ..numerics import at_least_fp32, fp32_region
 from ..models import Classifier
 
 
@@ -66,8 +66,8 @@ def cross_entropy(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float 
     """Batch-mean cross-entropy in fp32 (autocast off), with optional label smoothing."""
     with fp32_region(logits):
         if label_smoothing:
-            return F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
-        return F.cross_entropy(logits.float(), y)
+            return F.cross_entropy(at_least_fp32(logits), y, label_smoothing=label_smoothing)
+        return F.cross_entropy(at_least_fp32(logits), y)
 
 
 def pair_mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, perm: torch.Tensor, lam: torch.Tensor,
@@ -76,7 +76,7 @@ def pair_mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, perm: torch.
     ClsHead); equal to soft-target CE with lam * onehot(y) + (1 - lam) * onehot(y[perm]).
     ``lam`` is a 0-dim tensor (one per batch) or a [B] tensor (one per sample)."""
     with fp32_region(logits):
-        z = logits.float()
+        z = at_least_fp32(logits)
         if lam.dim() == 0:
             return (lam * cross_entropy(z, y, label_smoothing)
                     + (1.0 - lam) * cross_entropy(z, y[perm], label_smoothing))
