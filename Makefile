@@ -14,7 +14,7 @@ ARGS    ?=
 TRAIN_ARGS ?=
 OUT     ?= bench/results
 
-.PHONY: install train test bench bench-step gpu-check clean
+.PHONY: install train test test-compat bench bench-step gpu-check clean
 
 $(PYTHON):
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,11 @@ train: install
 
 test: install
 	$(PYTHON) -m pytest -q tests $(ARGS)
+
+# The compiled-step, kernel and import tests on the GPU image's versions (torch 2.11, triton 3.6,
+# Python 3.12 when present, none of the optional packages) in .venv-compat: tools/test-compat.
+test-compat:
+	tools/test-compat $(ARGS)
 
 # pytest-benchmark suites (step, kernels, data), this machine's sizes; each run is kept in
 # .benchmarks/ so that the next one compares: make bench ARGS="--benchmark-compare".

@@ -204,7 +204,7 @@ def ema_update_reference(ema: Sequence[torch.Tensor], model: Sequence[torch.Tens
     _validate(ema, model, momentum, allow_double=True)
     if not ema:
         return
-    dtype = ema[0].dtype if all(e.dtype == torch.float64 for e in ema) else torch.float32
+    dtype = torch.float64 if ema[0].dtype == torch.float64 else torch.float32   # validated: all alike
     weight = (1.0 - momentum).to(dtype)
     model = [x if x.dtype == dtype else x.to(dtype) for x in model]
     torch._foreach_lerp_(ema, model, [weight] * len(ema))
@@ -224,7 +224,7 @@ def ema_update_(ema: Sequence[torch.Tensor], model: Sequence[torch.Tensor], mome
     if not isinstance(momentum, torch.Tensor):
         raise _momentum_type_error(momentum)
     device_type = ema[0].device.type if ema else momentum.device.type
-    double = bool(ema) and ema[0].dtype == torch.float64
+    double = len(ema) > 0 and ema[0].dtype == torch.float64
     if _OP_DEVICES.get(device_type, False) and not double:
         try:
             torch.ops.adautomix_fast.ema_update_(ema, model, momentum)  # validates in C++

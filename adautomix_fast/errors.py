@@ -15,3 +15,10 @@ class UsageError(Exception):
 
 class DataError(UsageError):
     """The data set is missing, empty or unreadable (the message names the path)."""
+
+
+class CompiledStepError(RuntimeError):
+    """The compiled (fused) step failed: the message names the step, the torch version and the
+    fallback (``--impl reference``). Not the user's input, so the CLI exits with status 1."""
+
+    exit_code = 1

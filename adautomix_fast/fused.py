@@ -41,7 +41,9 @@ from typing import Optional
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from . import fatal
 from .ema import MOMENTUM_DTYPE, ema_update_
+from .errors import CompiledStepError
 from .optim import InGraphOptimizer, unscale_and_check_
 from .segmented_bn import SegmentedBatchNorm2d, convert_batchnorm, set_segment_size
 
@@ -129,6 +131,8 @@ class FusedStep:
         # method that varies N per step gets one graph per N, and that is not a recompilation).
         self._calls_per_n: dict = {}
         self._late_graphs: Optional[int] = None
+        # Said after a failure of the compiled step (the trainer names the checkpoint it keeps).
+        self.failure_hint = ""
 
     # ------------------------------------------------------------------ state binding
     def _bind(self, batch_size: int) -> None:
@@ -154,6 +158,14 @@ class FusedStep:
                     torch._dynamo.mark_static_address(t)
             self._compiled = torch.compile(_own_code(self._step_graph), fullgraph=True, dynamic=False,
                                            mode=self.mode, backend=self.backend)
+            fatal.set_message("error: " + self.failure_line("the process died in native code"))
+
+    def failure_line(self, what: str) -> str:
+        """One line for a failure of the compiled step: which step, which torch, the fallback."""
+        how = self.backend + (f", mode {self.mode}" if self.mode else "")
+        hint = f"; {self.failure_hint}" if self.failure_hint else ""
+        return (f"the fused step (torch.compile, {how}) failed under torch {torch.__version__}: {what}; "
+                f"rerun with --impl reference (the eager step){hint}")
 
     def _static_tensors(self):
         yield from (*self.lrs, self.ema_momentum, self.loss_scale, self.growth_tracker, self.nonfinite_steps)
@@ -233,7 +245,10 @@ class FusedStep:
         if self._compiled is not None and self.device.type == "cuda":
             torch.compiler.cudagraph_mark_step_begin()
         graphs_before = _unique_graphs() if self._compiled is not None else 0
-        out = fn(x, y, plan, n)
+        if self._compiled is None:
+            out = fn(x, y, plan, n)
+        else:
+            out = self._run_compiled(x, y, plan, n)
         if self._compiled is not None:
             calls = self._calls_per_n.get(n, 0)
             self._calls_per_n[n] = calls + 1
@@ -250,6 +265,17 @@ class FusedStep:
         if momentum is not None:
             out["ema_momentum"] = torch.tensor(momentum)
         return out
+
+    def _run_compiled(self, x, y, plan, n):
+        """The compiled step; any failure becomes one line (``CompiledStepError``), and a death in
+        native code writes that line first (``fatal``)."""
+        with fatal.armed():
+            try:
+                return self._compiled(x, y, plan, n)
+            except Exception as exc:
+                first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+                detail = f"{type(exc).__name__}: {first[:300]}" if first else type(exc).__name__
+                raise CompiledStepError(self.failure_line(detail)) from exc
 
     def recompiles_after_warmup(self) -> Optional[int]:
         """Graphs compiled after the first two steps of each N (0 is the target); None before

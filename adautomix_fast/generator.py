@@ -44,8 +44,17 @@ def upsample_masks(m: torch.Tensor, size: tuple[int, int], mode: str = "bilinear
     """Low-res logits [B,N,h,w] -> full-resolution masks [B,N,H,W], softmax over N, fp32."""
     kwargs = {"align_corners": False} if mode == "bilinear" else {}
     with fp32_region(m):
-        up = F.interpolate(at_least_fp32(m), size=size, mode=mode, **kwargs)
-        return up.softmax(dim=1)
+        # Each slot is upsampled as its own one-channel image ([B*N, 1, h, w]): the same values
+        # as interpolating the [B, N, h, w] stack, and the form torch 2.11's Inductor compiles
+        # correctly on a CPU. With N = 2 slots as channels, its C++ kernel for the bilinear
+        # backward (fused with the slot softmax, the gather of the partner images and the
+        # teacher's convolution) computes the scatter index of the second slot with the wrong
+        # stride and writes past its buffer: heap corruption, or an abort on a bounds check
+        # ("index out of bounds: 0 <= tmp40 < 12L"). 2.13 and 2.14 compile both forms correctly
+        # (2.12 untested). Reproducer: tests/test_inductor_regressions.py.
+        b, n, h, w = m.shape
+        up = F.interpolate(at_least_fp32(m).reshape(b * n, 1, h, w), size=size, mode=mode, **kwargs)
+        return up.view(b, n, *size).softmax(dim=1)
 
 
 def mix_images(masks: torch.Tensor, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

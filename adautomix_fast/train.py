@@ -26,7 +26,7 @@ from .config import ARCHS, DATA_BACKENDS, DATASETS, GEN_KERNELS, IMPLS, PRESETS,
 from .data import DATA_ENV, AugmentRecipe, build_loaders
 from .devices import pick_device
 from .engine import Precision, Schedule, build_optimizer, build_step, resolve_impl
-from .errors import UsageError
+from .errors import CompiledStepError, UsageError
 from .runfolder import LAST, RunFolder, SilentRunFolder, default_run_name
 from .generator import resolve_gen_kernels
 from .methods import METHODS, build_model
@@ -450,6 +450,8 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
                       cifar_stem=cifar_stem, folder=folder, say=say)
     if resumed is not None:
         trainer.load(resumed)
+    if hasattr(step, "failure_hint"):
+        step.failure_hint = f"the last checkpoint in {folder.path} is kept (resume from it with --resume {folder.path})"
     try:
         return _train(cfg, args, trainer, summary, impl, stop_after, resumed is not None, global_batch)
     except BaseException:
@@ -523,7 +525,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except FloatingPointError as e:
+    except (FloatingPointError, CompiledStepError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

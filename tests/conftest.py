@@ -35,3 +35,4 @@ def cpu_generator():
 def no_data_env(monkeypatch):
     """Tests name their data explicitly: a user's $ADAUTOMIX_DATA must not change what they read."""
     monkeypatch.delenv("ADAUTOMIX_DATA", raising=False)
+

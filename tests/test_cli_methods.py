@@ -11,6 +11,7 @@ from adautomix_fast.methods import METHODS
 from adautomix_fast.train import main
 
 from cli_helpers import read_log
+from optional import skip_without_requirements
 
 TINY = ["--arch", "tiny", "--img-size", "16", "--workers", "0", "--batch-size", "200", "--no-amp"]
 TEACHER_METHODS = ("adautomix", "automix")
@@ -25,6 +26,7 @@ def test_every_method_trains_an_epoch_through_the_cli(method, impl, tmp_path, ca
     # The fused runs are captured as one graph by dynamo and run without code generation
     # (backend "eager"; the Inductor-compiled steps are tested in test_methods.py), so all the
     # methods stay quick. Batches of 400: 3 steps per epoch.
+    skip_without_requirements(method)
     extra = ["--compile-backend", "eager"] if impl == "fused" else []
     code = main(TINY + ["--method", method, "--impl", impl, "--epochs", "1", "--log-interval", "1",
                         "--batch-size", "400", "--output", str(tmp_path), "--run-name", "r"] + extra)

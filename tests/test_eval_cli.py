@@ -17,6 +17,7 @@ from adautomix_fast.evaluate.plots import read_data
 from adautomix_fast.precision import resolve_precision
 
 from cli_helpers import read_log, single_error_line
+from optional import skip_without
 
 pytestmark = pytest.mark.slow   # trains two runs (about 10-60 s on 2 cores, depending on load)
 
@@ -98,6 +99,7 @@ def assert_top1(reported, logits, labels):
 
 # ---------------------------------------------------------------------------- every suite
 def test_every_suite_end_to_end_writes_agreeing_results_report_and_pictures(runs, capsys):
+    skip_without("pytorch_grad_cam", "imagecorruptions")     # Grad-CAM panels, synthesised corruptions
     run = runs[0]
     code, out, err = evaluate([run, "--suite", "all", "--limit", 40, "--corruptions", "gaussian_noise,contrast",
                                "--severities", "1,5", "--cam-images", 3, "--no-amp", *FAST], capsys)
@@ -324,6 +326,7 @@ def mixup_run(runs):
 
 
 def test_a_baseline_run_is_evaluated_on_its_own_head_and_compared_by_method(runs, mixup_run, tmp_path, capsys):
+    skip_without("pytorch_grad_cam")
     code, _, err = evaluate([mixup_run, "--suite", "accuracy,calibration,cam", "--limit", 20, "--cam-images", 2, *FAST],
                             capsys)
     assert code == 0, err

@@ -15,6 +15,8 @@ from adautomix_fast.evaluate import attacks, calibration, occlusion
 from adautomix_fast.evaluate.context import HeadClassifier
 from adautomix_fast.evaluate.plots import read_data
 
+from optional import skip_without, skip_without_requirements
+
 CIFAR_MEAN = torch.tensor((0.5071, 0.4865, 0.4409)).view(1, 3, 1, 1)
 CIFAR_STD = torch.tensor((0.2673, 0.2564, 0.2762)).view(1, 3, 1, 1)
 
@@ -112,6 +114,7 @@ class _Wrapped(torch.nn.Module):
 
 
 def test_fgsm_equals_torchattacks_with_normalisation(small_model):
+    skip_without("torchattacks")
     import torchattacks
 
     net, model = small_model
@@ -132,6 +135,7 @@ def test_fgsm_equals_torchattacks_with_normalisation(small_model):
 
 
 def test_pgd_equals_torchattacks_with_the_same_random_start(small_model):
+    skip_without("torchattacks")
     import torchattacks
 
     net, model = small_model
@@ -203,6 +207,7 @@ def test_occlude_zeroes_whole_patches_only():
 
 # ---------------------------------------------------------------------------- synthesised corruptions
 def test_synthesised_corruptions_are_seeded_per_image_not_per_batch():
+    skip_without("imagecorruptions")
     from adautomix_fast.evaluate.corruption import corrupt_images
 
     rng = np.random.RandomState(0)
@@ -217,6 +222,7 @@ def test_synthesised_corruptions_are_seeded_per_image_not_per_batch():
 
 
 def test_images_under_32_px_are_corrupted_at_32_and_boxed_back():
+    skip_without("imagecorruptions")
     from PIL import Image as PILImage
 
     from adautomix_fast.evaluate.corruption import corrupt_images
@@ -286,6 +292,7 @@ def test_vis_epochs_default_to_ten_pictures_per_run():
 
 @pytest.mark.parametrize("method", ["vanilla", "mixup", "cutmix", "adautomix"])
 def test_mix_grid_of_every_methods_visualize_dict(method, tmp_path):
+    skip_without_requirements(method)
     from adautomix_fast.config import resolve
     from adautomix_fast.evaluate.mixvis import MixVisual, render_mix_grid
     from adautomix_fast.methods import build_model

@@ -113,6 +113,12 @@ class MixModel(nn.Module):
     def device(self) -> torch.device:
         return self.num_updates.device
 
+    @classmethod
+    def missing_requirement(cls) -> Optional[str]:
+        """Why this method cannot run in this environment (an optional package it needs is not
+        installed: the one-line message naming the install command), or None."""
+        return None
+
     # ------------------------------------------------------------------ the step
     def sample_plan(self, batch_size: int, generator: Optional[torch.Generator] = None,
                     n: Optional[int] = None, image_size: Optional[tuple[int, int]] = None) -> NamedTuple:

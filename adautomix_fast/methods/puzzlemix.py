@@ -398,6 +398,14 @@ class PuzzleMix(PairMix):
     name = "puzzlemix"
     plan_outside_graph = True
 
+    @classmethod
+    def missing_requirement(cls):
+        try:
+            _gco()
+        except UsageError as exc:
+            return str(exc)
+        return None
+
     def __init__(self, arch: str, num_classes: int, *, cifar_stem: bool, mix_alpha: float = 1.0,
                  label_smoothing: float = 0.0, block_num: int = 5, beta: float = 1.2, gamma: float = 0.5,
                  eta: float = 0.2, transport: str = "approx", t_eps: float = 0.8, t_size: int = 4,

@@ -51,6 +51,14 @@ class SaliencyMix(CutMix):
     name = "saliencymix"
     plan_outside_graph = True
 
+    @classmethod
+    def missing_requirement(cls):
+        try:
+            _saliency_module()
+        except UsageError as exc:
+            return str(exc)
+        return None
+
     def sample_plan(self, batch_size: int, generator: Optional[torch.Generator] = None,
                     n: Optional[int] = None, image_size: Optional[tuple[int, int]] = None) -> BoxPlan:
         # A plain permutation (OpenMixup's saliencymix uses randperm, not the no-repeat draw);
