@@ -52,7 +52,7 @@ bench: install
 bench-step: install
 	$(PYTHON) -m bench.step --out $(OUT) $(ARGS)
 
-# The GPU check (spec/BENCHMARKS.md): GPU-marked tests, step benchmarks at GPU sizes, summary
+# The GPU check (docs/benchmarks.md): GPU-marked tests, step benchmarks at GPU sizes, summary
 # table and results JSON in $(OUT). Uses the Python that already has torch (GPU_PYTHON) because
 # GPU machines have torch preinstalled and may have no network; on a CPU-only machine it is a
 # dry run that says what it skipped.

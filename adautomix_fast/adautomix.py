@@ -1,4 +1,4 @@
-"""AdAutoMix: the sampling plan and the losses of one step (ALGORITHM.md sections 3 and 4).
+"""AdAutoMix: the sampling plan and the losses of one step (docs/algorithm.md, Sampling plan, Losses).
 
 `AdAutoMix` holds the student q, the EMA teacher k and the generator G. The reference step
 follows the released implementation fact by fact, including the order of every train-mode
@@ -35,7 +35,7 @@ GEN_OBJECTIVES = ("alternate", "adversarial", "cooperative")
 
 
 class MixPlan(NamedTuple):
-    """Everything random in one step, sampled once (ALGORITHM.md section 3).
+    """Everything random in one step, sampled once (docs/algorithm.md, Sampling plan).
 
     lam_gen, lam_cls: [N] fp32 ratios of the generator batch and the classifier batch
         (the same values for N >= 3; two independent draws (u, 1-u) for N = 2).
@@ -95,7 +95,7 @@ def weighted_cosine(z: torch.Tensor, sources: list[torch.Tensor], lam: torch.Ten
 class AdAutoMix(MixModel):
     """Student, EMA teacher and mask generator, with the reference step's losses.
 
-    The ablation switches (paper Tables 5, 8, 9, 10; METHODS.md) default to the released step:
+    The ablation switches (paper Tables 5, 8, 9, 10; docs/methods.md) default to the released step:
     ``loss_one`` / ``loss_mce`` / ``loss_amce`` keep the clean CE (weight 1 - alpha), the pixel
     mixup's MCE (weight alpha, N >= 3) and the student's generated-mix MCE in the classifier's
     loss; ``loss_k`` / ``loss_cos`` keep the teacher's generated-mix CE and the cosine term in the
@@ -174,7 +174,7 @@ class AdAutoMix(MixModel):
         out["drop_path"] = drop_path_rate(cfg.arch, getattr(cfg, "drop_path", None))
         return out
 
-    # ------------------------------------------------------------------ sampling (section 3)
+    # ------------------------------------------------------------------ sampling plan
     def mix_samples_at(self, step: int) -> Optional[int]:
         """With ``random_mix_samples``: N uniform on 2..mix_samples, a function of (seed, step)
         alone (released ``is_random``: Python's random.randint per step)."""
@@ -187,7 +187,7 @@ class AdAutoMix(MixModel):
         """Draw lambda and both permutation tuples on the model's device with torch RNG.
 
         Permutations are ``argsort(rand(B))`` rather than ``randperm``: the same law, and a form
-        that torch.compile handles on every supported version (spec/COMPILE.md fact 3).
+        that torch.compile handles on every supported version (docs/compile.md, fact 3).
         A ``generator`` (on the model's device) makes the plan reproducible. ``n``: the number of
         images mixed this step (default ``mix_samples``).
         """
@@ -227,7 +227,7 @@ class AdAutoMix(MixModel):
             if tuple(lam.shape) != (n,):
                 raise ValueError(f"plan.{name} must have shape [{n}], got {list(lam.shape)}")
 
-    # ------------------------------------------------------------------ losses (section 4)
+    # ------------------------------------------------------------------ losses
     def adversarial(self) -> torch.Tensor:
         """0-dim bool on the device: this step's generator objective is the adversarial one
         (alternate: the 1st, 3rd, 5th ... step of training)."""
@@ -384,7 +384,7 @@ class AdAutoMix(MixModel):
             terms["train_gen"] = plan.train_gen.float()
         return terms
 
-    # ------------------------------------------------------------------ EMA (section 6)
+    # ------------------------------------------------------------------ EMA teacher
     def ema_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """(teacher parameters, student parameters): backbone, head_one and head_mix."""
         return teacher_pairs(self.teacher, self.student)

@@ -9,9 +9,12 @@ and step counters, the resolved config and its fingerprint.
 
 from __future__ import annotations
 
+import errno
+import glob
 import os
+import shutil
 import tempfile
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 import torch
 
@@ -19,24 +22,103 @@ from .config import Config
 from .errors import UsageError
 
 FORMAT_VERSION = 1
+TMP_PREFIX, TMP_SUFFIX = ".tmp-", ".pt"
+
+
+class NoSpaceError(OSError):
+    """The disk filled up while a checkpoint was written (the temporary file is removed again);
+    ``needed`` is the checkpoint's approximate size and ``free`` what the disk had left, in bytes."""
+
+    def __init__(self, path: str, needed: int, free: int):
+        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        self.needed, self.free = needed, free
+
+
+def _write(obj: Any, f) -> None:
+    torch.save(obj, f)
+    f.flush()
+    os.fsync(f.fileno())
+
+
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of every tensor in a nested dict/list: about what ``torch.save`` writes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+def _is_disk_full(exc: BaseException, folder: str, needed: int) -> bool:
+    # torch.save's zip writer reports a failed write as a RuntimeError ("[enforce fail at
+    # inline_container.cc...] file write failed") without the errno, so a full disk is also
+    # recognised by the free space left after the failure.
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    if isinstance(exc, RuntimeError) and "write" in str(exc).lower():
+        try:
+            return shutil.disk_usage(folder).free < needed
+        except OSError:
+            return False
+    return False
 
 
 def atomic_save(obj: Any, path: str) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over ``path``:
-    a crash leaves either the old file or the new one, never a half-written one."""
+    a crash leaves either the old file or the new one, never a half-written one. A full disk
+    is a `NoSpaceError` (the temporary file removed, ``path`` untouched)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=folder)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+            _write(obj, f)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        needed = tensor_bytes(obj)
+        if _is_disk_full(exc, folder, needed):
+            try:
+                free = shutil.disk_usage(folder).free
+            except OSError:
+                free = 0
+            raise NoSpaceError(path, needed, free) from None
         raise
+
+
+def remove_orphaned_temporaries(folder: str) -> list[str]:
+    """Delete the temporary files a killed writer left in ``folder`` (call while holding the
+    run folder's lock, so that no live writer owns them)."""
+    removed = []
+    for tmp in glob.glob(os.path.join(glob.escape(folder), f"{TMP_PREFIX}*{TMP_SUFFIX}")):
+        try:
+            os.unlink(tmp)
+            removed.append(tmp)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def nonfinite_tensors(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the floating-point tensors holding an inf or a NaN. One reduction on the device
+    for the common, all-finite case (the norms of every tensor, stacked); only when that is not
+    finite (a NaN/inf, or a finite tensor whose norm overflows) is each tensor checked exactly."""
+    pairs = [(n, t.detach()) for n, t in named if isinstance(t, torch.Tensor) and t.is_floating_point() and t.numel()]
+    if not pairs:
+        return []
+    by_device: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
+    for n, t in pairs:
+        by_device.setdefault((t.device, t.dtype), []).append((n, t))
+    bad: list[str] = []
+    for group in by_device.values():
+        norms = torch._foreach_norm([t for _, t in group])
+        if bool(torch.stack(norms).isfinite().all()):
+            continue
+        bad.extend(n for n, t in group if not bool(t.isfinite().all()))
+    return bad
 
 
 def rng_state(device: torch.device, plan_generator: Optional[torch.Generator] = None) -> dict:
@@ -63,28 +145,53 @@ def load(path: str) -> dict:
     if os.path.isdir(path):
         candidate = os.path.join(path, "checkpoint-last.pt")
         if not os.path.exists(candidate):
-            raise UsageError(f"--resume {path}: folder has no checkpoint-last.pt; pass a checkpoint file")
+            if os.path.exists(os.path.join(path, "checkpoint-best.pt")):
+                raise UsageError(f"--resume {path}: the run folder has no checkpoint-last.pt; pass "
+                                 f"--resume {os.path.join(path, 'checkpoint-best.pt')} to continue from the best one")
+            if os.path.exists(os.path.join(path, "config.yaml")):
+                raise UsageError(f"--resume {path}: this run never reached its first checkpoint, so there is "
+                                 "nothing to continue; start it afresh with the same --output and --run-name "
+                                 "(without --resume)")
+            raise UsageError(f"--resume {path}: not a run folder of this engine (no checkpoint-last.pt); "
+                             "pass a run folder or its checkpoint file")
         path = candidate
     if not os.path.exists(path):
         raise UsageError(f"--resume {path}: no such checkpoint file")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated file, not a torch file, ...
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"--resume {path}: not a readable checkpoint ({first})") from None
+    except Exception as e:
+        raise UsageError(f"--resume {path}: {_unreadable_reason(e)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != "adautomix_fast" or "config" not in ckpt:
-        raise UsageError(f"--resume {path}: not an adautomix_fast checkpoint")
+        raise UsageError(f"--resume {path}: not a checkpoint of this engine (a torch file without its "
+                         "run state); pass the checkpoint-last.pt or checkpoint-best.pt of a run folder")
     return ckpt
 
 
-def check_compatible(ckpt: dict, cfg: Config, path: str) -> None:
-    """Refuse (one line) a checkpoint trained with another model/algorithm configuration."""
+def _unreadable_reason(exc: Exception) -> str:
+    """Why torch.load(weights_only=True) refused a file, without torch's advice to retry with
+    weights_only=False (it would run arbitrary code from the file, and no checkpoint of this
+    engine needs it)."""
+    import pickle
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) or "weights only load failed" in text.lower() or "load key" in text:
+        return ("not a checkpoint of this engine (it is not a weights-only torch file); pass the "
+                "checkpoint-last.pt or checkpoint-best.pt of a run folder")
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
+    return f"not a readable checkpoint file (damaged or truncated: {first})"
+
+
+def check_compatible(ckpt: dict, cfg: Config, path: str, allowed: tuple[str, ...] = ()) -> None:
+    """Refuse (one line) a checkpoint trained with another model/algorithm configuration;
+    ``allowed``: identity fields the user explicitly lets change (``--override-lr``)."""
     saved = Config.from_dict(ckpt["config"]).identity()
     wanted = cfg.identity()
-    diffs = [f"{k}={saved[k]!r} (this run: {wanted[k]!r})" for k in cfg.IDENTITY if saved.get(k) != wanted.get(k)]
+    diffs = [f"{k}={saved[k]!r} (this run: {wanted[k]!r})" for k in cfg.IDENTITY
+             if saved.get(k) != wanted.get(k) and k not in allowed]
     if diffs:
-        raise UsageError(f"checkpoint {path} is from another configuration: {', '.join(diffs)}; "
-                         "resume with the same settings or start a new run")
+        lr_only = all(d.split("=")[0] in ("lr", "min_lr", "gen_lr", "gen_min_lr") for d in diffs)
+        fix = ("add --override-lr to change the learning rate of the resumed run" if lr_only
+               else "resume with the same settings or start a new run")
+        raise UsageError(f"checkpoint {path} is from another configuration: {', '.join(diffs)}; {fix}")
 
 
 def export_torchvision(model) -> dict[str, torch.Tensor]:

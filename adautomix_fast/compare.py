@@ -33,6 +33,7 @@ from typing import Any, Optional
 
 from .errors import UsageError
 from .methods import METHODS
+from .records import read_jsonl
 
 LAST = "checkpoint-last.pt"
 
@@ -69,11 +70,8 @@ def _flag_value(argv: list[str], flag: str, default: str) -> str:
 
 
 def read_log(folder: str) -> list[dict]:
-    path = os.path.join(folder, "log.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """The run's log.jsonl records (a torn last line of a killed run dropped)."""
+    return read_jsonl(os.path.join(folder, "log.jsonl"))
 
 
 def run_state(folder: str) -> str:

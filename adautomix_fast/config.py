@@ -18,7 +18,7 @@ from .errors import UsageError
 from .models.specs import ARCH_SPECS, check_image_size
 
 ARCHS = ("r18", "r34", "r50", "rx50", "tiny",
-         # issue 14: transformers and ConvNeXt (models.ARCH_SPECS), and their test variants
+         # transformers and ConvNeXt (models.ARCH_SPECS, docs/archs.md), and their test variants
          "swin_t", "convnext_t", "deit_s", "tiny_swin", "tiny_convnext", "tiny_deit")
 DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet", "imagenet", "folder",
             "cub200", "aircraft", "cars")
@@ -49,17 +49,17 @@ class Config:
     # --- model
     arch: str = "r18"
     cifar_stem: Optional[bool] = None       # None: automatic (images of 64 px or less)
-    # --- generator (ALGORITHM.md section 2)
+    # --- generator (docs/algorithm.md, Generator)
     mix_samples: int = 3
     lam_concat: bool = False
     gen_norm: bool = False
     upsample: str = "bilinear"
     gen_kernels: str = "auto"               # auto: Triton kernels with the fused impl on CUDA, else PyTorch
-    # --- losses (section 4)
+    # --- losses (docs/algorithm.md, Losses)
     beta: float = 0.3
     alpha: float = 0.5
     lam_margin: float = 0.03
-    # --- method (METHODS.md): AdAutoMix or a baseline, and its options
+    # --- method (docs/methods.md): AdAutoMix or a baseline, and its options
     method: str = "adautomix"
     mix_alpha: Optional[float] = None       # lambda's Beta(a, a); None: the method's published default
     label_smoothing: float = 0.0
@@ -99,7 +99,7 @@ class Config:
     gen_lr: Optional[float] = None          # None: G shares the student's lr and schedule
     gen_min_lr: Optional[float] = None
     lr_per_step: bool = False               # released configs anneal per epoch
-    # --- EMA teacher (section 6)
+    # --- EMA teacher (docs/algorithm.md, EMA teacher)
     ema_start: float = 0.999
     ema_end: float = 0.999999
     ema_warmup: float = 0.1                 # fraction of training at constant ema_start
@@ -124,7 +124,7 @@ class Config:
     sync_bn: bool = False                   # SyncBatchNorm across ranks (reference impl, CUDA)
     preset: Optional[str] = None
     notes: str = ""
-    # --- architecture recipes (issue 14)
+    # --- architecture recipes (docs/archs.md, Recipes)
     optimizer: str = "sgd"                  # sgd | adamw (adamw: the transformer/ConvNeXt recipes)
     adam_beta1: float = 0.9                 # AdamW betas and eps (the released 0.9, 0.999, 1e-8)
     adam_beta2: float = 0.999
@@ -145,11 +145,16 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
+        """A Config from settings of any source (flags, YAML, a checkpoint), each value checked
+        against its field's declared type first: one line naming the key and the expected type."""
         known = {f.name for f in fields(cls)}
+        bad_keys = [k for k in d if not isinstance(k, str)]
+        if bad_keys:
+            raise UsageError(f"config key {bad_keys[0]!r} is not a name; keys are config names such as lr or batch_size")
         unknown = set(d) - known
         if unknown:
             raise UsageError(f"unknown config keys {sorted(unknown)}; valid keys: {sorted(known)}")
-        return cls(**d)
+        return cls(**{k: checked_value(k, v) for k, v in d.items()})
 
     # The fields that define *what* is trained. A checkpoint may be resumed with a different
     # output folder, worker count or log interval, but not with another model or algorithm.
@@ -224,6 +229,20 @@ class Config:
             raise UsageError(f"--save-every-steps must be >= 0 (got {self.save_every_steps})")
         if self.workers < 0:
             raise UsageError(f"--workers must be >= 0 (got {self.workers})")
+        if self.log_interval < 1:
+            raise UsageError(f"--log-interval must be at least 1 (got {self.log_interval})")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise UsageError(f"--eval-batch-size must be at least 1 (got {self.eval_batch_size})")
+        if not 0 <= self.seed < 2 ** 63:
+            raise UsageError(f"--seed must be a non-negative whole number below 2**63 (got {self.seed})")
+        if not 0.0 <= self.momentum < 1.0:
+            raise UsageError(f"--momentum must be in [0, 1) (got {self.momentum})")
+        if self.weight_decay < 0:
+            raise UsageError(f"--weight-decay must be >= 0 (got {self.weight_decay})")
+        if self.gen_lr is not None and (self.gen_lr <= 0 or (self.gen_min_lr is not None
+                                                             and not 0 <= self.gen_min_lr <= self.gen_lr)):
+            raise UsageError(f"need 0 <= --gen-min-lr <= --gen-lr and --gen-lr > 0 (got gen_lr={self.gen_lr}, "
+                             f"gen_min_lr={self.gen_min_lr})")
         validate_recipe(self)
 
 
@@ -256,8 +275,55 @@ class Config:
                                  f"(--method {self.method} has no generator)")
 
 
-# Dataset-level defaults: the published setting of each family (ALGORITHM.md section 9),
-# applied before a preset and before explicit flags.
+def _field_types() -> dict[str, Any]:
+    import typing
+    return typing.get_type_hints(Config)
+
+
+def _setting(key: str) -> str:
+    return f"--{key.replace('_', '-')} (config key {key})"
+
+
+def checked_value(key: str, value: Any) -> Any:
+    """``value`` as the type declared for ``key`` (an int is a valid float), or a UsageError:
+    bools are not numbers, floats must be finite, whole-number fields take no fraction."""
+    import math
+    import typing
+    declared = _field_types()[key]
+    optional = type(None) in typing.get_args(declared)
+    base = next((a for a in typing.get_args(declared) if a is not type(None)), declared) if optional else declared
+    if value is None:
+        if optional:
+            return None
+        raise UsageError(f"{_setting(key)} needs a value (got none)")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        expected = "true or false"
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        expected = "a whole number"
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if math.isfinite(value):
+                return float(value)
+            expected = "a finite number"
+        else:
+            expected = "a number"
+    elif base is str:
+        if isinstance(value, str):
+            return value
+        expected = "a string"
+    else:   # no other field types exist; a new one must be added here
+        raise TypeError(f"config field {key} has an unsupported type {declared}")
+    if optional:
+        expected += " or none"
+    raise UsageError(f"{_setting(key)} must be {expected} (got {value!r})")
+
+
+# Dataset-level defaults: the published setting of each family (docs/algorithm.md, Published
+# settings), applied before a preset and before explicit flags.
 _CIFAR_LIKE = dict(mix_samples=3, beta=0.3, alpha=0.5, lam_concat=False, gen_norm=False,
                    lr=0.1, batch_size=100, ema_end=0.999999)
 # ImageNet: the generator has BatchNorm only with the ResNet-50 trunk (the released R50 config sets
@@ -273,9 +339,10 @@ _FINEGRAINED = dict(mix_samples=3, beta=0.3, alpha=0.5, lam_concat=True, gen_nor
                     gen_lr=0.1, gen_min_lr=1e-3, ema_end=0.99999)
 
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    # The bundled default is a demo of 84 steps (3 epochs of 28 batches of 50): ALGORITHM.md
-    # section 6 asks for an EMA schedule scaled to the run's length. With momentum 0.9 -> 0.99
-    # the teacher averages the last ~10-100 steps instead of staying at its initial weights.
+    # The bundled default is a demo of 84 steps (3 epochs of 28 batches of 50), too short for the
+    # published EMA schedule, so it is scaled to the run's length (docs/algorithm.md, EMA teacher).
+    # With momentum 0.9 -> 0.99 the teacher averages the last ~10-100 steps instead of staying at
+    # its initial weights.
     # lr 0.1 makes ResNet-18 diverge in the first steps on this tiny set (no warm-up); 0.02 with
     # batch 50 learns. 16 px (the 8x8 digits upsampled twice; the loaders' native 32 px adds no
     # detail): a quarter of the 32 px cost, so the demo stays a few minutes on a 2-core CPU
@@ -331,8 +398,8 @@ _TRANSFORMER_CIFAR = dict(
     label_smoothing=0.1, gen_train_prob=0.8,
 )
 
-# Named presets: the published settings of ALGORITHM.md section 9. CIFAR presets train the
-# paper's 800 epochs (the released config file says 400: pass --epochs 400 for it).
+# Named presets: the published settings (docs/algorithm.md, Published settings). CIFAR presets
+# train the paper's 800 epochs (the released config file says 400: pass --epochs 400 for it).
 PRESETS: dict[str, dict[str, Any]] = {
     "digits-r18": dict(dataset="digits", arch="r18"),
     "cifar100-r18": dict(dataset="cifar100", arch="r18", epochs=800),
@@ -340,7 +407,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "tiny-r18": dict(dataset="tiny-imagenet", arch="r18", epochs=400),
     "imagenet-r18": dict(dataset="imagenet", arch="r18", epochs=100, gen_norm=False),
     "imagenet-r50": dict(dataset="imagenet", arch="r50", epochs=100, gen_norm=True),
-    # ---- issue 14: transformers and ConvNeXt on CIFAR-100 (released configs and logs, spec/ARCHS.md)
+    # ---- transformers and ConvNeXt on CIFAR-100 (released configs and logs; docs/archs.md)
     "cifar100-swin_t": dict(_TRANSFORMER_CIFAR, **arch_generator("swin_t"), arch="swin_t", lr=5e-4, gen_lr=1e-3, warmup_epochs=20,
                             clip_grad=10.0, lam_margin=0.03, drop_path=0.2),
     "cifar100-deit_s": dict(_TRANSFORMER_CIFAR, **arch_generator("deit_s"), arch="deit_s", lr=5e-4, gen_lr=1e-3, warmup_epochs=5,
@@ -383,12 +450,12 @@ PRESET_SOURCES: dict[str, str] = {
     "imagenet-r18": "imagenet/adautomix/basic/r18_adautomix_bilinear.py",
     "imagenet-r50": "imagenet/adautomix/basic/r50_adautomix_bilinear.py",
 }
-# Issue 14's presets, from OpenMixup's copies of the released configs (github.com/Westlake-AI/
-# openmixup, configs/classification/...) and spec/ARCHS.md (the released logs).
+# The architecture and fine-grained presets, from OpenMixup's copies of the released configs
+# (github.com/Westlake-AI/openmixup, configs/classification/...) and the released training logs.
 PRESET_SOURCES.update({
     "cifar100-swin_t": "openmixup: cifar100/adautomix/vit/swin_t_l3_a1_near_sz224_mlr1e_4_bs100_ep200.py",
     "cifar100-deit_s": "openmixup: cifar100/adautomix/vit/deit_s_l6_a1_near_sz224_mlr1e_4_bs100_ep200.py",
-    "cifar100-convnext_t": "ARCHS.md (the released ConvNeXt_CIFAR log)",
+    "cifar100-convnext_t": "the released ConvNeXt_CIFAR training log",
     "cub-r18": "openmixup: cub200/adautomix/r18_adautomix_bilinear.py",
     "cub-r50": "openmixup: cub200/adautomix/r50_adautomix_bilinear.py",
     "aircraft-r18": "openmixup: aircrafts/adautomix/basic/r18_adautomix_bilinear.py",
@@ -400,7 +467,7 @@ PRESET_SOURCES.update({
 
 # ---------------------------------------------------------------------------- methods
 # lambda's Beta(a, a) concentration per method and data-set family: the published configs
-# (METHODS.md). ImageNet ResNet-18/34 use 0.2 for the cutting methods.
+# (docs/methods.md). ImageNet ResNet-18/34 use 0.2 for the cutting methods.
 METHOD_ALPHA: dict[str, dict[str, float]] = {
     "cifar": dict(mixup=1.0, cutmix=0.2, manifoldmix=2.0, saliencymix=0.2, fmix=0.2, resizemix=1.0, automix=2.0,
                   puzzlemix=1.0),
@@ -427,8 +494,8 @@ def data_family(dataset: str, arch: str) -> str:
 
 
 def method_defaults(method: str, dataset: str, arch: str) -> dict[str, Any]:
-    """The published settings of ``method`` for the data set's family (METHODS.md; for AutoMix the
-    released OpenMixup configs), applied after the data set's defaults and before a preset."""
+    """The published settings of ``method`` for the data set's family (docs/methods.md; for AutoMix
+    the released OpenMixup configs), applied after the data set's defaults and before a preset."""
     family = data_family(dataset, arch)
     out: dict[str, Any] = {}
     alphas = METHOD_ALPHA[family]
@@ -461,6 +528,9 @@ def resolve(explicit: dict[str, Any], preset: Optional[str] = None) -> Config:
     if preset is not None and preset not in PRESETS:
         raise UsageError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
     preset_values = dict(PRESETS[preset]) if preset else {}
+    for key in ("dataset", "arch", "method"):   # read below, before the whole config is checked
+        if key in explicit:
+            checked_value(key, explicit[key])
     dataset = explicit.get("dataset", preset_values.get("dataset", Config.dataset))
     if dataset not in DATASETS:
         raise UsageError(f"unknown --dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -486,7 +556,7 @@ INTERPOLATIONS = ("bilinear", "bicubic")
 
 
 def validate_recipe(cfg: Config) -> None:
-    """One-line UsageErrors for the architecture-recipe fields (issue 14); called by validate()."""
+    """One-line UsageErrors for the architecture-recipe fields; called by validate()."""
     from .data.randaugment import parse_randaugment
     from .data.transforms import NATIVE_SIZE
     from .optim import OPTIMIZERS

@@ -10,7 +10,7 @@ Two ways of synchronising gradients, one per implementation:
 
 * reference: the AdAutoMix module is wrapped in DistributedDataParallel (its forward is one whole
   ``step_losses``), ``broadcast_buffers=False`` because several BatchNorm forwards run before the
-  one backward (spec/COMPILE.md fact 9);
+  one backward (docs/compile.md, fact 9);
 * fused: DDP's gradient hooks never fire inside a graph built on ``torch.autograd.grad``, so the
   gradients (flattened into one buffer, with the loss appended) are averaged inside the compiled
   graph with a functional all-reduce, which Inductor traces.

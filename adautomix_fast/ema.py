@@ -1,4 +1,4 @@
-"""The EMA teacher: momentum schedule and parameter update (ALGORITHM.md section 6).
+"""The EMA teacher: momentum schedule and parameter update (docs/algorithm.md, EMA teacher).
 
 After every optimizer step the teacher's *parameters* follow the student's:
     theta_k <- m * theta_k + (1 - m) * theta_q

@@ -33,7 +33,7 @@ class Schedule:
     recipes). ``warmup_epochs`` > 0 multiplies the first ``warmup_steps`` by mmcv's linear warm-up
     factor (``optim.warmup_factor``: ``warmup_ratio`` at step 0, joining the cosine continuously);
     the factor is exactly 1 afterwards and without warm-up, so the SGD presets' learning rates are
-    the same floats as before the recipes existed.
+    exactly the plain cosine's floats.
     """
 
     cfg: Config
@@ -153,6 +153,11 @@ class ReferenceStep:
         self.plan_generator = plan_generator
         self.max_grad_norm = max_grad_norm
         self.global_step = 0  # host copy of model.num_updates (schedules are host-side here)
+        # Steps whose loss was not finite, counted on the device (no host sync per step) and read
+        # by the trainer at log intervals, epoch ends and before checkpoints. Unlike the fused
+        # step this one does not skip such a step: its update has reached the weights.
+        self.nonfinite_steps = torch.zeros((), dtype=torch.int64)
+        self.skips_nonfinite = False
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
@@ -173,6 +178,8 @@ class ReferenceStep:
 
         with self.precision.autocast():
             losses = self.forward(x, y, plan)
+        bad = (~torch.isfinite(losses["loss"].detach())).to(torch.int64)
+        self.nonfinite_steps = self.nonfinite_steps.to(bad.device).add_(bad)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(losses["loss"]).backward()

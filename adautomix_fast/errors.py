@@ -22,3 +22,20 @@ class CompiledStepError(RuntimeError):
     fallback (``--impl reference``). Not the user's input, so the CLI exits with status 1."""
 
     exit_code = 1
+
+
+class RunDiverged(RuntimeError):
+    """Training produced a non-finite loss or non-finite weights. The message names the last
+    finite checkpoint, which was kept, and how to resume from it with a lower learning rate."""
+
+    exit_code = 1
+
+
+class RunStopped(Exception):
+    """The run stopped on request (SIGTERM/SIGUSR1 for preemption, Ctrl-C) after saving what it
+    could; the message says which checkpoint is kept. Exit status 128 + the signal's number, as
+    a shell reports a process ended by that signal."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code

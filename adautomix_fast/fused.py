@@ -1,7 +1,7 @@
 """The fused AdAutoMix step: one torch.compile'd function, CUDA-graph captured on a GPU.
 
-It computes the same losses, gradients and updates as the reference step (ALGORITHM.md sections
-3-6) with four changes that do not alter the mathematics:
+It computes the same losses, gradients and updates as the reference step (docs/algorithm.md) with
+four changes that do not alter the mathematics (the first two: docs/algorithm.md, Fused arrangement):
 
 1. **One teacher pass on the clean batch.** Train-mode BatchNorm statistics do not depend on the
    order of the samples, so f_k(x[pi_i]) = f_k(x)[pi_i]: the clean pass gives both the
@@ -22,7 +22,7 @@ It computes the same losses, gradients and updates as the reference step (ALGORI
    0-dim device tensors updated in place between steps; the optimizer (SGD or AdamW, with
    gradient clipping: ``optim.InGraphOptimizer``) is written with ``torch._foreach_*`` ops and
    gradients come from ``torch.autograd.grad`` inside the graph (``optimizer.step()`` would break
-   the graph, spec/COMPILE.md fact 1). No ``.item()``, no Python branch on a value.
+   the graph: docs/compile.md, fact 1). No ``.item()``, no Python branch on a value.
 4. **Non-finite steps are skipped on the device.** If the loss or any gradient is not finite, the
    optimizer update (parameters and every optimizer state tensor, AdamW's step count included),
    the EMA update and the BatchNorm running statistics of that step are discarded
@@ -120,6 +120,7 @@ class FusedStep:
         self.loss_scale = torch.full((), _SCALE_INIT if self.fp16 else 1.0, **f32)
         self.growth_tracker = torch.zeros((), dtype=torch.int32, device=dev)
         self.nonfinite_steps = torch.zeros((), dtype=torch.int64, device=dev)
+        self.skips_nonfinite = True   # a non-finite step changes nothing (see 4. above)
         self.compile = compile
         self.backend = backend
         # Inductor's modes (CUDA graphs with reduce-overhead); other backends take none.

@@ -1,4 +1,4 @@
-"""The mask generator G (ALGORITHM.md section 2) and the plain PyTorch twins of its fused ops.
+"""The mask generator G (docs/algorithm.md, Generator) and the plain PyTorch twins of its fused ops.
 
 G reads the teacher's stage-3 features F [B,C,h,w]. For a tuple of permutations
 pi_1..pi_N ([N,B] indices) and ratios lambda_1..lambda_N it builds slot inputs Z_i = F[pi_i]

@@ -20,7 +20,7 @@ Two halves:
   were.
 
 Why hand-written: ``optimizer.step()`` cannot run inside the fused step's graph
-(spec/COMPILE.md fact 1), and PyTorch's own foreach implementations take the learning rate as a
+(docs/compile.md, fact 1), and PyTorch's own foreach implementations take the learning rate as a
 Python float (or, capturable, still branch on host values); these functions are their
 tensor-only twins.
 """

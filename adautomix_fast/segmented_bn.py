@@ -4,8 +4,8 @@ The reference step runs the student three times (clean batch, pixel mixup, gener
 pass with its own train-mode BatchNorm statistics. Convolutions, ReLU, pooling and the linear
 heads act on each sample alone, so stacking the three batches into one [3B] batch is *exactly*
 the three passes, provided BatchNorm computes its statistics per segment of B samples and applies
-the three running-statistics updates in the original order (ALGORITHM.md section 5). The GPU then
-runs one set of larger kernels instead of three sets of smaller ones.
+the three running-statistics updates in the original order (docs/algorithm.md, Fused
+arrangement). The GPU then runs one set of larger kernels instead of three sets of smaller ones.
 
 `SegmentedBatchNorm2d` is an `nn.BatchNorm2d` (same parameters, buffers and state-dict keys, so
 checkpoints and the torchvision export do not change) whose train-mode forward splits the batch

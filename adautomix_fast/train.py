@@ -12,6 +12,7 @@ trained (architecture, data set, schedule, ...) is refused.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -26,8 +27,8 @@ from .config import ARCHS, DATA_BACKENDS, DATASETS, GEN_KERNELS, IMPLS, PRESETS,
 from .data import DATA_ENV, AugmentRecipe, build_loaders
 from .devices import pick_device
 from .engine import Precision, Schedule, build_optimizer, build_step, resolve_impl
-from .errors import CompiledStepError, UsageError
-from .runfolder import LAST, RunFolder, SilentRunFolder, default_run_name
+from .errors import CompiledStepError, RunDiverged, RunStopped, UsageError
+from .runfolder import LAST, RunFolder, SilentRunFolder, default_run_name, describe_checkpoint
 from .generator import resolve_gen_kernels
 from .methods import METHODS, build_model
 from .models import default_cifar_stem, load_pretrained_model
@@ -64,6 +65,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", metavar="CKPT", help="checkpoint file or run folder to continue exactly (default: none)")
     g.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint and exit")
     g.add_argument("--export", metavar="PATH", help="after training (or with --eval-only), write the teacher as a torchvision state dict")
+    g.add_argument("--override-lr", action="store_true",
+                   help="with --resume: let --lr, --min-lr, --gen-lr and --gen-min-lr change the schedule from the "
+                        "resumed step on (e.g. a lower lr after a divergence); recorded in log.jsonl")
     g.add_argument("--stop-after", type=int, metavar="EPOCHS", help="stop after this many epochs of this invocation (resume later with --resume)")
     g.add_argument("--save-every-steps", type=int, metavar="N",
                    help="also write checkpoint-last.pt every N steps, mid-epoch; a resumed or restarted run "
@@ -104,7 +108,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--arch", help=f"one of {', '.join(ARCHS)} (default: {D.arch})")
     g.add_argument("--cifar-stem", action=BOOL, help="3x3 stride-1 stem without max-pool (default: automatic, images <= 64 px)")
 
-    g = p.add_argument_group("method (AdAutoMix or a baseline; METHODS.md)")
+    g = p.add_argument_group("method (AdAutoMix or a baseline; docs/methods.md)")
     g.add_argument("--method", help=f"training method, one of {', '.join(METHODS)} (default: {D.method})")
     g.add_argument("--mix-alpha", type=float,
                    help="lambda's Beta(a, a) concentration (default: the method's published value for the data set's "
@@ -278,7 +282,9 @@ def recipe_settings(cfg: Config) -> str:
 
 
 # argparse dest -> config key, for the flags that are config fields.
-_RUN_ONLY = {"preset", "config", "resume", "eval_only", "export", "stop_after"}
+_RUN_ONLY = {"preset", "config", "resume", "eval_only", "export", "stop_after", "override_lr"}
+# The settings --override-lr lets a resumed run change: the learning-rate schedule's values only.
+LR_OVERRIDES = ("lr", "min_lr", "gen_lr", "gen_min_lr")
 
 
 def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -296,6 +302,10 @@ def load_yaml_settings(path: str) -> dict[str, Any]:
         raise UsageError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise UsageError(f"--config {path}: expected a mapping of config keys")
+    bad_keys = [k for k in data if not isinstance(k, str)]
+    if bad_keys:
+        raise UsageError(f"--config {path}: key {bad_keys[0]!r} is not a name; keys are config names such as lr "
+                         "or batch_size")
     return {k.replace("-", "_"): v for k, v in data.items()}
 
 
@@ -347,8 +357,9 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
     if resumed is not None and os.path.isdir(resume_path):
         resume_path = os.path.join(resume_path, LAST)
     cfg = build_config(args, resumed)
+    lr_changes = lr_overrides(args, resumed, cfg)
     if resumed is not None:
-        ckpt_lib.check_compatible(resumed, cfg, resume_path)
+        ckpt_lib.check_compatible(resumed, cfg, resume_path, allowed=tuple(lr_changes))
     stop_after = getattr(args, "stop_after", None)
     if stop_after is not None and stop_after < 1:
         raise UsageError(f"--stop-after must be at least 1 (got {stop_after})")
@@ -441,8 +452,7 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
             export(model, args.export)
         return 0
 
-    folder = (RunFolder.open(folder_path, resuming=resumed is not None) if ctx.primary
-              else SilentRunFolder(folder_path))
+    folder = _open_run_folder(folder_path, resumed, ctx)
     if cfg.tensorboard:
         folder.attach_tensorboard()
     trainer = Trainer(cfg=cfg, ctx=ctx, device=device, model=model, optimizer=optimizer, step=step,
@@ -453,10 +463,48 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
     if hasattr(step, "failure_hint"):
         step.failure_hint = f"the last checkpoint in {folder.path} is kept (resume from it with --resume {folder.path})"
     try:
-        return _train(cfg, args, trainer, summary, impl, stop_after, resumed is not None, global_batch)
+        return _train(cfg, args, trainer, summary, impl, stop_after, resumed is not None, global_batch, lr_changes)
+    except KeyboardInterrupt:
+        kept = folder.last_saved is not None
+        folder.discard_if_incomplete()
+        raise RunStopped(f"interrupted; {describe_checkpoint(folder.last_saved)} in {folder.path} is kept: continue "
+                         f"with --resume {folder.path}" if kept else
+                         "interrupted before the first checkpoint; nothing was kept", 130) from None
     except BaseException:
         folder.discard_if_incomplete()
         raise
+    finally:
+        folder.close()
+
+
+def lr_overrides(args: argparse.Namespace, resumed: Optional[dict], cfg: Config) -> dict[str, list]:
+    """{name: [checkpoint's value, new value]} of the learning-rate settings ``--override-lr``
+    changes on ``--resume``; a one-line error for the flag without --resume."""
+    if not getattr(args, "override_lr", False):
+        return {}
+    if resumed is None:
+        raise UsageError("--override-lr changes the schedule of a resumed run: pass --resume RUN as well")
+    saved = resumed["config"]
+    changes = {k: [saved.get(k), getattr(cfg, k)] for k in LR_OVERRIDES if saved.get(k) != getattr(cfg, k)}
+    if not changes:
+        raise UsageError("--override-lr without a new value: pass the settings to change, e.g. --lr "
+                         f"{(saved.get('lr') or 0.1) / 10:g}")
+    return changes
+
+
+def _open_run_folder(path: str, resumed: Optional[dict], ctx: distributed.DistContext) -> RunFolder:
+    """Rank 0 creates and locks the run folder; every rank learns whether that worked, so that a
+    refusal (locked, not writable) ends every rank with the same one line."""
+    folder, problem = None, None
+    if ctx.primary:
+        try:
+            folder = RunFolder.open(path, resuming=resumed)
+        except UsageError as exc:
+            problem = str(exc)
+    problem = distributed.broadcast_object(problem, ctx)
+    if problem is not None:
+        raise UsageError(problem)
+    return folder if folder is not None else SilentRunFolder(path)
 
 
 def _shared_run_name(cfg: Config, ctx: distributed.DistContext) -> str:
@@ -470,7 +518,7 @@ def _shared_run_name(cfg: Config, ctx: distributed.DistContext) -> str:
 
 
 def _train(cfg, args, trainer: Trainer, summary: str, impl: str, stop_after, resuming: bool,
-           global_batch: int) -> int:
+           global_batch: int, lr_changes: dict) -> int:
     import yaml
 
     folder, say, ctx = trainer.folder, trainer.say, trainer.ctx
@@ -483,6 +531,9 @@ def _train(cfg, args, trainer: Trainer, summary: str, impl: str, stop_after, res
     say("config:\n  " + yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip().replace("\n", "\n  "))
     where = f" (resuming after epoch {trainer.epoch}" + (f", batch {trainer.batch_in_epoch}" if trainer.batch_in_epoch else "") + ")"
     say(f"run folder: {folder.path}" + (where if resuming else ""))
+    if lr_changes:
+        say("learning rate overridden from here on: " + ", ".join(f"{k} {a:g} -> {b:g}" if a is not None and b is not None
+                                                                   else f"{k} {a} -> {b}" for k, (a, b) in lr_changes.items()))
     folder.log({"type": "start", "time": time.time(), "resume_epoch": trainer.epoch if resuming else None,
                 "resume_batch": trainer.batch_in_epoch if resuming else None,
                 "restart": distributed.restart_count(), "world_size": ctx.world_size,
@@ -490,7 +541,8 @@ def _train(cfg, args, trainer: Trainer, summary: str, impl: str, stop_after, res
                 "steps_per_epoch": len(trainer.train_loader), "impl": impl, "data_backend": trainer.info.backend,
                 "gen_kernels": getattr(getattr(trainer.model, "generator", None), "kernels", None),
                 "method": trainer.cfg.method, "precision": trainer.precision.describe(),
-                "precision_reason": trainer.precision.reason, **precision_facts(trainer.device)})
+                "precision_reason": trainer.precision.reason, **precision_facts(trainer.device),
+                **({"lr_override": lr_changes} if lr_changes else {})})
 
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, trainer.epoch + stop_after)
     metrics = trainer.fit(end_epoch)
@@ -514,6 +566,10 @@ def precision_facts(device: torch.device) -> dict:
 
 def export(model, path: str) -> None:
     sd = ckpt_lib.export_torchvision(model)
+    bad = ckpt_lib.nonfinite_tensors(sd.items())
+    if bad:
+        raise UsageError(f"--export {path}: the model holds inf/NaN values ({len(bad)} tensors, e.g. {bad[0]}); "
+                         "nothing was exported: export a checkpoint from before the divergence")
     ckpt_lib.atomic_save(sd, path)
     print(f"teacher exported as a torchvision state dict: {path}")
 
@@ -525,12 +581,21 @@ def main(argv: Optional[list[str]] = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except (FloatingPointError, CompiledStepError) as e:
+    except (RunDiverged, CompiledStepError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; the last completed epoch's checkpoint is kept", file=sys.stderr)
+        return e.exit_code
+    except RunStopped as e:
+        print(str(e), file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:   # before the run folder existed
+        print("interrupted; nothing was written", file=sys.stderr)
         return 130
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        print(f"error: {e.strerror} writing {e.filename or 'the run folder'}; free space (or pass --output DIR on "
+              "a writable disk) and resume with --resume", file=sys.stderr)
+        return 2
 
 
 def cli() -> None:

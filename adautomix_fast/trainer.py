@@ -13,19 +13,20 @@ checkpoints in the middle of an epoch). The data order and augmentation are func
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
 from . import checkpoint as ckpt_lib
 from .config import Config
 from .distributed import DistContext, average_buffers_, fault_injection_step, gather_objects
+from .errors import RunDiverged, RunStopped
 from .evaluate import HEADLINE, HEADS, evaluate
-from .runfolder import BEST, LAST, RunFolder
+from .runfolder import BEST, LAST, RunFolder, describe_checkpoint
+from .stopsignals import StopRequest, exit_status
 
 
 def format_metrics(metrics: dict, heads=HEADS, headline: str = HEADLINE) -> str:
@@ -71,6 +72,11 @@ class Trainer:
         self.metrics: dict = {}
         self.fault = fault_injection_step()
         self.last_batch = None
+        self.stop = StopRequest()   # SIGTERM/SIGUSR1 while fit() runs
+        # Non-finite steps already accounted for (the step's device counter, and the step count,
+        # at the last check).
+        self._nonfinite_seen: Optional[int] = None
+        self._steps_seen = 0
         # Epochs after which the primary rank saves the mixed-sample picture and the curves.
         self.draw_at: set[int] = set()
         if cfg.vis_every != 0 and folder.writes:
@@ -114,11 +120,74 @@ class Trainer:
             "metrics": self.metrics, "best_top1": self.best, "torch_version": str(torch.__version__),
         }
 
-    def save(self, best: bool = False) -> None:
+    def save(self, best: bool = False, records: Optional[dict] = None) -> None:
+        """Write checkpoint-last.pt (and checkpoint-best.pt), collectively, after checking that
+        training is still finite: a checkpoint never holds a non-finite weight, so the last good
+        one survives a divergence. ``records``: the epoch's log record and summary row, kept in
+        the checkpoint so that a run resumed from it can complete its records."""
+        self.check_finite()
+        bad = ckpt_lib.nonfinite_tensors(self.model.state_dict().items())
+        bad_anywhere = [name for names in gather_objects(bad, self.ctx) for name in names]
+        if bad_anywhere:
+            raise self.diverged(f"{len(bad_anywhere)} weight or buffer tensors hold inf/NaN values "
+                                f"(e.g. {bad_anywhere[0]})")
         state = self.checkpoint()
+        if records is not None:
+            state["records"] = records
         self.folder.save(state, LAST)
         if best:
             self.folder.save(state, BEST)
+
+    # ------------------------------------------------------------------ divergence and stopping
+    def check_finite(self) -> None:
+        """Raise `RunDiverged` if a step since the last check had a non-finite loss (the reference
+        step: any such step, its update reached the weights; the fused step skips such steps
+        without changing anything, so only when it skipped every one). Reads the step's device
+        counter: a host sync, so called at log intervals, epoch ends and before checkpoints only.
+        Collective in a distributed run (every rank calls it at the same step)."""
+        counter = getattr(self.step, "nonfinite_steps", None)
+        if counter is None:
+            return
+        total, steps = int(counter), self.step.global_step
+        if self._nonfinite_seen is None:   # train_epoch called without fit(): count from the start
+            self._nonfinite_seen = 0
+        new, span = total - self._nonfinite_seen, steps - self._steps_seen
+        self._nonfinite_seen, self._steps_seen = total, steps
+        per_rank = gather_objects((new, span), self.ctx)
+        new, span = sum(n for n, _ in per_rank), sum(s for _, s in per_rank)
+        if new and (not getattr(self.step, "skips_nonfinite", False) or new >= span):
+            raise self.diverged(f"the loss was inf/NaN on {new} of the last {span} steps")
+
+    def diverged(self, what: str) -> RunDiverged:
+        """The one-line error of a diverged run: what happened, which checkpoint is kept and the
+        command that resumes it with a lower learning rate."""
+        cfg, folder = self.cfg, self.folder
+        lower = f"--lr {cfg.lr / 10:g}" + (f" --gen-lr {cfg.gen_lr / 10:g}" if cfg.gen_lr is not None else "")
+        where = f"training diverged at step {self.step.global_step} (epoch {self.epoch + 1}): {what}"
+        if folder.last_saved is not None or os.path.exists(folder.file(LAST)):
+            best = (f" (and checkpoint-best.pt, top-1 {self.best:.2f}: --resume {folder.file(BEST)} goes back to it)"
+                    if os.path.exists(folder.file(BEST)) else "")
+            kept = (f"{describe_checkpoint(folder.last_saved)} ({folder.file(LAST)}) is kept{best}; resume with a "
+                    f"lower learning rate: --resume {folder.path} --override-lr {lower}")
+        else:
+            kept = f"no checkpoint was written; start again with a lower learning rate ({lower})"
+        return RunDiverged(f"{where}; {kept}")
+
+    def stop_requested(self) -> Optional[int]:
+        """The signal that asked the run to stop, agreed by every rank (collective when
+        distributed), or None."""
+        signums = gather_objects(self.stop.signum, self.ctx)
+        return next((s for s in signums if s is not None), None)
+
+    def stopped(self, signum: int, mid_epoch: bool) -> RunStopped:
+        import signal as signal_lib
+        name = signal_lib.Signals(signum).name
+        self.folder.log({"type": "stop", "time": time.time(), "signal": name, "epoch": self.epoch,
+                         "batch_in_epoch": self.batch_in_epoch, "step": self.step.global_step})
+        at = (f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}" if mid_epoch else f"the end of epoch {self.epoch}")
+        return RunStopped(f"stopped by {name} at {at} (step {self.step.global_step}); checkpoint "
+                          f"{self.folder.file(LAST)} written; continue with --resume {self.folder.path}",
+                          exit_status(signum))
 
     @torch.no_grad()
     def draw(self, epoch: int) -> None:
@@ -164,7 +233,6 @@ class Trainer:
         sums: dict[str, torch.Tensor] = {}
         epoch_sums: dict[str, float] = {}
         count = epoch_count = images = 0
-        skipped_before = step_health(step).get("nonfinite_steps", 0)
         t0 = time.perf_counter()
         for index, (x, y) in enumerate(bar, start=start_batch):
             x = x.to(self.device, non_blocking=True)
@@ -180,16 +248,8 @@ class Trainer:
             images += x.shape[0]
             if count == cfg.log_interval:
                 values = {k: float(v) / count for k, v in sums.items()}  # one host sync per interval
+                self.check_finite()
                 health = step_health(step)
-                skipped = health.get("nonfinite_steps", 0) - skipped_before
-                skipped_before += skipped
-                # The reference step has no guard: a non-finite loss has already reached the
-                # weights. The fused step skips such steps on the device; stop only when it
-                # skipped all of them.
-                if not math.isfinite(values["loss"]) and ("nonfinite_steps" not in health or skipped >= count):
-                    raise FloatingPointError(
-                        f"loss became {values['loss']} at step {step.global_step}; lower --lr, or with --amp "
-                        "use --amp-dtype bf16")
                 dt = time.perf_counter() - t0
                 record = {"type": "train", "epoch": epoch + 1, "step": step.global_step,
                           "img_per_s": images * self.ctx.world_size / dt if dt > 0 else None, **values, **health}
@@ -202,6 +262,13 @@ class Trainer:
                 sums, count, images, t0 = {}, 0, 0, time.perf_counter()
             if cfg.save_every_steps and step.global_step % cfg.save_every_steps == 0 and self.batch_in_epoch < len(loader):
                 self.save()
+            # Single process: stop right after the step in flight. Distributed: the ranks agree
+            # at log intervals (a collective), so that all stop after the same step.
+            if (self.stop.signum is not None if not self.ctx.enabled
+                    else step.global_step % cfg.log_interval == 0) and (signum := self.stop_requested()):
+                bar.close()
+                self.save()
+                raise self.stopped(signum, mid_epoch=True)
         bar.close()
         if count:
             for k, v in sums.items():
@@ -210,13 +277,20 @@ class Trainer:
         return {k: v / max(epoch_count, 1) for k, v in epoch_sums.items()}
 
     def fit(self, end_epoch: int) -> dict:
+        with self.stop:
+            return self._fit(end_epoch)
+
+    def _fit(self, end_epoch: int) -> dict:
         cfg = self.cfg
+        self._nonfinite_seen = int(self.step.nonfinite_steps) if hasattr(self.step, "nonfinite_steps") else None
+        self._steps_seen = self.step.global_step
         while self.epoch < end_epoch:
             epoch = self.epoch
             t0 = time.perf_counter()
             done_before = self.batch_in_epoch
             train_stats = self.train_epoch(epoch, start_batch=done_before)
             train_time = time.perf_counter() - t0
+            self.check_finite()
             self.epoch, self.batch_in_epoch = epoch + 1, 0
             self.metrics = self.evaluate()
             top1 = self.metrics[f"{self.model.HEADLINE}_top1"]
@@ -227,16 +301,20 @@ class Trainer:
                       "img_per_s": trained / train_time, **{f"train_{k}": v for k, v in train_stats.items()},
                       **self.metrics, "best_top1": self.best, "peak_memory_mib": peak_memory_mib(self.device),
                       "skipped_corrupt": len(getattr(self.train_loader, "skipped", ()))}
+            row = {"epoch": epoch + 1, "lr": train_stats.get("lr"), "train_loss": train_stats.get("loss"),
+                   **{k: self.metrics[k] for k in self.metrics if k != "images"}, "best_top1": self.best}
+            # The checkpoint first, then the epoch's records: a failed save records nothing, and
+            # a run resumed from this checkpoint writes any records the process did not.
+            self.save(best=is_best, records={"log": record, "summary": row})
             self.folder.log(record)
-            self.folder.summary_row({"epoch": epoch + 1, "lr": train_stats.get("lr"),
-                                     "train_loss": train_stats.get("loss"),
-                                     **{k: self.metrics[k] for k in self.metrics if k != "images"},
-                                     "best_top1": self.best})
-            self.save(best=is_best)
+            self.folder.summary_row(row)
             if self.ctx.primary and epoch + 1 in self.draw_at:
                 self.draw(epoch + 1)
             self.say(f"epoch {epoch + 1}/{cfg.epochs}: loss {train_stats.get('loss', float('nan')):.4f}, "
                      f"{self.model.HEADLINE} top-1 {top1:.2f} (best {self.best:.2f}), {record['img_per_s']:.1f} img/s")
+            signum = self.stop_requested()
+            if signum is not None and self.epoch < end_epoch:
+                raise self.stopped(signum, mid_epoch=False)
         return self.metrics
 
 

@@ -1,1 +1,1 @@
-"""Benchmarks of adautomix_fast (spec/BENCHMARKS.md): programs that report numbers, never assert."""
+"""Benchmarks of adautomix_fast (docs/benchmarks.md): programs that report numbers, never assert."""

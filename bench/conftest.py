@@ -5,7 +5,7 @@
     pytest bench/ --benchmark-only --benchmark-compare               # against the last saved run
     pytest bench/ --benchmark-only --benchmark-json out.json         # pytest-benchmark's JSON
 
-Sizes (``--bench-size``): ``gpu`` (default with CUDA: the sizes of spec/BENCHMARKS.md), ``cpu``
+Sizes (``--bench-size``): ``gpu`` (default with CUDA: the sizes of docs/benchmarks.md), ``cpu``
 (default without CUDA: small versions a 2-core CPU finishes in minutes) and ``smoke`` (tiny, to
 check that the suites run). Benchmarks are grouped per shape (``step-cifar``, ``ema-r50``, ...), so a
 table compares the implementations of one shape. Every saved run's ``machine_info`` carries the

@@ -1,4 +1,4 @@
-"""The one-command GPU check (spec/BENCHMARKS.md): ``make gpu-check`` runs this.
+"""The one-command GPU check (docs/benchmarks.md, The GPU check): ``make gpu-check`` runs this.
 
     python -m bench.gpu_check --out DIR [--quick]
 
@@ -40,8 +40,8 @@ from bench import common
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO_RESULTS = os.path.join(ROOT, "bench", "results")
 
-# Seconds. 8 minutes is the spec's limit on one H100; the rest is margin for machine start-up
-# work outside this script (the editable install of `make gpu-check`).
+# Seconds. 8 minutes is the check's limit on one H100 (docs/benchmarks.md); the rest is margin
+# for machine start-up work outside this script (the editable install of `make gpu-check`).
 BUDGET_S = 450
 TESTS_CAP_S = 240
 # Benchmark modules beyond the bench/kernels*.py glob. data: DALI (mixed GPU decoder) vs torchvision.
@@ -101,7 +101,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 def plan(args: argparse.Namespace, out: str) -> list[tuple[str, list[str]]]:
     """(name, python argv) of every GPU part, in order."""
     warm = ["--warmup", "3"] if args.quick else []
-    # Every impl side by side (issue 6's targets are fused/reference and fused/vanilla_compiled),
+    # Every impl side by side (the targets are the fused/reference and fused/vanilla_compiled ratios),
     # one shape per part so that the CIFAR numbers exist even if the ImageNet part runs out of time.
     impls = ["--impls", "vanilla,vanilla_compiled,reference,fused,fused_separate"]
     steps = [(f"step bench {shape} amp bf16 channels-last",

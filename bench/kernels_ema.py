@@ -13,7 +13,7 @@ same tensors (momentum 0.999):
   op         ``torch.ops.adautomix_fast.ema_update_`` (csrc/), the momentum a 0-dim device tensor
   wrapper    ``adautomix_fast.ema.ema_update_``: the op behind the Python wrapper the engine calls
   copy       ``dst.copy_(src)`` moving as many bytes as one EMA update: the bandwidth yardstick
-             of spec/BENCHMARKS.md (target: op >= 0.8 of it on a GPU)
+             (docs/benchmarks.md, Targets: op >= 0.8 of it on a GPU)
   add_       ``a.add_(b)`` over as many fp32 elements as there are parameters: the same access
              pattern as the EMA (read a, read b, write a) in one kernel, a second yardstick. On
              a CPU a copy also reads its destination before writing it (write-allocate), which

@@ -1,4 +1,4 @@
-"""Generator kernels vs their eager PyTorch twins (spec/BENCHMARKS.md, kernel micro-benchmarks).
+"""Generator kernels vs their eager PyTorch twins (docs/benchmarks.md, What bench/ measures).
 
     python -m bench.kernels_generator --out DIR [--quick] [--shapes cifar,imagenet] [--no-write]
 

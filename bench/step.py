@@ -25,7 +25,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-if __package__ in (None, ""):  # `python bench/step.py` (spec/BENCHMARKS.md) as well as -m
+if __package__ in (None, ""):  # `python bench/step.py` as well as -m
     import os
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -40,7 +40,7 @@ from adautomix_fast.models import ARCH_SPECS, Classifier, drop_path_rate
 from adautomix_fast.optim import InGraphOptimizer, no_weight_decay, wd_exclude
 from bench import common
 
-# The two shapes of spec/BENCHMARKS.md, and issue 14's Swin-T (224 px) and CIFAR ConvNeXt-T
+# The two shapes of docs/benchmarks.md, and the Swin-T (224 px) and CIFAR ConvNeXt-T
 # (32 px, 3x3 stride-1 stem). `dataset` picks the published defaults in resolve(); `recipe` names
 # the preset whose optimizer recipe (AdamW, weight-decay exclusions, warm-up, clipping, label
 # smoothing, the generator's settings) every impl of the shape uses, vanilla included;
@@ -216,7 +216,7 @@ def build_vanilla_compiled(case: Case) -> StepFn:
     """The vanilla step compiled the way the fused step is: forward, torch.autograd.grad and a
     foreach optimizer update (SGD; or the recipe's AdamW and clipping, in-graph as the fused step
     runs them) in one fullgraph torch.compile (CUDA graphs on a GPU). The fair floor for the
-    fused step's cost ratio (spec/BENCHMARKS.md)."""
+    fused step's cost ratio (docs/benchmarks.md, Targets)."""
     cfg, model, params = _vanilla_model(case)
     precision = Precision.from_config(cfg, case.device)
     x, y = case.x, case.y

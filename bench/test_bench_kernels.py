@@ -8,7 +8,7 @@
   they run in the interpreter, far too slow to time) and their eager twins, forward and
   forward + backward (bench.kernels_generator's cases).
 
-``extra_info`` carries the bytes each call must move and the achieved GB/s (spec/BENCHMARKS.md).
+``extra_info`` carries the bytes each call must move and the achieved GB/s (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def test_ema(benchmark, impl, ema_tensors, device, bench_size):
 
 
 # ---------------------------------------------------------------------------- generator ops
-# Shapes: the spec's (bench.kernels_generator.SHAPES) on a GPU; small ones elsewhere.
+# Shapes: the GPU sizes (bench.kernels_generator.SHAPES) on a GPU; small ones elsewhere.
 GEN_SHAPES = {
     "gpu": kernels_generator.SHAPES,
     "cpu": {"cifar": dict(n=3, b=16, h=8, w=8, H=32, W=32, d=128, c=3),

@@ -1,4 +1,4 @@
-// The fused EMA teacher update (spec/ALGORITHM.md section 6, spec/DESIGN.md contract):
+// The fused EMA teacher update (docs/algorithm.md, EMA teacher; the op's contract: csrc/README.md):
 //
 //   adautomix_fast::ema_update_(Tensor(a!)[] ema, Tensor[] model, Tensor momentum) -> ()
 //

@@ -1,10 +1,10 @@
 """Triton kernels of adautomix_fast, installed as ``adautomix_fast.kernels``.
 
-One op per file (spec/STYLE.md), each with its forward and backward kernels, host wrappers and
+One op per file, each with its forward and backward kernels, host wrappers and
 autograd registration; the plain PyTorch twins live in ``adautomix_fast.generator``.
 
 * ``cross_attention_mask(q, k, v, scale=None)``: the generator's N cross-attention maps
-  (ALGORITHM.md section 2, Eq. 5), flash-attention style, never materialising [N,B,P,P].
+  (docs/algorithm.md, Generator; paper Eq. 5), flash-attention style, never materialising [N,B,P,P].
 * ``upsample_softmax_mix(m, x, index, return_masks=False)``: bilinear upsampling of the mask
   logits, softmax over the N slots and the N-way mix of the gathered images, in one pass.
 

@@ -1,7 +1,7 @@
 """Launch helpers shared by the Triton ops of ``adautomix_fast.kernels``.
 
 One place for
-* how an op is registered with PyTorch (spec/COMPILE.md facts 4 and 5): compiled Triton on a GPU
+* how an op is registered with PyTorch (docs/compile.md, facts 4 and 5): compiled Triton on a GPU
   goes through ``torch.library.triton_op`` + ``wrap_triton`` so torch.compile sees the kernels;
   interpreted Triton (``TRITON_INTERPRET=1``, CPU tensors) cannot run inside torch.compile, so there
   the launch is wrapped in an opaque ``torch.library.custom_op`` with a fake implementation.

@@ -1,4 +1,4 @@
-"""Fused cross-attention mask of the AdAutoMix generator (ALGORITHM.md section 2, paper Eq. 5).
+"""Fused cross-attention mask of the AdAutoMix generator (docs/algorithm.md, Generator; paper Eq. 5).
 
 For N slots, B samples, P positions and head dim D, with q, k: [N,B,P,D] and v: [N,B,P]:
 
@@ -38,8 +38,8 @@ dimension sits in one tile (D <= 512); tile sizes per dtype and D are in
 
 Registered as the operators ``adautomix_fast::cross_attention_mask_fwd`` / ``_bwd`` with
 ``register_autograd`` (see ``_launch.library_op``), so torch.compile can trace the public
-function ``cross_attention_mask`` (STYLE.md's ``<Op>Function`` role is played by the
-registered autograd formula). The plain PyTorch twin is
+function ``cross_attention_mask`` (the registered autograd formula takes the place of a
+``torch.autograd.Function``). The plain PyTorch twin is
 ``adautomix_fast.generator.cross_attention_mask_reference``.
 """
 

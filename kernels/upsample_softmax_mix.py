@@ -1,4 +1,4 @@
-"""Fused upsample-softmax-N-way-mix of the AdAutoMix generator (ALGORITHM.md section 2, Eqs. 6-7).
+"""Fused upsample-softmax-N-way-mix of the AdAutoMix generator (docs/algorithm.md, Generator).
 
 m: [B,N,h,w] low-resolution mask logits; x: [B,C,H,W] images (NCHW or channels-last, any
 strides); index: [N,B] int64, slot i of sample b takes image x[index[i,b]].

@@ -1,4 +1,4 @@
-"""Swin, ConvNeXt and DeiT classifiers (issue 14): taps, stages, steps, EMA, kernels, weights.
+"""Swin, ConvNeXt and DeiT classifiers: taps, stages, steps, EMA, kernels, weights.
 
 The whole-step tests run the test variants (``tiny_swin``, ``tiny_convnext``, ``tiny_deit``:
 the same classes as ``swin_t``/``convnext_t``/``deit_s`` with narrow settings, 32 px images);

@@ -1,4 +1,4 @@
-"""bench.step's Swin-T and CIFAR ConvNeXt-T shapes (issue 14): their recipe reaches every impl
+"""bench.step's Swin-T and CIFAR ConvNeXt-T shapes: their recipe reaches every impl
 (CPU, test variants of the architectures; no time asserted)."""
 
 from __future__ import annotations

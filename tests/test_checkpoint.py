@@ -31,12 +31,18 @@ def test_load_refuses_non_checkpoints(tmp_path):
         load(str(tmp_path / "missing.pt"))
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
-    with pytest.raises(UsageError, match="not a readable checkpoint"):
+    with pytest.raises(UsageError, match="not a checkpoint of this engine"):
         load(str(junk))
     other = tmp_path / "other.pt"
     torch.save({"state_dict": {}}, other)
-    with pytest.raises(UsageError, match="not an adautomix_fast checkpoint"):
+    with pytest.raises(UsageError, match="not a checkpoint of this engine"):
         load(str(other))
+    real = tmp_path / "real.pt"
+    torch.save({"format": "adautomix_fast", "config": {}, "w": torch.zeros(1000)}, real)
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(real.read_bytes()[:2000])
+    with pytest.raises(UsageError, match="not a readable checkpoint file \\(damaged or truncated"):
+        load(str(cut))
     with pytest.raises(UsageError, match="no checkpoint-last.pt"):
         load(str(tmp_path))
 

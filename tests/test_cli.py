@@ -154,8 +154,8 @@ def test_presets_resolve_and_flags_override(tmp_path):
 
 
 def test_generator_settings_follow_the_released_configs():
-    """Issue 11: only the released ImageNet R50 config puts BatchNorm in the generator (R18 keeps the
-    lambda channel without BN); the Tiny config gives the generator its own lr 0.1."""
+    """Only the released ImageNet R50 config puts BatchNorm in the generator (R18 keeps the lambda
+    channel without BN); the Tiny config gives the generator its own lr 0.1."""
     from adautomix_fast.config import PRESET_SOURCES, PRESETS, resolve
     r18, r50 = resolve({}, "imagenet-r18"), resolve({}, "imagenet-r50")
     assert (r18.lam_concat, r18.gen_norm) == (True, False)
@@ -179,9 +179,9 @@ def test_real_exit_code_from_the_command_line(tmp_path):
 
 
 def test_an_installed_apex_changes_nothing(tmp_path):
-    """Issue 10: the engine never imports NVIDIA apex (torch.amp and foreach/in-graph optimizers
-    replace it); an importable `apex` (here one that fails on import, like a broken or unrelated
-    package) must not matter."""
+    """The engine never imports NVIDIA apex (torch.amp and foreach/in-graph optimizers replace
+    it); an importable `apex` (here one that fails on import, like a broken or unrelated package)
+    must not matter."""
     fake = tmp_path / "site" / "apex"
     fake.mkdir(parents=True)
     (fake / "__init__.py").write_text("raise ImportError('this apex must never be imported')\n")

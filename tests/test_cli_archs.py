@@ -1,4 +1,4 @@
-"""The architecture recipes through the CLI (issue 14): one epoch of each test architecture with
+"""The architecture recipes through the CLI: one epoch of each test architecture with
 the reference and the fused step, pretrained weights from an export, the fine-grained data sets
 on generated files, the recipe presets and flags, and the one-line errors.
 

@@ -1,4 +1,4 @@
-"""Multi-process training on CPU with gloo (issue 7): two ranks, reference (DDP) and fused
+"""Multi-process training on CPU with gloo: two ranks, reference (DDP) and fused
 (in-graph all-reduce) steps, sharded evaluation, torchrun end to end, a worker killed and
 restarted, and a two-node launch simulated on this machine."""
 

@@ -1,4 +1,4 @@
-"""EMA teacher: the momentum schedule at its key steps and the update (ALGORITHM.md section 6)."""
+"""The EMA teacher (docs/algorithm.md, EMA teacher): the momentum schedule at its key steps and the update."""
 
 import math
 

@@ -1,6 +1,6 @@
 """The fused EMA op ``torch.ops.adautomix_fast.ema_update_`` (csrc/) and its PyTorch twin.
 
-ema <- m * ema + (1 - m) * model over many tensors in place (ALGORITHM.md section 6). Checked
+ema <- m * ema + (1 - m) * model over many tensors in place (docs/algorithm.md, EMA teacher). Checked
 against the formula in float64, against the ``torch._foreach_lerp_`` twin, with ``opcheck``,
 inside ``torch.compile(fullgraph=True)``, for every bad input, and without the extension. The
 ``gpu`` tests add the CUDA kernel: values, no host sync, and a captured CUDA graph replayed with
@@ -116,7 +116,7 @@ def test_momentum_one_keeps_and_zero_copies_exactly(impl, dtype):
         assert torch.equal(e, x.float())
 
 
-# Issue 11: the released code weights the student by the Python float 1 - m (formed in double);
+# The released code weights the student by the Python float 1 - m (formed in double);
 # formed in fp32 from fp32(m) the weight is 1.3% too large at m = 0.999999. With the EMA at 0, the
 # update *is* the student's weight times the model value, so the test sees the weight itself.
 STUDENT_WEIGHT_MOMENTA = [0.999, 0.9999, 0.99999, 0.999999]

@@ -1,5 +1,5 @@
 """Fine-grained readers (cub200, aircraft, cars) on generated files, recipe transforms and
-RandAugment (issue 14)."""
+RandAugment."""
 
 import os
 

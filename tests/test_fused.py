@@ -1,4 +1,4 @@
-"""The fused step against the reference step (issue 6), on CPU.
+"""The fused step against the reference step, on CPU.
 
 Tolerances (fp32): loss terms and gradients 1e-5 relative/absolute-ish (the fused step computes
 BatchNorm statistics with plain ops and the cosine sources from a permuted clean pass, so only

@@ -1,4 +1,4 @@
-"""The mask generator G and its two reference ops (ALGORITHM.md section 2)."""
+"""The mask generator G and its two reference ops (docs/algorithm.md, Generator)."""
 
 import math
 

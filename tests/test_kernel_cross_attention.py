@@ -249,7 +249,7 @@ def test_backward_is_deterministic(n):
 
 
 def test_compiles_with_fullgraph_and_matches_eager():
-    """Interpreted Triton lives in an opaque custom op (spec/COMPILE.md fact 4): torch.compile
+    """Interpreted Triton lives in an opaque custom op (docs/compile.md, fact 4): torch.compile
     traces the public function, the fake and the autograd formula without a graph break."""
     q, k, v = make_inputs(3, 1, 16, 8)
     dout = torch.randn(3, 1, 16)

@@ -251,7 +251,7 @@ def test_backward_is_deterministic():
 
 
 def test_compiles_with_fullgraph_and_matches_eager():
-    """Interpreted Triton lives in an opaque custom op (spec/COMPILE.md fact 4)."""
+    """Interpreted Triton lives in an opaque custom op (docs/compile.md, fact 4)."""
     m, x, index = make_inputs(3, 3, 2, 2, (8, 8))
     dout, _ = upstream(x, 3)
 

@@ -1,5 +1,5 @@
-"""Loss terms (ALGORITHM.md section 4) against values computed by hand, the sampling plan
-(section 3), the margin rule and the adversarial/cooperative alternation."""
+"""Loss terms (docs/algorithm.md, Losses) against values computed by hand, the sampling plan,
+the margin rule and the adversarial/cooperative alternation."""
 
 import copy
 import math

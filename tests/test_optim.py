@@ -1,4 +1,4 @@
-"""In-graph optimizers, clipping, weight-decay groups and the warm-up schedule (issue 14)."""
+"""In-graph optimizers, clipping, weight-decay groups and the warm-up schedule."""
 
 import copy
 import math

@@ -184,6 +184,9 @@ def build_loaders(
 
     root = resolve_data_dir(name, data_dir)
     train_split, val_split, class_names = _load_splits(name, root)
+    if not skip_corrupt and hasattr(val_split, "samples"):
+        from .folders import check_headers
+        check_headers(val_split.samples, "validation")
     train_tf, eval_tf, size = build_transforms(name, image_size, recipe)
 
     train_sampler = TrainBatchSampler(len(train_split), batch_size, seed=seed, rank=rank, world_size=world_size)

@@ -55,6 +55,46 @@ def open_rgb(path: str) -> Image.Image:
         raise UnreadableImage(f"corrupt image file {path} ({reason}); remove or replace it", path, reason) from None
 
 
+def header_problem(path: str) -> str | None:
+    """Why ``path`` cannot be a whole image, read from its first and last bytes only (no decode):
+    PIL does not recognise its header, or a JPEG/PNG file lacks its end marker (a truncated copy).
+    None for a file that looks whole."""
+    try:
+        with Image.open(path) as img:
+            fmt = img.format
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 32))
+            tail = f.read()
+    except FileNotFoundError:
+        return "file disappeared"
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        return f"PIL: {_clean(exc)}"
+    # JPEG ends with EOI (FF D9), possibly followed by padding; PNG with its IEND chunk.
+    if fmt == "JPEG" and b"\xff\xd9" not in tail:
+        return "truncated JPEG: no end-of-image marker"
+    if fmt == "PNG" and b"IEND" not in tail:
+        return "truncated PNG: no IEND chunk"
+    return None
+
+
+def check_headers(samples: list[tuple[str, int]], split: str, workers: int = 8) -> None:
+    """DataError naming the first file (and the count) of ``samples`` that `header_problem`
+    rejects: run on the validation files before the first step, so that a broken one is
+    reported at once instead of after a whole training epoch."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [p for p, _ in samples]
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(paths)))) as pool:  # file I/O, not CPU
+        problems = [(p, r) for p, r in zip(paths, pool.map(header_problem, paths)) if r is not None]
+    if problems:
+        path, reason = problems[0]
+        more = f" (and {len(problems) - 1} more {split} files)" if len(problems) > 1 else ""
+        raise UnreadableImage(f"corrupt {split} image file {path} ({reason}){more}; remove or replace it, or pass "
+                              "--skip-corrupt to leave such files out", path, reason)
+
+
 class FolderSplit(Dataset):
     """``samples`` = [(path, label)]; item = (PIL RGB image, int label)."""
 
@@ -78,8 +118,24 @@ def _has_loose_images(split_dir: str) -> bool:
         return any(e.is_file() and has_file_allowed_extension(e.name, IMG_EXTENSIONS) for e in it)
 
 
+def check_no_revisited_folders(split_dir: str) -> None:
+    """DataError naming the link when a symbolic link leads the scan into a folder it already
+    visited (a loop such as ``ln -s .. train/c0/up``, or a second class folder's images under
+    another label). ImageFolder's scan follows links and would count such images again, under the
+    linking folder's class; links to files, or to folders outside the tree, are fine."""
+    seen: dict[str, str] = {}
+    for root, _dirs, _files in os.walk(split_dir, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            raise DataError(f"symbolic link {root} leads to {real}, which the scan of {split_dir} already visited "
+                            f"(as {seen[real]}); its images would be counted twice or under another class: "
+                            "remove the link")
+        seen[real] = root
+
+
 def _scan(split_dir: str, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
     """ImageFolder's samples for ``class_to_idx``; DataError if any class folder has no image."""
+    check_no_revisited_folders(split_dir)
     samples = make_dataset(split_dir, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
     if not samples:
         raise DataError(

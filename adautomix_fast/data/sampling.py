@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import operator
+import signal
 import sys
 from typing import Any, Iterator, Optional
 
@@ -337,6 +338,15 @@ def worker_start_method(workers: int) -> Optional[str]:
     return None
 
 
+def ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C, SIGTERM and SIGUSR1 to the main process, which stops the
+    run and shuts them down: a terminal's Ctrl-C and a scheduler's SIGTERM reach the whole process
+    group, and a worker that died of one would print its own traceback, or fail the loader,
+    beside the run's one-line message. (A worker still exits when the main process dies.)"""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 class EpochLoader:
     """A DataLoader over a :class:`SeededDataset` with a batch sampler; re-raises DataErrors.
 
@@ -361,6 +371,7 @@ class EpochLoader:
             persistent_workers=workers > 0,  # keep workers (and their page cache) across epochs
             multiprocessing_context=worker_start_method(workers),
             generator=loader_generator(seed),
+            worker_init_fn=ignore_stop_signals,
         )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:

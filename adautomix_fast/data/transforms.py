@@ -1,4 +1,4 @@
-"""Per-data-set train/eval transforms (ALGORITHM.md section 9), torchvision.transforms.v2.
+"""Per-data-set train/eval transforms (docs/algorithm.md, Published settings), torchvision.transforms.v2.
 
 Inputs are uint8 CHW tensors (array data sets) or PIL images (folders); geometric ops run on
 that input, then ``ToImage -> ToDtype(float32, scale=True) -> Normalize`` produce a float32 CHW
@@ -56,7 +56,7 @@ def _finish(name: str) -> list:
 
 @dataclass(frozen=True)
 class AugmentRecipe:
-    """An architecture recipe's changes to a data set's published augmentation (issue 14).
+    """An architecture recipe's changes to a data set's published augmentation (docs/archs.md, Recipes).
 
     train_crop: None (the data set's own), "pad" / "pad-reflect" (random crop after padding by
         size // 8, zeros or reflection), "rrc" (RandomResizedCrop from the image as it is).

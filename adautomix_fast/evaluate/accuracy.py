@@ -1,4 +1,4 @@
-"""The ``accuracy`` suite: top-1 / top-5 of every head (ALGORITHM.md section 8).
+"""The ``accuracy`` suite: top-1 / top-5 of every head (docs/algorithm.md, Evaluation heads).
 
 Heads: for AdAutoMix teacher one/mix and student one/mix, in eval mode (BatchNorm running
 statistics); other methods list their own in ``model.HEADS``. The headline number is the

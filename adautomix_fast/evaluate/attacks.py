@@ -9,8 +9,8 @@ images in and out, the attack in pixel space); the tests hold these functions to
 ``official`` protocol: the released tool's computation. The step is taken on the *normalised*
 tensor and clamped to [0, 1] there, which sets every below-mean value to 0 (the mean colour) and
 makes the real pixel step eps * std (about 1.6/255 on CIFAR). PGD under ``official`` repeats the
-same normalised-space steps and clamp: an analogy, since spec/EVALUATION.md documents the released
-FGSM only.
+same normalised-space steps and clamp: an analogy, since only the released tool's FGSM is known
+(docs/evaluation.md, What each suite computes).
 
 Hand-written rather than calling torchattacks because (1) the official protocol cannot be
 expressed with it, (2) PGD's random start is drawn from a seeded ``torch.Generator`` here

@@ -3,7 +3,7 @@
 Softmax of the chosen head on the clean test images; confidence = the largest probability;
 10 equal-width bins. ECE = sum over bins of (count / total) * |accuracy - mean confidence|, in %.
 
-Protocols (spec/EVALUATION.md):
+Protocols (docs/evaluation.md, What each suite computes):
 
 * ``correct``: torchmetrics' ``multiclass_calibration_error`` with 10 bins (its default is 15).
   torchmetrics closes its bins on the left ([m/10, (m+1)/10)); the diagram's bins below follow the

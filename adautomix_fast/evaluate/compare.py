@@ -18,6 +18,7 @@ import statistics
 from typing import Optional
 
 from ..errors import UsageError
+from ..records import read_csv_rows
 from .context import SUITES, EvalOptions
 from .report import RESULTS, REPORT, StagedFolder, clean_json, folder_name, write_json
 
@@ -29,8 +30,7 @@ def median_last_epochs(summary_csv: str, head: str, last: int = LAST_EPOCHS) -> 
     summary.csv; None when the file or the column is missing."""
     if not os.path.isfile(summary_csv):
         return None
-    with open(summary_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv_rows(summary_csv)   # a torn last row of a killed run is dropped
     values = [float(r[f"{head}_top1"]) for r in rows if r.get(f"{head}_top1") not in (None, "")]
     if not values:
         return None

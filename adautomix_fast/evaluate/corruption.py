@@ -13,9 +13,9 @@ Three sources of corrupted images, one interface (``cells()`` and ``batches(corr
   image seeded from (seed, corruption, severity, image index). Images under 32 px are corrupted at
   a whole multiple of their size of at least 32 px and box-averaged back.
 
-The score (spec/EVALUATION.md): the table per corruption and severity, the pooled mean over every
-evaluated (corruption, severity) cell (the released score: all 19 files equally, not mCE), and
-the mean over the 15 standard corruptions.
+The score (docs/evaluation.md, What each suite computes): the table per corruption and
+severity, the pooled mean over every evaluated (corruption, severity) cell (the released score:
+all 19 files equally, not mCE), and the mean over the 15 standard corruptions.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import math
 import os
 
 from ..errors import UsageError
+from ..records import read_csv_rows
 
 
 def _number(value) -> float:
@@ -24,8 +25,7 @@ def read_summary(summary_csv: str) -> dict[str, list[float]]:
     """Columns of a summary.csv as float lists (empty or non-numeric cells -> NaN)."""
     if not os.path.isfile(summary_csv):
         raise UsageError(f"{summary_csv}: no such file; training curves need the run's summary.csv")
-    with open(summary_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_csv_rows(summary_csv)   # a torn last row of a killed run is dropped
     if not rows:
         raise UsageError(f"{summary_csv} has no epochs yet; draw the curves after the first epoch")
     return {key: [_number(r.get(key)) for r in rows] for key in rows[0]}

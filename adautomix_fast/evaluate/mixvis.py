@@ -6,7 +6,7 @@ The trainer calls, every ``--vis-every`` epochs on the primary rank, outside the
     vis = mix_visual_from_adautomix(model, x)          # AdAutoMix's batch with train-mode statistics
     render_mix_grid(vis, os.path.join(run_dir, f"mix-epoch{epoch:04d}.png"), info.mean, info.std)
 
-As released (spec/EVALUATION.md), the picture shows the first samples of the generator-side batch,
+As in the released code, the picture shows the first samples of the generator-side batch,
 one row per source, titled with the lambdas and de-normalised with the data set's statistics;
 here the masks are shown too, one heat-map row per source (what users look at to see what the
 generator learned). Methods without pixel masks (mixup) pass ``masks=None``: their scalar

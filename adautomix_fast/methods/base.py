@@ -50,7 +50,7 @@ def random_permutation(batch_size: int, generator: Optional[torch.Generator], de
     """A uniform random permutation of ``batch_size`` indices (int64 [B]).
 
     ``argsort(rand(B))`` rather than ``randperm``: the same law, and a form torch.compile handles
-    on every supported torch (spec/COMPILE.md fact 3).
+    on every supported torch (docs/compile.md, fact 3).
     """
     return torch.argsort(torch.rand(batch_size, generator=generator, device=device))
 

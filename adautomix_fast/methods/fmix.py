@@ -1,8 +1,8 @@
 """FMix (Harris et al. 2020): the mask is the top lambda-fraction of a low-frequency noise image.
 
-Definition (METHODS.md): a Gaussian random spectrum whose amplitude decays as 1 / f^decay
-(decay 3), inverse real FFT at the image size; the round(lambda H W) pixels of largest value
-become 1 (they keep the image, the rest take the partner's pixels): a hard mask of exactly that
+Definition (docs/methods.md, Definitions): a Gaussian random spectrum whose amplitude decays
+as 1 / f^decay (decay 3), inverse real FFT at the image size; the round(lambda H W) pixels of
+largest value become 1 (they keep the image, the rest take the partner's pixels): a hard mask of exactly that
 area, one mask per batch; the label weight is the sampled lambda; the partner permutation is
 redrawn to avoid fixed points (OpenMixup).
 

@@ -1,5 +1,5 @@
 """The baselines' shared model: one classifier with one head, trained on a mix of each image with
-a partner from a permutation of the batch (METHODS.md, "Common to the baselines").
+a partner from a permutation of the batch (docs/methods.md, Common to the baselines).
 
 A baseline is a subclass that draws its plan (``sample_plan``) and mixes (``mix``: a pure
 function of images and plan, returning the mixed batch and the label weight lambda); the loss,

@@ -1,4 +1,4 @@
-"""The classifier interface every backbone family implements (ALGORITHM.md section 1).
+"""The classifier interface every backbone family implements (docs/algorithm.md, Networks).
 
 A classifier is a trunk split into ``num_stages`` stages (stage 0 is the stem) with two linear
 heads on the pooled features: ``head_one`` for clean images and ``head_mix`` for mixed ones.

@@ -5,7 +5,8 @@ the pretrained/export code need: the tap's channels and size, the generator's pu
 upsampling mode and ``lam_concat``, the native image size, whether a CIFAR stem exists, the
 library (torchvision or timm), its ImageNet weights and its classifier's state-dict prefix.
 Sources: the released AdAutoMix configs (OpenMixup ``configs/classification/cifar100/adautomix``,
-``.../cub200``, ``.../aircrafts``, ``.../cars``) and ``spec/ARCHS.md``.
+``.../cub200``, ``.../aircrafts``, ``.../cars``) and the released training logs (docs/archs.md,
+Architectures).
 
 Kernel limits (``adautomix_fast.kernels``): the cross-attention kernel takes head dims
 D = tap_channels // 2 up to 512 (Swin-T: 384), any number of positions P = h*w (Swin-T 49,

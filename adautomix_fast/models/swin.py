@@ -39,7 +39,7 @@ _STAGE_FEATURES = ((0,), (1, 2), (3, 4), (5, 6), (7,))
 
 
 def build_swin(arch: str, drop_path: float) -> SwinTransformer:
-    """torchvision's SwinTransformer with the spec's settings (swin_t's own for "swin_t": its
+    """torchvision's SwinTransformer with the settings of ``arch_spec(arch)`` (swin_t's own for "swin_t": its
     builder fixes stochastic_depth_prob at 0.2, so the class is called directly)."""
     return SwinTransformer(**arch_spec(arch).options, stochastic_depth_prob=drop_path)
 

@@ -1,0 +1,59 @@
+"""SIGTERM and SIGUSR1 during training: finish the step, checkpoint at that batch, exit.
+
+Schedulers send one of these before they preempt a job (SLURM: SIGTERM, or the signal named by
+``--signal``, some grace period before SIGKILL; Kubernetes: SIGTERM, then SIGKILL after
+``terminationGracePeriodSeconds``). The handler only records the request; the training loop
+checks it between steps, so the step in flight completes and the checkpoint is written at an
+exact batch (resume continues from there bit for bit). A second signal while stopping exits
+at once with the same status: the last checkpoint on disk is complete (checkpoints are written
+to a temporary file and renamed), and a half-written temporary file is removed on the next start.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from typing import Optional
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def exit_status(signum: int) -> int:
+    """128 + the signal's number, what a shell reports for a process ended by that signal
+    (SIGTERM: 143, SIGUSR1: 138), so that job scripts can tell a preempted run from a failed one."""
+    return 128 + int(signum)
+
+
+class StopRequest:
+    """Context manager: while active, SIGTERM/SIGUSR1 set ``signum`` instead of ending the
+    process. Installs nothing outside the main thread (Python delivers signals there only)."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self._previous: dict[int, object] = {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    def _handle(self, signum, _frame) -> None:
+        if self.signum is not None:
+            os.write(2, f"\n{signal.Signals(signum).name} again while stopping: exiting now; the last complete "
+                        "checkpoint on disk is kept\n".encode())
+            os._exit(exit_status(self.signum))
+        self.signum = signum
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for signum in STOP_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+
+__all__ = ["STOP_SIGNALS", "StopRequest", "exit_status"]
