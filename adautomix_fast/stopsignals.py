@@ -7,6 +7,9 @@ checks it between steps, so the step in flight completes and the checkpoint is w
 exact batch (resume continues from there bit for bit). A second signal while stopping exits
 at once with the same status: the last checkpoint on disk is complete (checkpoints are written
 to a temporary file and renamed), and a half-written temporary file is removed on the next start.
+Under torchrun a repeat is ignored: a scheduler signals the agent and the workers alike, and the
+agent forwards its signal to the workers, so each worker sees it twice; the agent kills workers
+that outlast its own grace period.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ class StopRequest:
     """Context manager: while active, SIGTERM/SIGUSR1 set ``signum`` instead of ending the
     process. Installs nothing outside the main thread (Python delivers signals there only)."""
 
-    def __init__(self):
+    def __init__(self, repeat_exits: bool = True):
         self.signum: Optional[int] = None
+        self.repeat_exits = repeat_exits
         self._previous: dict[int, object] = {}
 
     @property
@@ -39,6 +43,8 @@ class StopRequest:
 
     def _handle(self, signum, _frame) -> None:
         if self.signum is not None:
+            if not self.repeat_exits:
+                return
             os.write(2, f"\n{signal.Signals(signum).name} again while stopping: exiting now; the last complete "
                         "checkpoint on disk is kept\n".encode())
             os._exit(exit_status(self.signum))

@@ -22,7 +22,7 @@ import torch
 
 from . import checkpoint as ckpt_lib
 from .config import Config
-from .distributed import DistContext, average_buffers_, fault_injection_step, gather_objects
+from .distributed import DistContext, average_buffers_, fault_injection_step, gather_objects, launched_by_torchrun
 from .errors import RunDiverged, RunStopped
 from .evaluate import HEADLINE, HEADS, evaluate
 from .runfolder import BEST, LAST, RunFolder, describe_checkpoint
@@ -72,7 +72,7 @@ class Trainer:
         self.metrics: dict = {}
         self.fault = fault_injection_step()
         self.last_batch = None
-        self.stop = StopRequest()   # SIGTERM/SIGUSR1 while fit() runs
+        self.stop = StopRequest(repeat_exits=not launched_by_torchrun())   # SIGTERM/SIGUSR1 while fit() runs
         # Non-finite steps already accounted for (the step's device counter, and the step count,
         # at the last check).
         self._nonfinite_seen: Optional[int] = None

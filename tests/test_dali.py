@@ -438,10 +438,17 @@ def _damage(folder):
 
 @needs_dali
 def test_corrupt_image_is_named_in_one_line(folder):
+    intact = (folder / "val" / "ant" / "v1.JPEG").read_bytes()
     bad_train, bad_val = _damage(folder)
+    # validation files are checked before the first step: the truncated one is named at once
+    msg = _raises(bad_val, build_loaders, "folder", str(folder), 12, eval_batch_size=7, workers=0, image_size=16,
+                  backend="dali")
+    assert "truncated JPEG" in msg and "--skip-corrupt" in msg
+    bad_val.write_bytes(intact)
     tr, va, _ = build_loaders("folder", str(folder), 12, eval_batch_size=7, workers=0, image_size=16, backend="dali")
     msg = _raises(bad_train, list, tr)
     assert msg.startswith(f"corrupt image file {bad_train} (") and msg.endswith("; remove or replace it")
+    bad_val.write_bytes(intact[: len(intact) // 2])  # damaged after the check: DALI's decoder names it
     _raises(bad_val, list, va)
     _jpeg(bad_val, np.random.default_rng(0), (30, 30))  # repaired
     _, va, _ = build_loaders("folder", str(folder), 12, eval_batch_size=2, workers=0, image_size=16, backend="dali")

@@ -227,3 +227,31 @@ def test_torchrun_fused_step_compiles_once_per_rank(tmp_path):
     assert train_records[-1]["recompiles_after_warmup"] == 0
     assert all(r["nonfinite_steps"] == 0 for r in train_records)
     assert [r for r in records if r["type"] == "epoch"][0]["images"] == 360
+
+
+def test_sigterm_to_a_torchrun_job_stops_every_rank_after_the_same_step(tmp_path):
+    """SLURM signals every process of the job step: torchrun's agent (which forwards the signal to
+    its workers) and the workers themselves. The ranks agree at a log-interval boundary and rank 0
+    writes one checkpoint at that batch."""
+    import signal
+    import time
+    folder = tmp_path / "pre"
+    train = list(TRAIN)
+    train[train.index("--epochs") + 1] = "2"
+    train[train.index("--log-interval") + 1] = "3"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             *train, "--output", str(tmp_path), "--run-name", "pre"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    log = folder / "log.jsonl"
+    deadline = time.monotonic() + 300
+    while not (log.exists() and log.read_text().count('"type": "train"') >= 1):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert err.count("stopped by SIGTERM at ") == 2, err[-3000:]       # each rank, one line
+    ckpt = torch.load(folder / "checkpoint-last.pt", weights_only=True)
+    assert ckpt["world_size"] == 2 and ckpt["epoch"] * 14 + ckpt["batch_in_epoch"] == ckpt["global_step"]
+    assert ckpt["global_step"] % 3 == 0 or ckpt["batch_in_epoch"] == 0   # a log-interval boundary (or an epoch end)
+    assert len(ckpt["rng"]["ranks"]) == 2

@@ -391,6 +391,43 @@ def test_ctrl_c_with_data_workers_is_one_accurate_line(tmp_path):
     assert f"batch {ckpt['batch_in_epoch']} in" in lines[0]
 
 
+LEAKED_LOADER = """
+import sys
+from adautomix_fast.data import build_loaders
+train, _, _ = build_loaders("digits", None, 16, workers=2)
+train.set_epoch(0)
+batches = iter(train)
+next(batches)
+print(" ".join(str(w.pid) for w in train.loader._iterator._workers), flush=True)
+sys.stdin.readline()              # the test signals the workers meanwhile
+next(batches)                     # they still serve batches
+print("served", flush=True)
+"""   # ... and the interpreter exits with the persistent workers alive: it must not hang
+
+
+def test_data_workers_ignore_outside_stop_signals_and_end_with_the_main_process(tmp_path):
+    """A scheduler's SIGTERM for the process group leaves the workers running (the main process
+    stops the run); the main process's own SIGTERM (multiprocessing's terminate at interpreter
+    exit) still ends them, so a process leaving persistent workers behind exits."""
+    proc = subprocess.Popen([sys.executable, "-c", LEAKED_LOADER], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        workers = [int(pid) for pid in proc.stdout.readline().split()]
+        assert len(workers) == 2, proc.stderr.read()
+        for pid in workers:
+            os.kill(pid, signal.SIGTERM)    # from this process: not the workers' main process
+            os.kill(pid, signal.SIGUSR1)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert out.strip() == "served" and proc.returncode == 0, err
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 # ---------------------------------------------------------------------------- bad input
 @pytest.mark.parametrize("yaml_text, key", [
     ('lr: "fast"', "lr"), ('batch_size: "32"', "batch_size"), ("mix_samples: [3]", "mix_samples"),

@@ -40,10 +40,13 @@ once in the loader's :class:`SkipLog` and logged as a warning with the running c
 
 from __future__ import annotations
 
+import functools
 import logging
 import operator
+import os
 import signal
 import sys
+import threading
 from typing import Any, Iterator, Optional
 
 import torch
@@ -338,13 +341,34 @@ def worker_start_method(workers: int) -> Optional[str]:
     return None
 
 
-def ignore_stop_signals(_worker_id: int) -> None:
-    """DataLoader workers leave Ctrl-C, SIGTERM and SIGUSR1 to the main process, which stops the
-    run and shuts them down: a terminal's Ctrl-C and a scheduler's SIGTERM reach the whole process
-    group, and a worker that died of one would print its own traceback, or fail the loader,
-    beside the run's one-line message. (A worker still exits when the main process dies.)"""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1):
-        signal.signal(signum, signal.SIG_IGN)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def leave_stop_signals_to(main_pid: int, _worker_id: int) -> None:
+    """A DataLoader worker's ``worker_init_fn`` (bound to the main process's pid with
+    functools.partial): the worker leaves Ctrl-C, and SIGTERM/SIGUSR1 from anyone but the main
+    process, to the main process, which stops the run and shuts the workers down. A terminal's
+    Ctrl-C and a scheduler's SIGTERM reach the whole process group, and a worker that died of one
+    would print its own traceback, or fail the loader, beside the run's one-line message.
+
+    SIGTERM from the main process itself still ends the worker at once: that is how
+    multiprocessing's ``terminate()`` stops workers at interpreter exit (it then joins them, so a
+    worker ignoring it would hang the exit). Telling the senders apart needs ``sigwaitinfo``; where
+    the platform lacks it (macOS) only Ctrl-C is left to the main process."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if not hasattr(signal, "sigwaitinfo"):
+        return
+    # Blocked in this (so far the only) thread, so in every thread it starts; the daemon thread
+    # below takes them one at a time.
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    threading.Thread(target=_end_on_signal_from, args=(main_pid,), daemon=True, name="stop-signals").start()
+
+
+def _end_on_signal_from(main_pid: int) -> None:
+    while True:
+        info = signal.sigwaitinfo(STOP_SIGNALS)
+        if info.si_pid == main_pid:   # a requested shutdown: status 0, which the loader does not report
+            os._exit(0)
 
 
 class EpochLoader:
@@ -371,7 +395,7 @@ class EpochLoader:
             persistent_workers=workers > 0,  # keep workers (and their page cache) across epochs
             multiprocessing_context=worker_start_method(workers),
             generator=loader_generator(seed),
-            worker_init_fn=ignore_stop_signals,
+            worker_init_fn=functools.partial(leave_stop_signals_to, os.getpid()),
         )
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
