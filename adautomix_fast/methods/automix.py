@@ -21,7 +21,7 @@ As OpenMixup's ``AutoMixup`` (classifiers/automix.py) and ``PixelMixBlock`` (hea
   lambda is within 0.08 of 0 or 1. One backward, one SGD step; the teacher (trunk and both heads)
   follows the student by EMA.
 
-Differences from the released AutoMix are listed in the README (the mask-loss schedule).
+Differences from the released AutoMix are listed in docs/methods.md, "AutoMix" (the mask-loss schedule).
 """
 
 from __future__ import annotations
