@@ -4,9 +4,11 @@ restarted, and a two-node launch simulated on this machine."""
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -233,8 +235,6 @@ def test_sigterm_to_a_torchrun_job_stops_every_rank_after_the_same_step(tmp_path
     """SLURM signals every process of the job step: torchrun's agent (which forwards the signal to
     its workers) and the workers themselves. The ranks agree at a log-interval boundary and rank 0
     writes one checkpoint at that batch."""
-    import signal
-    import time
     folder = tmp_path / "pre"
     train = list(TRAIN)
     train[train.index("--epochs") + 1] = "2"

@@ -405,7 +405,7 @@ print("served", flush=True)
 """   # ... and the interpreter exits with the persistent workers alive: it must not hang
 
 
-def test_data_workers_ignore_outside_stop_signals_and_end_with_the_main_process(tmp_path):
+def test_data_workers_ignore_outside_stop_signals_and_end_with_the_main_process():
     """A scheduler's SIGTERM for the process group leaves the workers running (the main process
     stops the run); the main process's own SIGTERM (multiprocessing's terminate at interpreter
     exit) still ends them, so a process leaving persistent workers behind exits."""

@@ -53,6 +53,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from ..errors import DataError
+from ..stopsignals import STOP_SIGNALS
 
 log = logging.getLogger("adautomix_fast")
 
@@ -339,9 +340,6 @@ def worker_start_method(workers: int) -> Optional[str]:
     if workers > 0 and sys.modules.get("nvidia.dali") is not None:
         return "forkserver"
     return None
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 def leave_stop_signals_to(main_pid: int, _worker_id: int) -> None:
