@@ -10,12 +10,12 @@ Public API:
 Command line: ``python -m adautomix_fast.train --help``.
 """
 
-from .adautomix import AdAutoMix, MixPlan, mixed_cross_entropy
+from .methods.adautomix import AdAutoMix, MixPlan, mixed_cross_entropy
 from .config import PRESETS, Config, resolve
 from .engine import Precision, ReferenceStep, Schedule, build_optimizer
 from .errors import DataError, UsageError
 from .evaluate import evaluate
-from .generator import MaskGenerator
+from .methods.generator import MaskGenerator
 
 __version__ = "0.1.0"
 

@@ -32,7 +32,7 @@ import sys
 from typing import Any, Optional
 
 from .errors import UsageError
-from .methods import METHODS
+from .registry import METHODS
 from .records import read_jsonl
 
 LAST = "checkpoint-last.pt"

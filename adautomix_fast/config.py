@@ -11,9 +11,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, fields
+import math
+import typing
+from dataclasses import dataclass, field, fields
 from typing import Any, Optional
 
+from . import registry
 from .errors import UsageError
 from .models.specs import ARCH_SPECS, check_image_size
 
@@ -26,122 +29,113 @@ IMPLS = ("auto", "reference", "fused")
 AMP_DTYPES = ("bf16", "fp16")
 DATA_BACKENDS = ("auto", "torch", "dali")
 GEN_KERNELS = ("auto", "torch", "triton")
-# The paper's baselines (one head, no generator); with "adautomix" and "automix" the --method values.
-BASELINES = ("vanilla", "mixup", "cutmix", "manifoldmix", "fmix", "resizemix", "saliencymix", "puzzlemix")
+UPSAMPLES = ("bilinear", "nearest")
+STUDENT_PASSES = ("batched", "separate")
+TEACHER_BN_STATS = ("exact", "single")
+TRAIN_CROPS = ("pad", "pad-reflect", "rrc")
+INTERPOLATIONS = ("bilinear", "bicubic")
+
+# The concerns a setting belongs to (``Config.grouped``, the printed config).
+DATA, MODEL, GENERATOR, METHOD, OPTIMIZATION, PRECISION, RUN = (
+    "data", "model", "generator", "method", "optimization", "precision", "run")
 
 
-# The recipe fields that define what is trained (appended to Config.IDENTITY; `pretrained` is
-# left out: a resumed run already holds the weights, wherever they came from).
-RECIPE_IDENTITY = ("optimizer", "adam_beta1", "adam_beta2", "adam_eps", "wd_exclude", "warmup_epochs",
-                   "warmup_ratio", "clip_grad", "drop_path", "randaugment", "train_crop", "crop_scale",
-                   "interpolation")
+def setting(default: Any, group: str, identity: bool = False):
+    """A config field: its default, its concern, and whether it defines *what* is trained (a
+    checkpoint may be resumed with another output folder, worker count or log interval, but not
+    with another model or algorithm: ``identity``)."""
+    return field(default=default, metadata={"group": group, "identity": identity})
 
 
 @dataclass
-class Config:
+class RunSettings:
+    """The engine's own settings; ``Config`` adds one field per method option (the registry's)."""
+
     # --- data
-    dataset: str = "digits"
-    data_dir: Optional[str] = None
-    img_size: Optional[int] = None          # None: the data set's native training size
-    workers: int = 2
-    data_backend: str = "auto"              # auto: dali when DALI imports and the device is CUDA, else torch
-    skip_corrupt: bool = False              # skip (and count) unreadable image files instead of stopping
+    dataset: str = setting("digits", DATA, identity=True)
+    data_dir: Optional[str] = setting(None, DATA)
+    img_size: Optional[int] = setting(None, DATA, identity=True)   # None: the data set's native training size
+    workers: int = setting(2, DATA)
+    data_backend: str = setting("auto", DATA)     # auto: dali when DALI imports and the device is CUDA, else torch
+    skip_corrupt: bool = setting(False, DATA)     # skip (and count) unreadable image files instead of stopping
+    randaugment: Optional[str] = setting(None, DATA, identity=True)     # e.g. "rand-m7-n2-mstd0.5"
+    train_crop: Optional[str] = setting(None, DATA, identity=True)      # pad | pad-reflect | rrc (None: the data set's)
+    crop_scale: Optional[float] = setting(None, DATA, identity=True)    # RandomResizedCrop's minimum area
+    interpolation: Optional[str] = setting(None, DATA, identity=True)   # bilinear | bicubic (None: the data set's)
     # --- model
-    arch: str = "r18"
-    cifar_stem: Optional[bool] = None       # None: automatic (images of 64 px or less)
-    # --- generator (docs/algorithm.md, Generator)
-    mix_samples: int = 3
-    lam_concat: bool = False
-    gen_norm: bool = False
-    upsample: str = "bilinear"
-    gen_kernels: str = "auto"               # auto: Triton kernels with the fused impl on CUDA, else PyTorch
-    # --- losses (docs/algorithm.md, Losses)
-    beta: float = 0.3
-    alpha: float = 0.5
-    lam_margin: float = 0.03
-    # --- method (docs/methods.md): AdAutoMix or a baseline, and its options
-    method: str = "adautomix"
-    mix_alpha: Optional[float] = None       # lambda's Beta(a, a); None: the method's published default
-    label_smoothing: float = 0.0
-    # AdAutoMix ablation switches (paper Tables 5, 8, 9, 10): a switched-off term is computed and
-    # logged but left out of the loss
-    loss_one: bool = True                   # clean CE in L_re (weight 1 - alpha)
-    loss_mce: bool = True                   # pixel-mixup MCE in L_re (weight alpha, N >= 3)
-    loss_amce: bool = True                  # the student's generated-mix MCE
-    loss_k: bool = True                     # the teacher's generated-mix CE in the generator objective
-    loss_cos: bool = True                   # the cosine term of the adversarial objective
-    gen_objective: str = "alternate"        # alternate (released), adversarial or cooperative
-    random_mix_samples: bool = False        # N drawn from 2..mix_samples every step (released is_random)
-    gen_train_prob: float = 1.0             # fraction of steps with a generator objective (released switch_off)
-    # AutoMix's L1 mask loss (weight, margin, schedule: cosine to 0 per step, or constant)
-    mask_loss: float = 0.0
-    mask_loss_margin: float = 0.1
-    mask_loss_schedule: str = "cosine"
-    # PuzzleMix (OpenMixup's options; methods/puzzlemix.py): grids 2 .. 2^(n-1) blocks a side, the
-    # graph cut's label smoothness beta, data smoothness gamma and prior weight eta, the transport
-    # (approx: the released iterative assignment; exact; off), its cost eps and cell side (px, -1:
-    # the graph-cut blocks). None: the published value for the image size (<= 32 px: 5 and 4 px).
-    puzzle_block_num: Optional[int] = None
-    puzzle_beta: float = 1.2
-    puzzle_gamma: float = 0.5
-    puzzle_eta: float = 0.2
-    puzzle_transport: str = "approx"
-    puzzle_t_eps: float = 0.8
-    puzzle_t_size: Optional[int] = None
+    arch: str = setting("r18", MODEL, identity=True)
+    cifar_stem: Optional[bool] = setting(None, MODEL, identity=True)    # None: automatic (images of 64 px or less)
+    drop_path: Optional[float] = setting(None, MODEL, identity=True)    # None: the architecture's published rate
+    # weights file or name ("imagenet") for the student and teacher; not identity: a resumed run
+    # already holds the weights, wherever they came from
+    pretrained: Optional[str] = setting(None, MODEL)
+    # --- generator (docs/algorithm.md, Generator): AdAutoMix's and AutoMix's mix block
+    mix_samples: int = setting(3, GENERATOR, identity=True)
+    lam_concat: bool = setting(False, GENERATOR, identity=True)
+    gen_norm: bool = setting(False, GENERATOR, identity=True)
+    upsample: str = setting("bilinear", GENERATOR, identity=True)
+    gen_kernels: str = setting("auto", GENERATOR)   # auto: Triton kernels with the fused impl on CUDA, else PyTorch
+    beta: float = setting(0.3, GENERATOR, identity=True)
+    alpha: float = setting(0.5, GENERATOR, identity=True)
+    lam_margin: float = setting(0.03, GENERATOR, identity=True)
+    # --- method (docs/methods.md): AdAutoMix or a baseline; each method's own options follow
+    method: str = setting("adautomix", METHOD, identity=True)
+    mix_alpha: Optional[float] = setting(None, METHOD, identity=True)   # lambda's Beta(a, a); None: the method's published default
+    label_smoothing: float = setting(0.0, METHOD, identity=True)
     # --- optimisation
-    epochs: int = 3
-    batch_size: int = 100
-    eval_batch_size: Optional[int] = None   # None: same as batch_size
-    lr: float = 0.1
-    min_lr: float = 0.0
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    gen_lr: Optional[float] = None          # None: G shares the student's lr and schedule
-    gen_min_lr: Optional[float] = None
-    lr_per_step: bool = False               # released configs anneal per epoch
-    # --- EMA teacher (docs/algorithm.md, EMA teacher)
-    ema_start: float = 0.999
-    ema_end: float = 0.999999
-    ema_warmup: float = 0.1                 # fraction of training at constant ema_start
-    # --- precision and layout
-    amp: Optional[bool] = None              # None: bf16 where the device computes it natively (CUDA, CPUs with bf16 instructions), else fp32
-    amp_dtype: str = "bf16"
-    channels_last: Optional[bool] = None    # None: on with CUDA, off on CPU
-    impl: str = "auto"                      # auto: fused on CUDA, reference on CPU
-    student_passes: str = "batched"         # fused impl: one [3B] pass with segmented BN, or "separate"
-    teacher_bn_stats: str = "exact"         # fused impl: replay the reference's BN updates, or "single"
-    compile_mode: Optional[str] = None      # fused impl: torch.compile mode (None: reduce-overhead on CUDA)
-    compile_backend: str = "inductor"       # fused impl: torch.compile backend (aot_eager: trace only, no codegen)
-    device: str = "auto"
+    epochs: int = setting(3, OPTIMIZATION, identity=True)
+    batch_size: int = setting(100, OPTIMIZATION, identity=True)
+    eval_batch_size: Optional[int] = setting(None, OPTIMIZATION)        # None: same as batch_size
+    optimizer: str = setting("sgd", OPTIMIZATION, identity=True)        # sgd | adamw (the transformer/ConvNeXt recipes)
+    lr: float = setting(0.1, OPTIMIZATION, identity=True)
+    min_lr: float = setting(0.0, OPTIMIZATION, identity=True)
+    momentum: float = setting(0.9, OPTIMIZATION, identity=True)
+    weight_decay: float = setting(1e-4, OPTIMIZATION, identity=True)
+    adam_beta1: float = setting(0.9, OPTIMIZATION, identity=True)       # AdamW betas and eps (the released 0.9, 0.999, 1e-8)
+    adam_beta2: float = setting(0.999, OPTIMIZATION, identity=True)
+    adam_eps: float = setting(1e-8, OPTIMIZATION, identity=True)
+    wd_exclude: Optional[bool] = setting(None, OPTIMIZATION, identity=True)  # no decay on norms, biases, position tables (None: on with adamw)
+    gen_lr: Optional[float] = setting(None, OPTIMIZATION, identity=True)     # None: G shares the student's lr and schedule
+    gen_min_lr: Optional[float] = setting(None, OPTIMIZATION, identity=True)
+    lr_per_step: bool = setting(False, OPTIMIZATION, identity=True)     # released configs anneal per epoch
+    warmup_epochs: float = setting(0.0, OPTIMIZATION, identity=True)    # linear warm-up (0: none), then the cosine
+    warmup_ratio: float = setting(1e-5, OPTIMIZATION, identity=True)    # warm-up starts at this fraction of the lr (mmcv's ratio)
+    clip_grad: Optional[float] = setting(None, OPTIMIZATION, identity=True)  # total L2 norm (None: no clipping)
+    # EMA teacher (docs/algorithm.md, EMA teacher)
+    ema_start: float = setting(0.999, OPTIMIZATION, identity=True)
+    ema_end: float = setting(0.999999, OPTIMIZATION, identity=True)
+    ema_warmup: float = setting(0.1, OPTIMIZATION, identity=True)       # fraction of training at constant ema_start
+    # --- precision, layout and step implementation
+    amp: Optional[bool] = setting(None, PRECISION)   # None: bf16 where the device computes it natively, else fp32
+    amp_dtype: str = setting("bf16", PRECISION)
+    channels_last: Optional[bool] = setting(None, PRECISION)            # None: on with CUDA, off on CPU
+    impl: str = setting("auto", PRECISION)                              # auto: fused on CUDA, reference on CPU
+    student_passes: str = setting("batched", PRECISION)     # fused impl: one [3B] pass with segmented BN, or "separate"
+    teacher_bn_stats: str = setting("exact", PRECISION)     # fused impl: replay the reference's BN updates, or "single"
+    compile_mode: Optional[str] = setting(None, PRECISION)  # fused impl: torch.compile mode (None: reduce-overhead on CUDA)
+    compile_backend: str = setting("inductor", PRECISION)   # fused impl: torch.compile backend (aot_eager: trace only)
+    device: str = setting("auto", PRECISION)
     # --- run
-    seed: int = 0
-    output: str = "runs"
-    run_name: Optional[str] = None
-    log_interval: int = 20
-    save_every_steps: int = 0               # also checkpoint every N steps (0: at epoch ends only)
-    vis_every: Optional[int] = None         # mixed-sample pictures every N epochs (None: ~10 per run, 0: never)
-    tensorboard: bool = False               # mirror every log record into <run>/tensorboard
-    sync_bn: bool = False                   # SyncBatchNorm across ranks (reference impl, CUDA)
-    preset: Optional[str] = None
-    notes: str = ""
-    # --- architecture recipes (docs/archs.md, Recipes)
-    optimizer: str = "sgd"                  # sgd | adamw (adamw: the transformer/ConvNeXt recipes)
-    adam_beta1: float = 0.9                 # AdamW betas and eps (the released 0.9, 0.999, 1e-8)
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    wd_exclude: Optional[bool] = None       # no weight decay on norms, biases, position tables (None: on with adamw)
-    warmup_epochs: float = 0.0              # linear warm-up (0: none), then the cosine
-    warmup_ratio: float = 1e-5              # warm-up starts at this fraction of the scheduled lr (mmcv's ratio)
-    clip_grad: Optional[float] = None       # clip the gradients' total L2 norm to this (None: no clipping)
-    drop_path: Optional[float] = None       # stochastic depth rate (None: the architecture's published rate)
-    randaugment: Optional[str] = None       # e.g. "rand-m7-n2-mstd0.5" (None: no RandAugment)
-    train_crop: Optional[str] = None        # pad | pad-reflect | rrc (None: the data set's published crop)
-    crop_scale: Optional[float] = None      # RandomResizedCrop's minimum area (None: the data set's)
-    interpolation: Optional[str] = None     # bilinear | bicubic for resizing (None: the data set's)
-    pretrained: Optional[str] = None        # weights file or name ("imagenet") for the student and teacher
+    seed: int = setting(0, RUN, identity=True)
+    output: str = setting("runs", RUN)
+    run_name: Optional[str] = setting(None, RUN)
+    log_interval: int = setting(20, RUN)
+    save_every_steps: int = setting(0, RUN)         # also checkpoint every N steps (0: at epoch ends only)
+    vis_every: Optional[int] = setting(None, RUN)   # mixed-sample pictures every N epochs (None: ~10 per run, 0: never)
+    tensorboard: bool = setting(False, RUN)         # mirror every log record into <run>/tensorboard
+    sync_bn: bool = setting(False, RUN)             # SyncBatchNorm across ranks (reference impl, CUDA)
+    preset: Optional[str] = setting(None, RUN)
+    notes: str = setting("", RUN)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def grouped(self) -> dict[str, dict[str, Any]]:
+        """The settings by concern (data, model, generator, method, optimization, precision, run)."""
+        out: dict[str, dict[str, Any]] = {}
+        for f in fields(self):
+            out.setdefault(f.metadata.get("group", METHOD), {})[f.name] = getattr(self, f.name)
+        return out
 
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
@@ -156,21 +150,12 @@ class Config:
             raise UsageError(f"unknown config keys {sorted(unknown)}; valid keys: {sorted(known)}")
         return cls(**{k: checked_value(k, v) for k, v in d.items()})
 
-    # The fields that define *what* is trained. A checkpoint may be resumed with a different
-    # output folder, worker count or log interval, but not with another model or algorithm.
-    IDENTITY = (
-        "dataset", "img_size", "arch", "cifar_stem", "mix_samples", "lam_concat", "gen_norm",
-        "upsample", "beta", "alpha", "lam_margin", "epochs", "batch_size", "lr", "min_lr",
-        "momentum", "weight_decay", "gen_lr", "gen_min_lr", "lr_per_step", "ema_start",
-        "ema_end", "ema_warmup", "seed", "method", "mix_alpha", "label_smoothing", "loss_one",
-        "loss_mce", "loss_amce", "loss_k", "loss_cos", "gen_objective", "random_mix_samples",
-        "gen_train_prob", "mask_loss", "mask_loss_margin", "mask_loss_schedule",
-        "puzzle_block_num", "puzzle_beta", "puzzle_gamma", "puzzle_eta", "puzzle_transport", "puzzle_t_eps",
-        "puzzle_t_size",
-    ) + RECIPE_IDENTITY
+    @classmethod
+    def identity_fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(cls) if f.metadata.get("identity"))
 
     def identity(self) -> dict:
-        return {k: getattr(self, k) for k in self.IDENTITY}
+        return {k: getattr(self, k) for k in self.identity_fields()}
 
     def fingerprint(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True).encode()
@@ -178,10 +163,8 @@ class Config:
 
     def validate(self) -> None:
         """Raise a one-line UsageError for impossible values or combinations."""
-        if self.arch not in ARCHS:
-            raise UsageError(f"unknown --arch {self.arch!r}; choose one of {', '.join(ARCHS)}")
-        if self.dataset not in DATASETS:
-            raise UsageError(f"unknown --dataset {self.dataset!r}; choose one of {', '.join(DATASETS)}")
+        _check_choice("arch", self.arch, ARCHS, "unknown --arch {value!r}; choose one of {choices}")
+        _check_choice("dataset", self.dataset, DATASETS, "unknown --dataset {value!r}; choose one of {choices}")
         if not 2 <= self.mix_samples <= 5:
             raise UsageError(f"--mix-samples must be between 2 and 5 (got {self.mix_samples}): "
                              "AdAutoMix mixes at least two images")
@@ -206,20 +189,16 @@ class Config:
                 raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1] (got {v})")
         if not 0.0 <= self.ema_warmup <= 1.0:
             raise UsageError(f"--ema-warmup must be a fraction in [0, 1] (got {self.ema_warmup})")
-        if self.upsample not in ("bilinear", "nearest"):
-            raise UsageError(f"--upsample must be bilinear or nearest (got {self.upsample!r})")
-        if self.amp_dtype not in AMP_DTYPES:
-            raise UsageError(f"--amp-dtype must be one of {AMP_DTYPES} (got {self.amp_dtype!r})")
-        if self.data_backend not in DATA_BACKENDS:
-            raise UsageError(f"--data-backend must be one of {', '.join(DATA_BACKENDS)} (got {self.data_backend!r})")
-        if self.gen_kernels not in GEN_KERNELS:
-            raise UsageError(f"--gen-kernels must be one of {', '.join(GEN_KERNELS)} (got {self.gen_kernels!r})")
-        if self.impl not in IMPLS:
-            raise UsageError(f"--impl {self.impl!r} is not available; choose one of {', '.join(IMPLS)}")
-        if self.student_passes not in ("batched", "separate"):
-            raise UsageError(f"--student-passes must be batched or separate (got {self.student_passes!r})")
-        if self.teacher_bn_stats not in ("exact", "single"):
-            raise UsageError(f"--teacher-bn-stats must be exact or single (got {self.teacher_bn_stats!r})")
+        _check_choice("upsample", self.upsample, UPSAMPLES, "--upsample must be bilinear or nearest (got {value!r})")
+        _check_choice("amp_dtype", self.amp_dtype, AMP_DTYPES, "--amp-dtype must be one of {choices} (got {value!r})")
+        _check_choice("data_backend", self.data_backend, DATA_BACKENDS,
+                      "--data-backend must be one of {choices} (got {value!r})")
+        _check_choice("gen_kernels", self.gen_kernels, GEN_KERNELS, "--gen-kernels must be one of {choices} (got {value!r})")
+        _check_choice("impl", self.impl, IMPLS, "--impl {value!r} is not available; choose one of {choices}")
+        _check_choice("student_passes", self.student_passes, STUDENT_PASSES,
+                      "--student-passes must be batched or separate (got {value!r})")
+        _check_choice("teacher_bn_stats", self.teacher_bn_stats, TEACHER_BN_STATS,
+                      "--teacher-bn-stats must be exact or single (got {value!r})")
         if self.img_size is not None and self.img_size < 8:
             raise UsageError(f"--img-size must be at least 8 (got {self.img_size})")
         self._validate_method()
@@ -245,38 +224,36 @@ class Config:
                              f"gen_min_lr={self.gen_min_lr})")
         validate_recipe(self)
 
-
     def _validate_method(self) -> None:
-        from .methods import METHODS
-        if self.method not in METHODS:
-            raise UsageError(f"unknown --method {self.method!r}; choose one of {', '.join(METHODS)}")
+        registry.method_class(self.method)   # one line naming the choices for an unknown method
         if self.mix_alpha is not None and self.mix_alpha <= 0:
             raise UsageError(f"--mix-alpha must be > 0 (got {self.mix_alpha}): it is lambda's Beta(a, a) concentration")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UsageError(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
-        if self.gen_objective not in ("alternate", "adversarial", "cooperative"):
-            raise UsageError(f"--gen-objective must be alternate, adversarial or cooperative (got {self.gen_objective!r})")
-        if not 0.0 < self.gen_train_prob <= 1.0:
-            raise UsageError(f"--gen-train-prob must be in (0, 1] (got {self.gen_train_prob})")
-        if self.mask_loss < 0 or self.mask_loss_margin < 0:
-            raise UsageError(f"--mask-loss and --mask-loss-margin must be >= 0 (got {self.mask_loss}, {self.mask_loss_margin})")
-        if self.mask_loss_schedule not in ("cosine", "constant"):
-            raise UsageError(f"--mask-loss-schedule must be cosine or constant (got {self.mask_loss_schedule!r})")
-        from .methods.puzzlemix import validate_settings
-        validate_settings(self)
-        if self.method == "automix" and self.mix_samples != 2:
-            raise UsageError(f"AutoMix mixes two images (got --mix-samples {self.mix_samples}); drop --mix-samples")
-        if self.random_mix_samples and self.mix_samples < 3:
-            raise UsageError("--random-mix-samples draws N from 2..--mix-samples: set --mix-samples 3 or more")
-        if self.method not in ("adautomix", "automix"):
-            generator_only = [f for f in ("random_mix_samples",) if getattr(self, f)]
-            if generator_only:
-                raise UsageError(f"--{generator_only[0].replace('_', '-')} applies to adautomix only "
-                                 f"(--method {self.method} has no generator)")
+        registry.check_method(self)
+
+
+def _check_choice(key: str, value: Any, choices: tuple[str, ...], message: str) -> None:
+    if value not in choices:
+        raise UsageError(message.format(value=value, choices=", ".join(choices)))
+
+
+# The run configuration: the engine's settings plus every method's options, each a field of the
+# declared type and default, marked as identity when the option changes what is trained.
+Config = dataclasses.make_dataclass(
+    "Config",
+    [(o.name, o.annotation, field(default=o.default, metadata={"group": METHOD, "identity": o.identity,
+                                                                "option": o}))
+     for o in registry.OPTIONS.values()],
+    bases=(RunSettings,),
+    namespace={"__doc__": "One run's settings (module docstring): RunSettings plus every method's options."},
+)
+Config.__module__ = __name__
+# The fields that define what is trained (checkpoint.check_compatible compares them on resume).
+Config.IDENTITY = Config.identity_fields()
 
 
 def _field_types() -> dict[str, Any]:
-    import typing
     return typing.get_type_hints(Config)
 
 
@@ -287,8 +264,6 @@ def _setting(key: str) -> str:
 def checked_value(key: str, value: Any) -> Any:
     """``value`` as the type declared for ``key`` (an int is a valid float), or a UsageError:
     bools are not numbers, floats must be finite, whole-number fields take no fraction."""
-    import math
-    import typing
     declared = _field_types()[key]
     optional = type(None) in typing.get_args(declared)
     base = next((a for a in typing.get_args(declared) if a is not type(None)), declared) if optional else declared
@@ -437,7 +412,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 # The paper's comparison runs: every baseline and AutoMix on each published setting, e.g.
 # cifar100-r18-mixup (the same data, schedule and budget; the method's own published options).
 for _base in ("cifar100-r18", "cifar100-rx50", "tiny-r18", "imagenet-r18", "imagenet-r50"):
-    for _method in BASELINES + ("automix",):
+    for _method in registry.BASELINES + ("automix",):
         _values = {k: v for k, v in PRESETS[_base].items() if k != "gen_norm"}
         PRESETS[f"{_base}-{_method}"] = dict(_values, method=_method)
 
@@ -465,59 +440,6 @@ PRESET_SOURCES.update({
 })
 
 
-# ---------------------------------------------------------------------------- methods
-# lambda's Beta(a, a) concentration per method and data-set family: the published configs
-# (docs/methods.md). ImageNet ResNet-18/34 use 0.2 for the cutting methods.
-METHOD_ALPHA: dict[str, dict[str, float]] = {
-    "cifar": dict(mixup=1.0, cutmix=0.2, manifoldmix=2.0, saliencymix=0.2, fmix=0.2, resizemix=1.0, automix=2.0,
-                  puzzlemix=1.0),
-    "cifar-transformer": dict(mixup=0.8, cutmix=2.0, manifoldmix=2.0, saliencymix=0.2, fmix=1.0, resizemix=1.0,
-                              automix=2.0, puzzlemix=2.0),
-    "imagenet": dict(mixup=0.2, cutmix=1.0, manifoldmix=0.2, saliencymix=1.0, fmix=1.0, resizemix=1.0, automix=2.0,
-                     puzzlemix=1.0),
-    "fine-grained": dict(mixup=1.0, cutmix=0.2, manifoldmix=2.0, saliencymix=0.2, fmix=0.2, resizemix=1.0,
-                         automix=2.0, puzzlemix=1.0),
-}
-_SMALL_IMAGENET_TRUNKS = ("r18", "r34")
-TRANSFORMER_ARCHS = ("swin_t", "convnext_t", "deit_s")
-FINE_GRAINED = ("cub200", "aircraft", "cars")
-
-
-def data_family(dataset: str, arch: str) -> str:
-    """The family whose published method settings apply: cifar (small images: digits, CIFAR,
-    Tiny-ImageNet), cifar-transformer, imagenet (ImageNet and image folders) or fine-grained."""
-    if dataset in FINE_GRAINED:
-        return "fine-grained"
-    if dataset in ("imagenet", "folder"):
-        return "imagenet"
-    return "cifar-transformer" if arch in TRANSFORMER_ARCHS else "cifar"
-
-
-def method_defaults(method: str, dataset: str, arch: str) -> dict[str, Any]:
-    """The published settings of ``method`` for the data set's family (docs/methods.md; for AutoMix
-    the released OpenMixup configs), applied after the data set's defaults and before a preset."""
-    family = data_family(dataset, arch)
-    out: dict[str, Any] = {}
-    alphas = METHOD_ALPHA[family]
-    if method in alphas:
-        alpha = alphas[method]
-        if family == "imagenet" and arch in _SMALL_IMAGENET_TRUNKS and method in ("cutmix", "saliencymix", "fmix"):
-            alpha = 0.2
-        out["mix_alpha"] = alpha
-    if method in BASELINES and family in ("cifar", "cifar-transformer"):
-        out["min_lr"] = 0.0              # the CIFAR baselines anneal the lr by cosine to 0
-    if method == "automix":
-        # OpenMixup AutoMix: N = 2, Beta(2, 2), margin 0.08, nearest upsampling, cooperative
-        # generator without a cosine term, L1 mask loss 0.1 (margin 0.1): constant in the
-        # released CIFAR config, annealed in the ImageNet one.
-        out.update(mix_samples=2, lam_margin=0.08, upsample="nearest", gen_norm=False, gen_objective="cooperative",
-                   loss_cos=False, mask_loss=0.1, mask_loss_margin=0.1,
-                   mask_loss_schedule="constant" if family == "cifar" else "cosine")
-    if method == "adautomix":
-        out["mix_alpha"] = 1.0
-    return out
-
-
 def resolve(explicit: dict[str, Any], preset: Optional[str] = None) -> Config:
     """Build a Config from explicit settings (flags the user typed) and an optional preset.
 
@@ -541,8 +463,11 @@ def resolve(explicit: dict[str, Any], preset: Optional[str] = None) -> Config:
     values.update(ARCH_DATASET_DEFAULTS.get((dataset, arch), {}))
     if arch in ARCH_SPECS:   # an unknown --arch is reported by validate()
         values.update(arch_generator(arch))
-    values.update(method_defaults(method, dataset, arch))
-    values.update(preset_values)
+    values.update(registry.method_defaults(method, dataset, arch))
+    # A preset describes one method's run (most: AdAutoMix's); with another --method its values
+    # for options that method does not have are left out (an explicit flag is still checked).
+    own = registry.method_options(method)
+    values.update({k: v for k, v in preset_values.items() if k not in registry.OPTIONS or k in own})
     values.update(explicit)
     values["preset"] = preset
     cfg = Config.from_dict(values)
@@ -551,19 +476,11 @@ def resolve(explicit: dict[str, Any], preset: Optional[str] = None) -> Config:
 
 
 # ---------------------------------------------------------------------------- recipe validation
-TRAIN_CROPS = ("pad", "pad-reflect", "rrc")
-INTERPOLATIONS = ("bilinear", "bicubic")
-
-
 def validate_recipe(cfg: Config) -> None:
     """One-line UsageErrors for the architecture-recipe fields; called by validate()."""
-    from .data.randaugment import parse_randaugment
-    from .data.transforms import NATIVE_SIZE
-    from .optim import OPTIMIZERS
-
     spec = ARCH_SPECS[cfg.arch]
-    if cfg.optimizer not in OPTIMIZERS:
-        raise UsageError(f"--opt must be one of {', '.join(OPTIMIZERS)} (got {cfg.optimizer!r})")
+    if cfg.optimizer not in registry.OPTIMIZERS:
+        raise UsageError(f"--opt must be one of {', '.join(registry.OPTIMIZERS)} (got {cfg.optimizer!r})")
     for name in ("adam_beta1", "adam_beta2"):
         v = getattr(cfg, name)
         if not 0.0 <= v < 1.0:
@@ -582,7 +499,7 @@ def validate_recipe(cfg: Config) -> None:
         if cfg.drop_path > 0 and spec.family == "resnet":
             raise UsageError(f"--drop-path applies to the Swin, ConvNeXt and DeiT architectures, not {cfg.arch}")
     if cfg.randaugment is not None:
-        parse_randaugment(cfg.randaugment)
+        registry.parse_randaugment(cfg.randaugment)
     if cfg.train_crop is not None and cfg.train_crop not in TRAIN_CROPS:
         raise UsageError(f"--train-crop must be one of {', '.join(TRAIN_CROPS)} (got {cfg.train_crop!r})")
     if cfg.crop_scale is not None and not 0.0 < cfg.crop_scale <= 1.0:
@@ -591,4 +508,4 @@ def validate_recipe(cfg: Config) -> None:
         raise UsageError(f"--interpolation must be one of {', '.join(INTERPOLATIONS)} (got {cfg.interpolation!r})")
     if cfg.cifar_stem and not spec.cifar_stem:
         raise UsageError(f"--arch {cfg.arch} has no CIFAR stem; use --no-cifar-stem and --img-size {spec.image_size}")
-    check_image_size(cfg.arch, cfg.img_size or NATIVE_SIZE[cfg.dataset], cfg.cifar_stem)
+    check_image_size(cfg.arch, registry.image_side(cfg), cfg.cifar_stem)

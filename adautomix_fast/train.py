@@ -29,8 +29,9 @@ from .devices import pick_device
 from .engine import Precision, Schedule, build_optimizer, build_step, resolve_impl
 from .errors import CompiledStepError, RunDiverged, RunStopped, UsageError
 from .runfolder import LAST, RunFolder, SilentRunFolder, default_run_name, describe_checkpoint
-from .generator import resolve_gen_kernels
-from .methods import METHODS, build_model
+from .methods.generator import resolve_gen_kernels
+from . import registry
+from .registry import METHODS, build_model, image_side
 from .models import default_cifar_stem, load_pretrained_model
 from .optim import OPTIMIZERS
 from .trainer import Trainer, format_metrics
@@ -114,39 +115,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="lambda's Beta(a, a) concentration (default: the method's published value for the data set's "
                         "family: adautomix 1; mixup 1 (CIFAR) / 0.2 (ImageNet); cutmix 0.2 / 1; automix 2; ...)")
     g.add_argument("--label-smoothing", type=float, help=f"label smoothing of every cross-entropy (default: {D.label_smoothing})")
-    g.add_argument("--mask-loss", type=float, help="automix: weight of the L1 mask loss (default: 0.1 with automix)")
-    g.add_argument("--mask-loss-margin", type=float, help=f"automix: margin of the L1 mask loss (default: {D.mask_loss_margin})")
-    g.add_argument("--mask-loss-schedule", choices=["cosine", "constant"],
-                   help="automix: mask-loss weight annealed to 0 by cosine, or constant (default: constant for "
-                        "small-image data, as the released CIFAR config; cosine otherwise)")
-    g.add_argument("--puzzle-block-num", type=int,
-                   help="puzzlemix: grids of 2^1 .. 2^(n-1) blocks a side, one drawn per step (default: 5, grids "
-                        "2-16, for images <= 32 px; else 4, grids 2-8: OpenMixup's configs)")
-    g.add_argument("--puzzle-beta", type=float, help=f"puzzlemix: label smoothness of the graph cut (default: {D.puzzle_beta})")
-    g.add_argument("--puzzle-gamma", type=float, help=f"puzzlemix: data smoothness across block edges, 0..1 (default: {D.puzzle_gamma})")
-    g.add_argument("--puzzle-eta", type=float, help=f"puzzlemix: weight of the mixing-ratio prior (default: {D.puzzle_eta})")
-    g.add_argument("--puzzle-transport", choices=["approx", "exact", "off"],
-                   help="puzzlemix: move salient blocks under the mask by OpenMixup's iterative assignment (approx), "
-                        f"an exact assignment, or not at all (default: {D.puzzle_transport})")
-    g.add_argument("--puzzle-t-eps", type=float, help=f"puzzlemix: transport distance cost (default: {D.puzzle_t_eps})")
-    g.add_argument("--puzzle-t-size", type=int,
-                   help="puzzlemix: transport cell side in px, -1 for the graph-cut blocks (default: 4 for images "
-                        "<= 32 px, else -1)")
+    for cls in METHODS.values():
+        add_method_options(p, cls)
 
-    g = p.add_argument_group("AdAutoMix (ablation switches: a switched-off term is still logged)")
-    g.add_argument("--loss-one", action=BOOL, help="clean cross-entropy in the classifier loss, weight 1 - alpha (default: on)")
-    g.add_argument("--loss-mce", action=BOOL, help="pixel-mixup MCE in the classifier loss, weight alpha, N >= 3 (default: on)")
-    g.add_argument("--loss-amce", action=BOOL, help="the student's MCE on the generated mix (default: on)")
-    g.add_argument("--loss-k", action=BOOL, help="the teacher's generated-mix CE in the generator objective (default: on)")
-    g.add_argument("--loss-cos", action=BOOL, help="the cosine term of the adversarial generator objective (default: on)")
-    g.add_argument("--gen-objective", choices=["alternate", "adversarial", "cooperative"],
-                   help=f"generator objective: alternate (released: adversarial every other step), adversarial or "
-                        f"cooperative every step (default: {D.gen_objective})")
-    g.add_argument("--random-mix-samples", action=BOOL,
-                   help="draw N from 2..--mix-samples every step (released is_random; one compiled graph per N) (default: off)")
-    g.add_argument("--gen-train-prob", type=float,
-                   help=f"train the generator on this fraction of steps, a coin flip per step (released switch_off) "
-                        f"(default: {D.gen_train_prob})")
+    g = p.add_argument_group("generator (AdAutoMix and AutoMix)")
     g.add_argument("--mix-samples", type=int, help="N, images mixed per sample, 2..5 (default: 3; ImageNet: 2)")
     g.add_argument("--beta", type=float, help="weight of the adversarial teacher loss (default: 0.3; Tiny 0.4; ImageNet 0.1)")
     g.add_argument("--alpha", type=float, help="weight of the pixel-mixup loss in L_re, N >= 3 (default: 0.5)")
@@ -234,25 +206,25 @@ def _optional_str(text: str) -> Optional[str]:
     return None if text.lower() == "none" else text
 
 
-METHOD_NAMES = {"adautomix": "AdAutoMix", "automix": "AutoMix", "vanilla": "Vanilla", "mixup": "MixUp",
-                "cutmix": "CutMix", "manifoldmix": "ManifoldMix", "fmix": "FMix", "resizemix": "ResizeMix",
-                "saliencymix": "SaliencyMix", "puzzlemix": "PuzzleMix"}
-
-
-def method_settings(cfg: Config) -> str:
-    """The method's own settings for the run summary."""
-    if cfg.method == "adautomix":
-        return f"N={cfg.mix_samples}" + (" (random 2..N)" if cfg.random_mix_samples else "") + f", Beta({cfg.mix_alpha:g})"
-    if cfg.method == "automix":
-        return f"N=2, Beta({cfg.mix_alpha:g}), mask loss {cfg.mask_loss:g} ({cfg.mask_loss_schedule})"
-    if cfg.method == "puzzlemix":
-        from .data.transforms import NATIVE_SIZE
-        from .methods.puzzlemix import resolved_settings
-        blocks, t_size = resolved_settings(cfg, cfg.img_size or NATIVE_SIZE[cfg.dataset])
-        transport = "off" if cfg.puzzle_transport == "off" else \
-            f"{cfg.puzzle_transport} (eps {cfg.puzzle_t_eps:g}, {'block' if t_size == -1 else f'{t_size} px'} cells)"
-        return f"Beta({cfg.mix_alpha:g}), grids 2-{2 ** (blocks - 1)}, transport {transport}"
-    return "" if cfg.method == "vanilla" else f"Beta({cfg.mix_alpha:g})"
+def add_method_options(parser: argparse.ArgumentParser, cls) -> None:
+    """One flag per option a method declares (methods/options.py), in a group of its own."""
+    own = vars(cls).get("options", ())
+    if not own:
+        return
+    g = parser.add_argument_group(f"{cls.title} options (--method {cls.name})")
+    for option in own:
+        help_text = f"{cls.name}: {option.help}"
+        if "(default:" not in option.help:
+            help_text += f" (default: {option.default_text()})"
+        kwargs: dict[str, Any] = {"help": help_text, "dest": option.name}
+        if option.type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif option.choices:
+            kwargs["choices"] = list(option.choices)
+        else:
+            kwargs["type"] = option.type
+            kwargs["metavar"] = option.metavar or option.name.split("_")[-1].upper()
+        g.add_argument(option.flag, **kwargs)
 
 
 def recipe_settings(cfg: Config) -> str:
@@ -316,13 +288,18 @@ def build_config(args: argparse.Namespace, resumed: Optional[dict]) -> Config:
         base.update(explicit)
         cfg = Config.from_dict(base)
         cfg.validate()
+        registry.check_foreign_options(cfg.method, explicit)
         return cfg
     settings: dict[str, Any] = {}
     if getattr(args, "config", None):
         settings.update(load_yaml_settings(args.config))
     settings.update(explicit)
     preset = getattr(args, "preset", None) or settings.pop("preset", None)
-    return resolve(settings, preset)
+    cfg = resolve(settings, preset)
+    # A flag of another method's option would be ignored: say so (a config file written by an
+    # earlier run may hold such values; they stay harmless).
+    registry.check_foreign_options(cfg.method, explicit)
+    return cfg
 
 
 # ---------------------------------------------------------------------------- the run
@@ -426,7 +403,8 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
     global_batch = cfg.batch_size * ctx.world_size
     parts = [f"{info.train_size} train / {info.val_size} val images, {info.num_classes} classes, "
              f"{info.image_size}px{', CIFAR stem' if cifar_stem else ''}"]
-    details = [method_settings(cfg), recipe_settings(cfg), f"device {device}", f"data {info.backend}",
+    method = METHODS[cfg.method]
+    details = [method.describe(cfg, image_side(cfg)), recipe_settings(cfg), f"device {device}", f"data {info.backend}",
                precision.reason, f"impl {impl}"]
     if pretrained is not None:
         details.append(f"pretrained {pretrained['path']} ({pretrained['loaded']} tensors; heads fresh)")
@@ -434,7 +412,7 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
         details.append(f"generator ops {model.generator.kernels}")
     if ctx.enabled:
         details.append(f"{ctx.world_size} processes ({ctx.backend}), global batch {global_batch}")
-    summary = (f"{METHOD_NAMES.get(cfg.method, cfg.method)} {cfg.arch} on {cfg.dataset} ({parts[0]}), "
+    summary = (f"{method.title} {cfg.arch} on {cfg.dataset} ({parts[0]}), "
                + ", ".join(d for d in details if d))
 
     folder_path = (os.path.dirname(os.path.abspath(resume_path)) if resume_path is not None and "output" not in vars(args)

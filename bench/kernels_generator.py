@@ -3,7 +3,7 @@
     python -m bench.kernels_generator --out DIR [--quick] [--shapes cifar,imagenet] [--no-write]
 
 For each shape and each op, the fused Triton kernel (``triton``) and its eager twin
-(``reference``, from adautomix_fast.generator) run side by side in this process:
+(``reference``, from adautomix_fast.methods.generator) run side by side in this process:
   cross_attention_mask   q, k [N,B,P,D], v [N,B,P] in the AMP dtype (bf16; fp32 too unless --quick)
   upsample_softmax_mix   m fp32 [B,N,h,w], x [B,3,H,W] fp32 channels-last, index [N,B]
 in two modes, ``fwd`` (forward only) and ``fwd+bwd`` (forward and backward; gradients for q, k, v,
@@ -83,7 +83,7 @@ def mix_inputs(s: dict[str, int], device: torch.device, grad: bool):
 
 def attention_step(provider: str, s: dict[str, int], dtype: torch.dtype, device: torch.device,
                    backward: bool) -> Callable[[], Any]:
-    from adautomix_fast.generator import cross_attention_mask_reference
+    from adautomix_fast.methods.generator import cross_attention_mask_reference
     if provider == "triton":
         from adautomix_fast.kernels import cross_attention_mask as fn
     else:
@@ -101,7 +101,7 @@ def attention_step(provider: str, s: dict[str, int], dtype: torch.dtype, device:
 
 
 def mix_step(provider: str, s: dict[str, int], device: torch.device, backward: bool) -> Callable[[], Any]:
-    from adautomix_fast.generator import upsample_softmax_mix_reference
+    from adautomix_fast.methods.generator import upsample_softmax_mix_reference
     if provider == "triton":
         from adautomix_fast.kernels import upsample_softmax_mix as fn
     else:

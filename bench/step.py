@@ -32,10 +32,10 @@ if __package__ in (None, ""):  # `python bench/step.py` as well as -m
 import torch
 import torch.nn.functional as F
 
-from adautomix_fast.methods import METHODS, build_model
+from adautomix_fast.registry import METHODS, build_model
 from adautomix_fast.config import PRESETS, Config, resolve
 from adautomix_fast.engine import Precision, Schedule, build_optimizer, build_step
-from adautomix_fast.generator import resolve_gen_kernels
+from adautomix_fast.methods.generator import resolve_gen_kernels
 from adautomix_fast.models import ARCH_SPECS, Classifier, drop_path_rate
 from adautomix_fast.optim import InGraphOptimizer, no_weight_decay, wd_exclude
 from bench import common

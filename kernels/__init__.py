@@ -1,7 +1,7 @@
 """Triton kernels of adautomix_fast, installed as ``adautomix_fast.kernels``.
 
 One op per file, each with its forward and backward kernels, host wrappers and
-autograd registration; the plain PyTorch twins live in ``adautomix_fast.generator``.
+autograd registration; the plain PyTorch twins live in ``adautomix_fast.methods.generator``.
 
 * ``cross_attention_mask(q, k, v, scale=None)``: the generator's N cross-attention maps
   (docs/algorithm.md, Generator; paper Eq. 5), flash-attention style, never materialising [N,B,P,P].

@@ -40,7 +40,7 @@ Registered as the operators ``adautomix_fast::cross_attention_mask_fwd`` / ``_bw
 ``register_autograd`` (see ``_launch.library_op``), so torch.compile can trace the public
 function ``cross_attention_mask`` (the registered autograd formula takes the place of a
 ``torch.autograd.Function``). The plain PyTorch twin is
-``adautomix_fast.generator.cross_attention_mask_reference``.
+``adautomix_fast.methods.generator.cross_attention_mask_reference``.
 """
 
 from typing import Optional

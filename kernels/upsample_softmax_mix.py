@@ -35,7 +35,7 @@ function rejects them up front where that needs no host synchronisation (see
 
 Registered as ``adautomix_fast::upsample_softmax_mix_fwd`` / ``_bwd`` with ``register_autograd``
 (see ``_launch.library_op``). The plain PyTorch twin is
-``adautomix_fast.generator.upsample_softmax_mix_reference``.
+``adautomix_fast.methods.generator.upsample_softmax_mix_reference``.
 """
 
 from typing import Optional

@@ -24,7 +24,7 @@ import torch
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
 
-from adautomix_fast.adautomix import AdAutoMix  # noqa: E402
+from adautomix_fast.methods.adautomix import AdAutoMix  # noqa: E402
 from adautomix_fast.config import resolve  # noqa: E402
 from adautomix_fast.engine import Precision, ReferenceStep, Schedule, build_optimizer, make_plan_generator  # noqa: E402
 from adautomix_fast.fused import FusedStep  # noqa: E402

@@ -10,7 +10,7 @@ import pytest
 def skip_without_requirements(method: str) -> None:
     """Skip a test of ``method`` where an optional package it needs is missing (OpenCV's contrib
     saliency for SaliencyMix, pyGCO for PuzzleMix), with the method's own message."""
-    from adautomix_fast.methods import method_class
+    from adautomix_fast.registry import method_class
 
     missing = method_class(method).missing_requirement()
     if missing:

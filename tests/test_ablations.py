@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from adautomix_fast.adautomix import AdAutoMix
+from adautomix_fast.methods.adautomix import AdAutoMix
 from adautomix_fast.config import resolve
 from adautomix_fast.engine import Precision, ReferenceStep, Schedule, build_optimizer, make_plan_generator
 

@@ -180,7 +180,7 @@ def test_classifiers_are_built_with_the_configured_drop_path(method, arch, drop)
     """--drop-path (or the architecture's published rate) reaches every classifier each method
     builds (student and teacher; the baselines' one classifier)."""
     from adautomix_fast.config import resolve
-    from adautomix_fast.methods import build_model
+    from adautomix_fast.registry import build_model
     from adautomix_fast.models import drop_path_rate
     cfg = resolve(dict(dataset="digits", arch=arch, img_size=SIZE[arch], method=method, drop_path=drop))
     model = build_model(cfg, CLASSES, TINY[arch])

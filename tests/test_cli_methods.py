@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adautomix_fast.methods import METHODS
+from adautomix_fast.registry import METHODS
 from adautomix_fast.train import main
 
 from cli_helpers import read_log

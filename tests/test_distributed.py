@@ -42,7 +42,7 @@ def _same_on_all_ranks(t):
 
 
 def _build(cfg, ctx, fused):
-    from adautomix_fast.methods import build_model
+    from adautomix_fast.registry import build_model
     torch.manual_seed(0)
     model = build_model(cfg, 5, cifar_stem=True)
     opt = build_optimizer(model, cfg)

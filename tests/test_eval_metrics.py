@@ -295,7 +295,7 @@ def test_mix_grid_of_every_methods_visualize_dict(method, tmp_path):
     skip_without_requirements(method)
     from adautomix_fast.config import resolve
     from adautomix_fast.evaluate.mixvis import MixVisual, render_mix_grid
-    from adautomix_fast.methods import build_model
+    from adautomix_fast.registry import build_model
 
     torch.manual_seed(0)
     model = build_model(resolve({"arch": "tiny", "method": method}), 10, cifar_stem=True)

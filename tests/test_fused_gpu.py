@@ -102,7 +102,7 @@ def test_fused_step_samples_its_plan_inside_the_graph_without_host_sync():
 @pytest.mark.parametrize("method", ["cutmix", "automix"])
 def test_a_methods_fused_step_is_one_cuda_graph_without_host_sync(method):
     from torch._dynamo.utils import counters
-    from adautomix_fast.methods import build_model
+    from adautomix_fast.registry import build_model
     counters.clear()
     cfg = resolve(dict(dataset="digits", arch="tiny", method=method, batch_size=B, epochs=1, amp=True,
                        channels_last=True))

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adautomix_fast.generator import (MaskGenerator, cross_attention_mask_reference, mix_images,
+from adautomix_fast.methods.generator import (MaskGenerator, cross_attention_mask_reference, mix_images,
                                       upsample_masks, upsample_softmax_mix_reference)
 
 

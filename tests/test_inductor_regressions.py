@@ -18,7 +18,7 @@ import pytest
 
 _UPSAMPLE_SOFTMAX_GATHER = r"""
 import torch, torch.nn.functional as F
-from adautomix_fast.generator import upsample_masks
+from adautomix_fast.methods.generator import upsample_masks
 torch.manual_seed(0)
 B, N, h, H = 12, {n}, 4, 16
 def step(v, x, w, index):

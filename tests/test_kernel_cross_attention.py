@@ -1,5 +1,5 @@
 """adautomix_fast.kernels.cross_attention_mask against its PyTorch twin
-(adautomix_fast.generator.cross_attention_mask_reference): values, every gradient, finite
+(adautomix_fast.methods.generator.cross_attention_mask_reference): values, every gradient, finite
 differences, determinism, torch.compile, bad input. On a CPU the kernels run in the Triton
 interpreter (tests/conftest.py sets TRITON_INTERPRET=1), so shapes stay small; GPU-marked tests add
 bf16 and the ResNet-50 sizes (P = 196, D = 512)."""
@@ -9,7 +9,7 @@ import importlib
 import pytest
 import torch
 
-from adautomix_fast.generator import cross_attention_mask_reference
+from adautomix_fast.methods.generator import cross_attention_mask_reference
 from adautomix_fast.kernels import _launch, cross_attention_mask
 from kernel_helpers import build_for_sm90, replace_kernels_with_tripwires
 

@@ -1,5 +1,5 @@
 """adautomix_fast.kernels.upsample_softmax_mix against its PyTorch twin
-(adautomix_fast.generator.upsample_softmax_mix_reference): values, masks, memory format, every
+(adautomix_fast.methods.generator.upsample_softmax_mix_reference): values, masks, memory format, every
 gradient, finite differences, determinism, torch.compile, bad input, and the generator / step
 dispatching to the kernels. On a CPU the kernels run in the Triton interpreter (tests/conftest.py
 sets TRITON_INTERPRET=1), so images stay small; GPU-marked tests add bf16 and the real sizes
@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adautomix_fast.adautomix import AdAutoMix, MixPlan
-from adautomix_fast.generator import MaskGenerator, upsample_softmax_mix_reference
+from adautomix_fast.methods.adautomix import AdAutoMix, MixPlan
+from adautomix_fast.methods.generator import MaskGenerator, upsample_softmax_mix_reference
 from adautomix_fast.kernels import _launch, upsample_softmax_mix
 from kernel_helpers import build_for_sm90, replace_kernels_with_tripwires
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from adautomix_fast.config import resolve
 from adautomix_fast.engine import Precision, ReferenceStep, Schedule, build_optimizer, make_plan_generator
 from adautomix_fast.fused import FusedStep
-from adautomix_fast.methods import METHODS, build_model
+from adautomix_fast.registry import METHODS, build_model
 
 from optional import skip_without_requirements
 from adautomix_fast.methods.base import pair_mixed_cross_entropy, sample_beta

@@ -14,7 +14,7 @@ from adautomix_fast.engine import Precision, ReferenceStep, Schedule, make_plan_
 from adautomix_fast.engine import build_optimizer as engine_build_optimizer
 from adautomix_fast.errors import UsageError
 from adautomix_fast.fused import FusedStep
-from adautomix_fast.methods import build_model
+from adautomix_fast.registry import build_model
 from adautomix_fast.models import default_cifar_stem
 from adautomix_fast.optim import (InGraphOptimizer, build_optimizer, clip_grad_norm_, group_role, no_weight_decay,
                                   param_groups, unscale_and_check_, warmup_cosine_lr)

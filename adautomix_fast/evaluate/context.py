@@ -94,7 +94,7 @@ def load_run(path: str, which: str = "last") -> LoadedRun:
     """Load a checkpoint (file or run folder) and rebuild its model in eval mode."""
     from .. import checkpoint as ckpt_lib
     from ..config import Config
-    from ..methods import build_model
+    from ..registry import build_model
 
     file = resolve_checkpoint(path, which)
     try:

@@ -32,8 +32,11 @@ from typing import Optional
 import torch
 import torch.nn as nn
 
-from ..adautomix import AdAutoMix, MixPlan, mixed_cross_entropy
-from ..generator import MaskGenerator, _kernel_ops, cross_attention_mask_reference
+from ..errors import UsageError
+from .adautomix import AdAutoMix, MixPlan, mixed_cross_entropy
+from .base import DataFacts
+from .options import FAMILIES, Option
+from .generator import MaskGenerator, _kernel_ops, cross_attention_mask_reference
 
 
 class PixelMixBlock(nn.Module):
@@ -103,6 +106,23 @@ class AutoMix(AdAutoMix):
     """AutoMix: AdAutoMix's student/teacher/EMA machinery with AutoMix's mix block and objective."""
 
     name = "automix"
+    title = "AutoMix"
+    summary = "a generator of two-image masks trained cooperatively, EMA teacher, L1 mask loss"
+    rank = 1
+    # OpenMixup AutoMix: N = 2, Beta(2, 2), margin 0.08, nearest upsampling, cooperative generator
+    # without a cosine term, L1 mask loss 0.1 (margin 0.1): constant in the released CIFAR config,
+    # annealed in the ImageNet one.
+    defaults = {family: dict(mix_alpha=2.0, mix_samples=2, lam_margin=0.08, upsample="nearest", gen_norm=False,
+                             gen_objective="cooperative", loss_cos=False, mask_loss=0.1, mask_loss_margin=0.1,
+                             mask_loss_schedule="constant" if family == "cifar" else "cosine")
+                for family in FAMILIES}
+    options = (
+        Option("mask_loss", float, 0.0, low=0, help="weight of the L1 mask loss (default: 0.1, the published value)"),
+        Option("mask_loss_margin", float, 0.1, low=0, help="margin of the L1 mask loss"),
+        Option("mask_loss_schedule", str, "cosine", choices=("cosine", "constant"),
+               help="mask-loss weight annealed to 0 by cosine, or constant (default: constant for small-image "
+                    "data, as the released CIFAR config; cosine otherwise)"),
+    )
     cosine_sources = False
 
     def __init__(self, arch: str, num_classes: int, *, cifar_stem: bool, mask_loss: float = 0.1,
@@ -123,7 +143,17 @@ class AutoMix(AdAutoMix):
         return PixelMixBlock(in_channels, **kwargs)
 
     @classmethod
-    def from_config(cls, cfg, num_classes: int, cifar_stem: bool) -> "AutoMix":
+    def check_config(cls, cfg, image_side: int) -> None:
+        if cfg.mix_samples != 2:
+            raise UsageError(f"AutoMix mixes two images (got --mix-samples {cfg.mix_samples}); drop --mix-samples")
+        super().check_config(cfg, image_side)
+
+    @classmethod
+    def describe(cls, cfg, image_side: int) -> str:
+        return f"N=2, Beta({cfg.mix_alpha:g}), mask loss {cfg.mask_loss:g} ({cfg.mask_loss_schedule})"
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int, cifar_stem: bool, data: Optional[DataFacts] = None) -> "AutoMix":
         switches = {k: v for k, v in cls.switches_from_config(cfg).items()
                     if k not in ("gen_objective", "loss_cos", "random_mix_samples")}
         return cls(cfg.arch, num_classes, cifar_stem=cifar_stem, lam_margin=cfg.lam_margin,

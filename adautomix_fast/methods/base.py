@@ -27,8 +27,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..numerics import at_least_fp32, fp32_region
 from ..models import Classifier
+from ..numerics import at_least_fp32, fp32_region
+from .options import Option
 
 
 # ---------------------------------------------------------------------------- sampling helpers
@@ -85,6 +86,16 @@ def pair_mixed_cross_entropy(logits: torch.Tensor, y: torch.Tensor, perm: torch.
         return (lam * a + (1.0 - lam) * b).mean()
 
 
+# ---------------------------------------------------------------------------- what a method is built from
+class DataFacts(NamedTuple):
+    """What a method may need to know about the data (it never imports the data modules): the
+    training image side in pixels and the normalisation (per-channel mean and std)."""
+
+    image_side: int
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+
 # ---------------------------------------------------------------------------- the base model
 class MixModel(nn.Module):
     """Shared state and interface of every method's model (module docstring).
@@ -94,7 +105,16 @@ class MixModel(nn.Module):
     passes), and implement ``sample_plan`` and ``step_losses``.
     """
 
-    name = "base"
+    # --- what the registry, the config and the CLI read (methods/options.py). A class that sets
+    # ``name`` in its own body is a method; one that does not (PairMix) is a shared base.
+    name: Optional[str] = None      # the --method value
+    title = ""                      # the name in tables and the run summary ("MixUp")
+    summary = ""                    # one line for the methods table of the docs
+    rank = 100                      # position in listings (the paper's order; new methods after)
+    options: tuple[Option, ...] = ()            # the method's own settings (inherited ones too)
+    defaults: dict[str, dict[str, Any]] = {}    # published settings per data-set family
+    uses_mix_alpha = True           # lambda is drawn from Beta(mix_alpha, mix_alpha)
+
     HEADS: tuple[str, ...] = ("student_one",)
     HEADLINE = "student_one"
     has_teacher = False
@@ -112,6 +132,41 @@ class MixModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.num_updates.device
+
+    # ------------------------------------------------------------------ self-description
+    @classmethod
+    def all_options(cls) -> tuple[Option, ...]:
+        """The options of this method and of the methods it is built on, base classes first."""
+        seen: dict[str, Option] = {}
+        for klass in reversed(cls.__mro__):
+            for option in vars(klass).get("options", ()):
+                seen[option.name] = option
+        return tuple(seen.values())
+
+    @classmethod
+    def published_defaults(cls, family: str, arch: str) -> dict[str, Any]:
+        """The method's published settings for a data-set family (``arch``: for the rules that
+        also depend on the trunk, e.g. ImageNet ResNet-18's smaller cutting concentration)."""
+        return dict(cls.defaults[family])
+
+    @classmethod
+    def run_mix_alpha(cls, cfg) -> float:
+        """The run's Beta concentration: ``--mix-alpha`` as resolved from the method's published
+        defaults. A config built without resolution (``Config(method=...)``) has none: then the
+        method's published value for small images, never a silent constant."""
+        if cfg.mix_alpha is not None:
+            return float(cfg.mix_alpha)
+        return float(cls.published_defaults("cifar", cfg.arch).get("mix_alpha", 1.0))
+
+    @classmethod
+    def check_config(cls, cfg, image_side: int) -> None:
+        """One-line UsageErrors for combinations this method cannot run (beyond each option's own
+        range, which the config checks); ``image_side``: the training image size in pixels."""
+
+    @classmethod
+    def describe(cls, cfg, image_side: int) -> str:
+        """The method's settings for the run summary, e.g. "Beta(0.2)"."""
+        return f"Beta({cfg.mix_alpha:g})" if cls.uses_mix_alpha else ""
 
     @classmethod
     def missing_requirement(cls) -> Optional[str]:
@@ -195,5 +250,5 @@ class MixModel(nn.Module):
         raise NotImplementedError
 
 
-__all__ = ["MixModel", "sample_beta", "random_permutation", "uniform_int", "cross_entropy",
+__all__ = ["DataFacts", "MixModel", "sample_beta", "random_permutation", "uniform_int", "cross_entropy",
            "pair_mixed_cross_entropy"]

@@ -19,7 +19,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .base import uniform_int
-from .pairmix import PairMix, no_repeat_permutation
+from .pairmix import PairMix, cutting_defaults, no_repeat_permutation, pair_defaults
 
 
 class BoxPlan(NamedTuple):
@@ -74,6 +74,14 @@ def paste_box(x: torch.Tensor, perm: torch.Tensor, box: torch.Tensor) -> torch.T
 
 class CutMix(PairMix):
     name = "cutmix"
+    title = "CutMix"
+    summary = "a box of the partner image pasted in; lambda from the box"
+    rank = 4
+    defaults = pair_defaults(cifar=0.2, cifar_transformer=2.0, imagenet=1.0, fine_grained=0.2)
+
+    @classmethod
+    def published_defaults(cls, family: str, arch: str) -> dict:
+        return cutting_defaults(super().published_defaults(family, arch), family, arch)
 
     def sample_plan(self, batch_size: int, generator: Optional[torch.Generator] = None,
                     n: Optional[int] = None, image_size: Optional[tuple[int, int]] = None) -> BoxPlan:

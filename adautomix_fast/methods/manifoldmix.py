@@ -19,7 +19,7 @@ import torch
 
 from .base import random_permutation, uniform_int
 from .mixup import mixup
-from .pairmix import PairMix
+from .pairmix import PairMix, pair_defaults
 
 # Stage indices (Classifier.forward_stages) before which a hidden state may be mixed, for k = 0, 1, 2.
 MIX_POINTS = (0, 2, 3)
@@ -46,6 +46,10 @@ def manifold_pooled(net, x: torch.Tensor, plan: ManifoldPlan) -> torch.Tensor:
 
 class ManifoldMix(PairMix):
     name = "manifoldmix"
+    title = "ManifoldMix"
+    summary = "mixup of hidden states at a random stage boundary"
+    rank = 5
+    defaults = pair_defaults(cifar=2.0, cifar_transformer=2.0, imagenet=0.2, fine_grained=2.0)
 
     def sample_plan(self, batch_size: int, generator: Optional[torch.Generator] = None,
                     n: Optional[int] = None, image_size: Optional[tuple[int, int]] = None) -> ManifoldPlan:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from .pairmix import PairMix, PairPlan
+from .pairmix import PairMix, PairPlan, pair_defaults
 
 
 def mixup(x: torch.Tensor, lam: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
@@ -22,6 +22,10 @@ def mixup(x: torch.Tensor, lam: torch.Tensor, perm: torch.Tensor) -> torch.Tenso
 
 class MixUp(PairMix):
     name = "mixup"
+    title = "MixUp"
+    summary = "lam x + (1 - lam) x[perm], one lambda per batch"
+    rank = 3
+    defaults = pair_defaults(cifar=1.0, cifar_transformer=0.8, imagenet=0.2, fine_grained=1.0)
 
     def mix(self, x: torch.Tensor, plan: PairPlan) -> tuple[torch.Tensor, torch.Tensor]:
         return mixup(x, plan.lam, plan.perm), plan.lam

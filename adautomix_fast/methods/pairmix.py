@@ -9,12 +9,12 @@ head (``student_one``: OpenMixup's ``head0``), the step, checkpoints and picture
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, NamedTuple, Optional
 
 import torch
 
 from ..models import Classifier, drop_path_rate
-from .base import MixModel, pair_mixed_cross_entropy, random_permutation, sample_beta
+from .base import DataFacts, MixModel, pair_mixed_cross_entropy, random_permutation, sample_beta
 
 
 class PairPlan(NamedTuple):
@@ -40,6 +40,30 @@ def no_repeat_permutation(batch_size: int, generator: Optional[torch.Generator],
     return perms.gather(0, first.view(1, 1).expand(1, batch_size)).squeeze(0)
 
 
+def pair_defaults(*, cifar: Optional[float], cifar_transformer: Optional[float], imagenet: Optional[float],
+                  fine_grained: Optional[float]) -> dict[str, dict[str, Any]]:
+    """A baseline's published defaults per data-set family: lambda's Beta concentration (None:
+    the method draws no lambda) and, on the small-image families, the released baselines'
+    cosine to lr 0 (AdAutoMix's CIFAR configs stop at 0.05)."""
+    alphas = {"cifar": cifar, "cifar-transformer": cifar_transformer, "imagenet": imagenet,
+              "fine-grained": fine_grained}
+    out: dict[str, dict[str, Any]] = {}
+    for family, alpha in alphas.items():
+        values: dict[str, Any] = {} if alpha is None else {"mix_alpha": alpha}
+        if family in ("cifar", "cifar-transformer"):
+            values["min_lr"] = 0.0
+        out[family] = values
+    return out
+
+
+def cutting_defaults(values: dict[str, Any], family: str, arch: str) -> dict[str, Any]:
+    """The cutting methods' (CutMix, SaliencyMix, FMix) ImageNet rule: the released ResNet-18 and
+    ResNet-34 configs draw lambda from Beta(0.2, 0.2) where the deeper trunks use 1."""
+    if family == "imagenet" and arch in ("r18", "r34"):
+        return dict(values, mix_alpha=0.2)
+    return values
+
+
 class PairMix(MixModel):
     """One classifier (``student``, head ``head_one``) trained on pairwise mixes."""
 
@@ -55,9 +79,8 @@ class PairMix(MixModel):
         self.student = Classifier(arch, num_classes, cifar_stem, drop_path=drop_path, mix_head=False)
 
     @classmethod
-    def from_config(cls, cfg, num_classes: int, cifar_stem: bool):
-        alpha = cfg.mix_alpha if cfg.mix_alpha is not None else 1.0
-        return cls(cfg.arch, num_classes, cifar_stem=cifar_stem, mix_alpha=alpha,
+    def from_config(cls, cfg, num_classes: int, cifar_stem: bool, data: Optional[DataFacts] = None):
+        return cls(cfg.arch, num_classes, cifar_stem=cifar_stem, mix_alpha=cls.run_mix_alpha(cfg),
                    label_smoothing=cfg.label_smoothing,
                    drop_path=drop_path_rate(cfg.arch, getattr(cfg, "drop_path", None)))
 
@@ -103,4 +126,4 @@ class PairMix(MixModel):
                 "lam": lam_rows if lam_rows.dim() == 1 else lam_rows[:k], "title": f"{self.name}"}
 
 
-__all__ = ["PairMix", "PairPlan", "no_repeat_permutation"]
+__all__ = ["PairMix", "PairPlan", "no_repeat_permutation", "pair_defaults", "cutting_defaults"]

@@ -51,8 +51,9 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import UsageError
-from .base import cross_entropy, random_permutation, uniform_int
-from .pairmix import PairMix
+from .base import DataFacts, cross_entropy, random_permutation, uniform_int
+from .options import Option
+from .pairmix import PairMix, pair_defaults
 
 # OpenMixup's PuzzleMix options that every released config keeps fixed.
 N_LABELS = 3          # mask levels 1, 1/2, 0
@@ -93,32 +94,6 @@ def size_problem(image_side: int, block_num: int, t_size: int) -> Optional[str]:
         if block % t:
             return f"the {grid}x{grid} grid has {block}-px blocks, which {t}-px transport cells do not divide"
     return None
-
-
-def validate_settings(cfg) -> None:
-    """One-line UsageErrors for the ``puzzle_*`` config fields (called by Config.validate)."""
-    if cfg.puzzle_block_num is not None and not 2 <= cfg.puzzle_block_num <= 6:
-        raise UsageError(f"--puzzle-block-num must be between 2 and 6 (got {cfg.puzzle_block_num}): grids are "
-                         "2^1 .. 2^(n-1) blocks a side")
-    for name in ("puzzle_beta", "puzzle_eta", "puzzle_t_eps"):
-        value = getattr(cfg, name)
-        if value < 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be >= 0 (got {value})")
-    if not 0.0 <= cfg.puzzle_gamma <= 1.0:
-        raise UsageError(f"--puzzle-gamma must be in [0, 1] (got {cfg.puzzle_gamma}): larger values can make "
-                         "the graph cut's edge weights negative")
-    if cfg.puzzle_transport not in TRANSPORTS:
-        raise UsageError(f"--puzzle-transport must be one of {', '.join(TRANSPORTS)} (got {cfg.puzzle_transport!r})")
-    if cfg.puzzle_t_size is not None and cfg.puzzle_t_size != -1 and cfg.puzzle_t_size < 1:
-        raise UsageError(f"--puzzle-t-size must be a side in pixels or -1 for the graph-cut blocks "
-                         f"(got {cfg.puzzle_t_size})")
-    if cfg.method == "puzzlemix":
-        from ..data.transforms import NATIVE_SIZE
-        side = cfg.img_size or NATIVE_SIZE[cfg.dataset]
-        block_num, t_size = resolved_settings(cfg, side)
-        problem = size_problem(side, block_num, t_size)
-        if problem:
-            raise UsageError(f"PuzzleMix: {problem}; choose --img-size, --puzzle-block-num or --puzzle-t-size to fit")
 
 
 def resolved_settings(cfg, image_side: int) -> tuple[int, int]:
@@ -396,6 +371,46 @@ class PuzzlePlan(NamedTuple):
 
 class PuzzleMix(PairMix):
     name = "puzzlemix"
+    title = "PuzzleMix"
+    summary = "graph-cut masks on saliency, salient blocks transported"
+    rank = 9
+    defaults = pair_defaults(cifar=1.0, cifar_transformer=2.0, imagenet=1.0, fine_grained=1.0)
+    # OpenMixup's options (the graph cut's label smoothness beta, data smoothness gamma, prior
+    # weight eta; the transport, its distance cost and cell side); None: the published value for
+    # the image size (``default_settings``).
+    options = (
+        Option("puzzle_block_num", int, None, optional=True, low=2, high=6,
+               range_help="grids are 2^1 .. 2^(n-1) blocks a side",
+               help="grids of 2^1 .. 2^(n-1) blocks a side, one drawn per step (default: 5, grids 2-16, for "
+                    "images <= 32 px; else 4, grids 2-8: OpenMixup's configs)"),
+        Option("puzzle_beta", float, 1.2, low=0, help="label smoothness of the graph cut"),
+        Option("puzzle_gamma", float, 0.5, low=0, high=1,
+               range_help="larger values can make the graph cut's edge weights negative",
+               help="data smoothness across block edges, 0..1"),
+        Option("puzzle_eta", float, 0.2, low=0, help="weight of the mixing-ratio prior"),
+        Option("puzzle_transport", str, "approx", choices=TRANSPORTS,
+               help="move salient blocks under the mask by OpenMixup's iterative assignment (approx), an exact "
+                    "assignment, or not at all"),
+        Option("puzzle_t_eps", float, 0.8, low=0, help="transport distance cost"),
+        Option("puzzle_t_size", int, None, optional=True, low=1, extra=(-1,),
+               range_help="a side in pixels or -1 for the graph-cut blocks",
+               help="transport cell side in px, -1 for the graph-cut blocks (default: 4 for images <= 32 px, "
+                    "else -1)"),
+    )
+
+    @classmethod
+    def check_config(cls, cfg, image_side: int) -> None:
+        block_num, t_size = resolved_settings(cfg, image_side)
+        problem = size_problem(image_side, block_num, t_size)
+        if problem:
+            raise UsageError(f"PuzzleMix: {problem}; choose --img-size, --puzzle-block-num or --puzzle-t-size to fit")
+
+    @classmethod
+    def describe(cls, cfg, image_side: int) -> str:
+        blocks, t_size = resolved_settings(cfg, image_side)
+        transport = "off" if cfg.puzzle_transport == "off" else \
+            f"{cfg.puzzle_transport} (eps {cfg.puzzle_t_eps:g}, {'block' if t_size == -1 else f'{t_size} px'} cells)"
+        return f"Beta({cfg.mix_alpha:g}), grids 2-{2 ** (blocks - 1)}, transport {transport}"
     plan_outside_graph = True
 
     @classmethod
@@ -421,13 +436,16 @@ class PuzzleMix(PairMix):
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     @classmethod
-    def from_config(cls, cfg, num_classes: int, cifar_stem: bool):
-        from ..data.transforms import NATIVE_SIZE, NORMALIZATION
+    def from_config(cls, cfg, num_classes: int, cifar_stem: bool, data: Optional[DataFacts] = None):
+        """``data``: the training image side and the normalisation (the smoothness term compares
+        pixels in [0, 1]); the registry's ``build_model`` passes the run's."""
+        if data is None:
+            raise TypeError("PuzzleMix.from_config needs data=DataFacts(image_side, mean, std); "
+                            "adautomix_fast.registry.build_model passes the run's")
         _gco()                                       # a missing package stops the run before it starts
-        block_num, t_size = resolved_settings(cfg, cfg.img_size or NATIVE_SIZE[cfg.dataset])
-        mean, std = NORMALIZATION[cfg.dataset]
-        return cls(cfg.arch, num_classes, cifar_stem=cifar_stem,
-                   mix_alpha=cfg.mix_alpha if cfg.mix_alpha is not None else 1.0,
+        block_num, t_size = resolved_settings(cfg, data.image_side)
+        mean, std = data.mean, data.std
+        return cls(cfg.arch, num_classes, cifar_stem=cifar_stem, mix_alpha=cls.run_mix_alpha(cfg),
                    label_smoothing=cfg.label_smoothing, block_num=block_num, beta=cfg.puzzle_beta,
                    gamma=cfg.puzzle_gamma, eta=cfg.puzzle_eta, transport=cfg.puzzle_transport,
                    t_eps=cfg.puzzle_t_eps, t_size=t_size, mean=mean, std=std)

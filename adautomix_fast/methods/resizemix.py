@@ -19,7 +19,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .cutmix import box_from_ratio, box_lambda, box_mask
-from .pairmix import PairMix
+from .pairmix import PairMix, pair_defaults
 from .base import random_permutation, sample_beta, uniform_int
 
 SCOPE = (0.1, 0.8)
@@ -53,6 +53,10 @@ def resize_paste(x: torch.Tensor, perm: torch.Tensor, box: torch.Tensor) -> torc
 
 class ResizeMix(PairMix):
     name = "resizemix"
+    title = "ResizeMix"
+    summary = "the whole partner image, shrunk, pasted into a box"
+    rank = 7
+    defaults = pair_defaults(cifar=1.0, cifar_transformer=1.0, imagenet=1.0, fine_grained=1.0)
 
     def sample_plan(self, batch_size: int, generator: Optional[torch.Generator] = None,
                     n: Optional[int] = None, image_size: Optional[tuple[int, int]] = None) -> ResizePlan:

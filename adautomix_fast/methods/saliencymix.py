@@ -20,6 +20,7 @@ import torch
 
 from ..errors import UsageError
 from .cutmix import BoxPlan, CutMix
+from .pairmix import pair_defaults
 
 
 def _saliency_module():
@@ -49,6 +50,10 @@ def saliency_peak(image: torch.Tensor) -> tuple[int, int]:
 
 class SaliencyMix(CutMix):
     name = "saliencymix"
+    title = "SaliencyMix"
+    summary = "CutMix's box centred on the partner's most salient pixel"
+    rank = 8
+    defaults = pair_defaults(cifar=0.2, cifar_transformer=0.2, imagenet=1.0, fine_grained=0.2)
     plan_outside_graph = True
 
     @classmethod

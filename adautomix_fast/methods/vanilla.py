@@ -8,7 +8,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .base import cross_entropy
-from .pairmix import PairMix
+from .pairmix import PairMix, pair_defaults
 
 
 class VanillaPlan(NamedTuple):
@@ -17,6 +17,11 @@ class VanillaPlan(NamedTuple):
 
 class Vanilla(PairMix):
     name = "vanilla"
+    title = "Vanilla"
+    summary = "cross-entropy on the clean batch"
+    rank = 2
+    defaults = pair_defaults(cifar=None, cifar_transformer=None, imagenet=None, fine_grained=None)
+    uses_mix_alpha = False
 
     def sample_plan(self, batch_size: int, generator: Optional[torch.Generator] = None,
                     n: Optional[int] = None, image_size: Optional[tuple[int, int]] = None) -> VanillaPlan:

@@ -25,11 +25,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .ema import ema_update_, teacher_pairs
+from ..ema import ema_update_, teacher_pairs
+from ..models import Classifier, drop_path_rate
+from ..numerics import at_least_fp32, fp32_region
+from ..errors import UsageError
+from ..segmented_bn import segmented_norms, snapshot_batch_stats
+from .base import DataFacts, MixModel, sample_beta
 from .generator import MaskGenerator, mix_images
-from .numerics import at_least_fp32, fp32_region
-from .methods.base import MixModel, sample_beta
-from .models import Classifier, drop_path_rate
+from .options import FAMILIES, Option
 
 GEN_OBJECTIVES = ("alternate", "adversarial", "cooperative")
 
@@ -110,6 +113,25 @@ class AdAutoMix(MixModel):
     """
 
     name = "adautomix"
+    title = "AdAutoMix"
+    summary = "adversarial generator of N-image masks, EMA teacher (this engine's subject)"
+    rank = 0
+    defaults = {family: dict(mix_alpha=1.0) for family in FAMILIES}
+    # The ablation switches (paper Tables 5, 8, 9, 10) and the released step's per-step choices.
+    options = (
+        Option("loss_one", bool, True, help="clean cross-entropy in the classifier loss, weight 1 - alpha"),
+        Option("loss_mce", bool, True, help="pixel-mixup MCE in the classifier loss, weight alpha, N >= 3"),
+        Option("loss_amce", bool, True, help="the student's MCE on the generated mix"),
+        Option("loss_k", bool, True, help="the teacher's generated-mix CE in the generator objective"),
+        Option("loss_cos", bool, True, help="the cosine term of the adversarial generator objective"),
+        Option("gen_objective", str, "alternate", choices=GEN_OBJECTIVES,
+               help="generator objective: alternate (released: adversarial every other step), adversarial or "
+                    "cooperative every step"),
+        Option("random_mix_samples", bool, False,
+               help="draw N from 2..--mix-samples every step (released is_random; one compiled graph per N)"),
+        Option("gen_train_prob", float, 1.0, low=0, high=1, open_low=True,
+               help="train the generator on this fraction of steps, a coin flip per step (released switch_off)"),
+    )
     HEADS = ("teacher_one", "teacher_mix", "student_one", "student_mix")
     HEADLINE = "teacher_one"
     has_teacher = True
@@ -157,7 +179,17 @@ class AdAutoMix(MixModel):
         return MaskGenerator(in_channels, **kwargs)
 
     @classmethod
-    def from_config(cls, cfg, num_classes: int, cifar_stem: bool) -> "AdAutoMix":
+    def check_config(cls, cfg, image_side: int) -> None:
+        if cfg.random_mix_samples and cfg.mix_samples < 3:
+            raise UsageError("--random-mix-samples draws N from 2..--mix-samples: set --mix-samples 3 or more")
+
+    @classmethod
+    def describe(cls, cfg, image_side: int) -> str:
+        return (f"N={cfg.mix_samples}" + (" (random 2..N)" if cfg.random_mix_samples else "")
+                + f", Beta({cfg.mix_alpha:g})")
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int, cifar_stem: bool, data: Optional[DataFacts] = None) -> "AdAutoMix":
         return cls(cfg.arch, num_classes, cifar_stem=cifar_stem, mix_samples=cfg.mix_samples,
                    beta=cfg.beta, alpha=cfg.alpha, lam_margin=cfg.lam_margin,
                    lam_concat=cfg.lam_concat, gen_norm=cfg.gen_norm, upsample=cfg.upsample,
@@ -277,8 +309,6 @@ class AdAutoMix(MixModel):
         The BatchNorm layers must be SegmentedBatchNorm2d with the segment size set to the batch
         size (`FusedStep` does this).
         """
-        from .segmented_bn import segmented_norms, snapshot_batch_stats
-
         teacher, student = self.teacher, self.student
         n = plan.index_gen.shape[0]
 

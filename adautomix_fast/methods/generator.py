@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .numerics import at_least_fp32, fp32_region
+from ..numerics import at_least_fp32, fp32_region
 
 
 def cross_attention_mask_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -97,7 +97,7 @@ def resolve_gen_kernels(choice: str, impl: str, device: torch.device) -> str:
 def _kernel_ops():
     """``adautomix_fast.kernels``, imported on first use: it imports Triton, and on a CPU the
     kernels need TRITON_INTERPRET=1 set before that import."""
-    from . import kernels
+    from .. import kernels
     return kernels
 
 

@@ -1,0 +1,163 @@
+"""The registry of training methods, built from the method classes themselves, and what the run
+configuration asks of the data and optimizer modules (native image sizes, normalisation, the
+optimizers, RandAugment specs), so that ``config`` imports none of them.
+
+Every module under ``adautomix_fast/methods/`` is imported and every ``MixModel`` subclass that
+sets ``name`` in its own body is a method: adding a method is adding its module, nothing else.
+The registry answers what the rest of the engine asks about methods: the ``--method`` values
+(``METHODS``, in listing order), each method's options (``method_options``: the config fields
+and flags they become), its published defaults for a data set and architecture
+(``method_defaults``), the checks and the description of a run, and ``build_model``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from typing import Any
+
+from . import methods as _methods_package
+from .data.randaugment import parse_randaugment
+from .data.transforms import NATIVE_SIZE, NORMALIZATION
+from .errors import UsageError
+from .methods.base import DataFacts, MixModel
+from .methods.options import FAMILIES, Option, check_defaults
+from .optim import OPTIMIZERS
+
+# The transformer/ConvNeXt recipes of the small-image data sets have their own published method
+# settings; the fine-grained sets and ImageNet-like data theirs.
+TRANSFORMER_ARCHS = ("swin_t", "convnext_t", "deit_s")
+FINE_GRAINED = ("cub200", "aircraft", "cars")
+IMAGENET_LIKE = ("imagenet", "folder")
+
+
+def _discover() -> dict[str, type[MixModel]]:
+    found: dict[str, type[MixModel]] = {}
+    for info in pkgutil.iter_modules(_methods_package.__path__):
+        module = importlib.import_module(f"{_methods_package.__name__}.{info.name}")
+        for obj in vars(module).values():
+            if (isinstance(obj, type) and issubclass(obj, MixModel) and obj.__module__ == module.__name__
+                    and vars(obj).get("name")):
+                if obj.name in found:
+                    raise TypeError(f"two methods are named {obj.name!r}: {found[obj.name]} and {obj}")
+                found[obj.name] = obj
+    return dict(sorted(found.items(), key=lambda item: (item[1].rank, item[0])))
+
+
+def _collect_options(methods: dict[str, type[MixModel]]) -> dict[str, Option]:
+    """Every method option by config key, with ``owner`` set to the method that declares it."""
+    out: dict[str, Option] = {}
+    for cls in methods.values():
+        for option in vars(cls).get("options", ()):
+            if option.name in out:
+                raise TypeError(f"option {option.name!r} is declared by both {out[option.name].owner} and {cls.name}")
+            out[option.name] = dataclasses.replace(option, owner=cls.name)
+    return out
+
+
+METHODS: dict[str, type[MixModel]] = _discover()
+OPTIONS: dict[str, Option] = _collect_options(METHODS)
+# The methods without a generator: the paper's baselines.
+BASELINES: tuple[str, ...] = tuple(name for name, cls in METHODS.items() if not cls.has_teacher)
+
+
+def method_class(name: str) -> type[MixModel]:
+    """The model class of method ``name`` (a one-line UsageError naming the choices otherwise)."""
+    if name not in METHODS:
+        raise UsageError(f"unknown --method {name!r}; choose one of {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def method_options(name: str) -> dict[str, Option]:
+    """The options method ``name`` accepts (its own and those of the methods it is built on)."""
+    return {o.name: OPTIONS[o.name] for o in method_class(name).all_options()}
+
+
+def data_family(dataset: str, arch: str) -> str:
+    """The family (``FAMILIES``) whose published method settings apply: cifar (small images:
+    digits, CIFAR, Tiny-ImageNet), cifar-transformer, imagenet (ImageNet and image folders) or
+    fine-grained."""
+    if dataset in FINE_GRAINED:
+        return "fine-grained"
+    if dataset in IMAGENET_LIKE:
+        return "imagenet"
+    return "cifar-transformer" if arch in TRANSFORMER_ARCHS else "cifar"
+
+
+def method_defaults(method: str, dataset: str, arch: str) -> dict[str, Any]:
+    """The published settings of ``method`` for the data set's family, applied after the data
+    set's defaults and before a preset."""
+    return method_class(method).published_defaults(data_family(dataset, arch), arch)
+
+
+def image_side(cfg) -> int:
+    """The run's training image side in pixels (``--img-size`` or the data set's native size)."""
+    return cfg.img_size or NATIVE_SIZE[cfg.dataset]
+
+
+def data_facts(cfg) -> DataFacts:
+    mean, std = NORMALIZATION[cfg.dataset]
+    return DataFacts(image_side(cfg), tuple(mean), tuple(std))
+
+
+def check_method(cfg) -> None:
+    """One-line UsageErrors for the run's method settings: every option's range (every method's,
+    so that a config file cannot hold an impossible value for later) and the method's own
+    combination checks."""
+    for option in OPTIONS.values():
+        option.check(getattr(cfg, option.name))
+    method_class(cfg.method).check_config(cfg, image_side(cfg))
+
+
+def check_foreign_options(method: str, settings: dict[str, Any]) -> None:
+    """A one-line UsageError when ``settings`` (what the user typed or wrote in a config file)
+    give an option of another method a value other than its default: it would be ignored."""
+    own = method_options(method)
+    for key, value in settings.items():
+        option = OPTIONS.get(key)
+        if option is not None and key not in own and value != option.default:
+            raise UsageError(f"{option.flag} applies to {option.owner} only (and methods built on it); "
+                             f"--method {method} does not use it")
+
+
+def build_model(cfg, num_classes: int, cifar_stem: bool) -> MixModel:
+    """The model of the run's method (``cfg.method``), on the CPU, freshly initialised."""
+    return method_class(cfg.method).from_config(cfg, num_classes, cifar_stem, data=data_facts(cfg))
+
+
+def registry_problems() -> list[str]:
+    """Every incomplete declaration (the registry test asserts there is none)."""
+    problems = []
+    for name, cls in METHODS.items():
+        if not cls.title:
+            problems.append(f"method {name} has no title")
+        if not cls.summary:
+            problems.append(f"method {name} has no summary")
+        problem = check_defaults(name, cls.defaults)
+        if problem:
+            problems.append(problem)
+            continue
+        for family in FAMILIES:
+            for arch in ("r18", "r50", "swin_t"):
+                values = cls.published_defaults(family, arch)
+                if cls.uses_mix_alpha and not (isinstance(values.get("mix_alpha"), float) and values["mix_alpha"] > 0):
+                    problems.append(f"method {name} has no Beta concentration (mix_alpha) for family {family}")
+        for option in cls.all_options():
+            if not option.help:
+                problems.append(f"option {option.name} of {name} has no help")
+            if option.type in (int, float) and option.low is None and option.high is None:
+                problems.append(f"option {option.name} of {name} declares no range")
+            if option.type is str and not option.choices:
+                problems.append(f"option {option.name} of {name} declares no choices")
+            if option.default is not None:
+                try:
+                    option.check(option.default)
+                except UsageError as exc:
+                    problems.append(f"option {option.name} of {name}: its default is outside its range ({exc})")
+    return problems
+
+
+__all__ = ["OPTIMIZERS", "parse_randaugment", "METHODS", "OPTIONS", "BASELINES", "FAMILIES", "method_class", "method_options", "data_family",
+           "method_defaults", "image_side", "data_facts", "check_method", "check_foreign_options", "build_model",
+           "registry_problems"]
