@@ -19,7 +19,7 @@ from typing import Any
 
 from . import methods as _methods_package
 from .data.randaugment import parse_randaugment
-from .data.transforms import NATIVE_SIZE, NORMALIZATION
+from .data.transforms import FINEGRAINED, NATIVE_SIZE, NORMALIZATION
 from .errors import UsageError
 from .methods.base import DataFacts, MixModel
 from .methods.options import FAMILIES, Option, check_defaults
@@ -28,7 +28,6 @@ from .optim import OPTIMIZERS
 # The transformer/ConvNeXt recipes of the small-image data sets have their own published method
 # settings; the fine-grained sets and ImageNet-like data theirs.
 TRANSFORMER_ARCHS = ("swin_t", "convnext_t", "deit_s")
-FINE_GRAINED = ("cub200", "aircraft", "cars")
 IMAGENET_LIKE = ("imagenet", "folder")
 
 
@@ -78,7 +77,7 @@ def data_family(dataset: str, arch: str) -> str:
     """The family (``FAMILIES``) whose published method settings apply: cifar (small images:
     digits, CIFAR, Tiny-ImageNet), cifar-transformer, imagenet (ImageNet and image folders) or
     fine-grained."""
-    if dataset in FINE_GRAINED:
+    if dataset in FINEGRAINED:
         return "fine-grained"
     if dataset in IMAGENET_LIKE:
         return "imagenet"
