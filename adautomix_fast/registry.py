@@ -157,6 +157,29 @@ def registry_problems() -> list[str]:
     return problems
 
 
-__all__ = ["OPTIMIZERS", "parse_randaugment", "METHODS", "OPTIONS", "BASELINES", "FAMILIES", "method_class", "method_options", "data_family",
+def methods_table() -> str:
+    """The methods table of docs/methods.md, generated from the declarations (a test keeps the
+    page equal to it: ``python -m adautomix_fast.registry`` prints it)."""
+    def alpha(cls, family: str, arch: str = "r50") -> str:
+        value = cls.published_defaults(family, arch).get("mix_alpha")
+        return "-" if value is None or not cls.uses_mix_alpha else f"{value:g}"
+
+    lines = ["| `--method` | method | what it does | Beta a: CIFAR CNNs | CIFAR transformers | ImageNet "
+             "(R18/R34) | fine-grained | options |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name, cls in METHODS.items():
+        imagenet, small = alpha(cls, "imagenet"), alpha(cls, "imagenet", "r18")
+        options = ", ".join(f"`{o.flag}`" for o in vars(cls).get("options", ())) or "-"
+        lines.append(f"| `{name}` | {cls.title} | {cls.summary} | {alpha(cls, 'cifar')} | "
+                     f"{alpha(cls, 'cifar-transformer')} | {imagenet}{f' ({small})' if small != imagenet else ''} | "
+                     f"{alpha(cls, 'fine-grained')} | {options} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(methods_table())
+
+
+__all__ = ["OPTIMIZERS", "methods_table", "parse_randaugment", "METHODS", "OPTIONS", "BASELINES", "FAMILIES", "method_class", "method_options", "data_family",
            "method_defaults", "image_side", "data_facts", "check_method", "check_foreign_options", "build_model",
            "registry_problems"]

@@ -64,3 +64,11 @@ def test_every_architecture_declares_its_tap_stem_rule_and_size():
     for arch, spec in ARCH_SPECS.items():
         assert spec.tap_channels > 0 and spec.tap_size > 0 and spec.size_multiple > 0, arch
         assert not spec.cifar_stem or spec.cifar_tap_size, arch
+
+
+def test_the_docs_methods_table_is_generated_from_the_declarations():
+    import pathlib
+    page = (pathlib.Path(__file__).resolve().parents[1] / "docs" / "methods.md").read_text()
+    start, end = "<!-- methods-table:start -->\n", "\n<!-- methods-table:end -->"
+    assert page[page.index(start) + len(start):page.index(end)] == registry.methods_table(), \
+        "docs/methods.md is out of date: paste the output of python -m adautomix_fast.registry"
