@@ -35,7 +35,7 @@ TEACHER_BN_STATS = ("exact", "single")
 TRAIN_CROPS = ("pad", "pad-reflect", "rrc")
 INTERPOLATIONS = ("bilinear", "bicubic")
 
-# The concerns a setting belongs to (``Config.grouped``, the printed config).
+# The concerns a setting belongs to (each field's ``group`` metadata).
 DATA, MODEL, GENERATOR, METHOD, OPTIMIZATION, PRECISION, RUN = (
     "data", "model", "generator", "method", "optimization", "precision", "run")
 
@@ -130,13 +130,6 @@ class RunSettings:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    def grouped(self) -> dict[str, dict[str, Any]]:
-        """The settings by concern (data, model, generator, method, optimization, precision, run)."""
-        out: dict[str, dict[str, Any]] = {}
-        for f in fields(self):
-            out.setdefault(f.metadata.get("group", METHOD), {})[f.name] = getattr(self, f.name)
-        return out
-
     @classmethod
     def from_dict(cls, d: dict) -> "Config":
         """A Config from settings of any source (flags, YAML, a checkpoint), each value checked
@@ -155,7 +148,7 @@ class RunSettings:
         return tuple(f.name for f in fields(cls) if f.metadata.get("identity"))
 
     def identity(self) -> dict:
-        return {k: getattr(self, k) for k in self.identity_fields()}
+        return {k: getattr(self, k) for k in type(self).IDENTITY}
 
     def fingerprint(self) -> str:
         blob = json.dumps(self.identity(), sort_keys=True).encode()
@@ -163,8 +156,8 @@ class RunSettings:
 
     def validate(self) -> None:
         """Raise a one-line UsageError for impossible values or combinations."""
-        _check_choice("arch", self.arch, ARCHS, "unknown --arch {value!r}; choose one of {choices}")
-        _check_choice("dataset", self.dataset, DATASETS, "unknown --dataset {value!r}; choose one of {choices}")
+        _check_choice(self.arch, ARCHS, "unknown --arch {value!r}; choose one of {choices}")
+        _check_choice(self.dataset, DATASETS, "unknown --dataset {value!r}; choose one of {choices}")
         if not 2 <= self.mix_samples <= 5:
             raise UsageError(f"--mix-samples must be between 2 and 5 (got {self.mix_samples}): "
                              "AdAutoMix mixes at least two images")
@@ -189,15 +182,15 @@ class RunSettings:
                 raise UsageError(f"--{name.replace('_', '-')} must be in [0, 1] (got {v})")
         if not 0.0 <= self.ema_warmup <= 1.0:
             raise UsageError(f"--ema-warmup must be a fraction in [0, 1] (got {self.ema_warmup})")
-        _check_choice("upsample", self.upsample, UPSAMPLES, "--upsample must be bilinear or nearest (got {value!r})")
-        _check_choice("amp_dtype", self.amp_dtype, AMP_DTYPES, "--amp-dtype must be one of {choices} (got {value!r})")
-        _check_choice("data_backend", self.data_backend, DATA_BACKENDS,
+        _check_choice(self.upsample, UPSAMPLES, "--upsample must be bilinear or nearest (got {value!r})")
+        _check_choice(self.amp_dtype, AMP_DTYPES, "--amp-dtype must be one of {choices} (got {value!r})")
+        _check_choice(self.data_backend, DATA_BACKENDS,
                       "--data-backend must be one of {choices} (got {value!r})")
-        _check_choice("gen_kernels", self.gen_kernels, GEN_KERNELS, "--gen-kernels must be one of {choices} (got {value!r})")
-        _check_choice("impl", self.impl, IMPLS, "--impl {value!r} is not available; choose one of {choices}")
-        _check_choice("student_passes", self.student_passes, STUDENT_PASSES,
+        _check_choice(self.gen_kernels, GEN_KERNELS, "--gen-kernels must be one of {choices} (got {value!r})")
+        _check_choice(self.impl, IMPLS, "--impl {value!r} is not available; choose one of {choices}")
+        _check_choice(self.student_passes, STUDENT_PASSES,
                       "--student-passes must be batched or separate (got {value!r})")
-        _check_choice("teacher_bn_stats", self.teacher_bn_stats, TEACHER_BN_STATS,
+        _check_choice(self.teacher_bn_stats, TEACHER_BN_STATS,
                       "--teacher-bn-stats must be exact or single (got {value!r})")
         if self.img_size is not None and self.img_size < 8:
             raise UsageError(f"--img-size must be at least 8 (got {self.img_size})")
@@ -233,7 +226,7 @@ class RunSettings:
         registry.check_method(self)
 
 
-def _check_choice(key: str, value: Any, choices: tuple[str, ...], message: str) -> None:
+def _check_choice(value: Any, choices: tuple[str, ...], message: str) -> None:
     if value not in choices:
         raise UsageError(message.format(value=value, choices=", ".join(choices)))
 

@@ -19,7 +19,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from .base import uniform_int
-from .pairmix import PairMix, cutting_defaults, no_repeat_permutation, pair_defaults
+from .pairmix import PairMix, no_repeat_permutation, pair_defaults
 
 
 class BoxPlan(NamedTuple):
@@ -78,10 +78,7 @@ class CutMix(PairMix):
     summary = "a box of the partner image pasted in; lambda from the box"
     rank = 4
     defaults = pair_defaults(cifar=0.2, cifar_transformer=2.0, imagenet=1.0, fine_grained=0.2)
-
-    @classmethod
-    def published_defaults(cls, family: str, arch: str) -> dict:
-        return cutting_defaults(super().published_defaults(family, arch), family, arch)
+    small_imagenet_trunk_alpha = 0.2
 
     def sample_plan(self, batch_size: int, generator: Optional[torch.Generator] = None,
                     n: Optional[int] = None, image_size: Optional[tuple[int, int]] = None) -> BoxPlan:

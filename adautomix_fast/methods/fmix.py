@@ -20,7 +20,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .pairmix import PairMix, cutting_defaults, no_repeat_permutation, pair_defaults
+from .pairmix import PairMix, no_repeat_permutation, pair_defaults
 
 DECAY = 3.0
 
@@ -65,10 +65,7 @@ class FMix(PairMix):
     summary = "the top-lambda fraction of low-frequency noise as the mask"
     rank = 6
     defaults = pair_defaults(cifar=0.2, cifar_transformer=1.0, imagenet=1.0, fine_grained=0.2)
-
-    @classmethod
-    def published_defaults(cls, family: str, arch: str) -> dict:
-        return cutting_defaults(super().published_defaults(family, arch), family, arch)
+    small_imagenet_trunk_alpha = 0.2
 
     def sample_plan(self, batch_size: int, generator: Optional[torch.Generator] = None,
                     n: Optional[int] = None, image_size: Optional[tuple[int, int]] = None) -> FMixPlan:

@@ -56,19 +56,21 @@ def pair_defaults(*, cifar: Optional[float], cifar_transformer: Optional[float],
     return out
 
 
-def cutting_defaults(values: dict[str, Any], family: str, arch: str) -> dict[str, Any]:
-    """The cutting methods' (CutMix, SaliencyMix, FMix) ImageNet rule: the released ResNet-18 and
-    ResNet-34 configs draw lambda from Beta(0.2, 0.2) where the deeper trunks use 1."""
-    if family == "imagenet" and arch in ("r18", "r34"):
-        return dict(values, mix_alpha=0.2)
-    return values
-
-
 class PairMix(MixModel):
     """One classifier (``student``, head ``head_one``) trained on pairwise mixes."""
 
     HEADS = ("student_one",)
     HEADLINE = "student_one"
+    # The cutting methods' ImageNet rule (CutMix, SaliencyMix, FMix set it): the released
+    # ResNet-18 and ResNet-34 configs draw lambda from Beta(0.2, 0.2) where deeper trunks use 1.
+    small_imagenet_trunk_alpha: Optional[float] = None
+
+    @classmethod
+    def published_defaults(cls, family: str, arch: str) -> dict[str, Any]:
+        values = super().published_defaults(family, arch)
+        if cls.small_imagenet_trunk_alpha is not None and family == "imagenet" and arch in ("r18", "r34"):
+            values["mix_alpha"] = cls.small_imagenet_trunk_alpha
+        return values
 
     def __init__(self, arch: str, num_classes: int, *, cifar_stem: bool, mix_alpha: float = 1.0,
                  label_smoothing: float = 0.0, drop_path: float = 0.0):
@@ -126,4 +128,4 @@ class PairMix(MixModel):
                 "lam": lam_rows if lam_rows.dim() == 1 else lam_rows[:k], "title": f"{self.name}"}
 
 
-__all__ = ["PairMix", "PairPlan", "no_repeat_permutation", "pair_defaults", "cutting_defaults"]
+__all__ = ["PairMix", "PairPlan", "no_repeat_permutation", "pair_defaults"]
