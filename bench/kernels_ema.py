@@ -3,7 +3,7 @@
     python -m bench.kernels_ema [--out DIR] [--quick] [--device auto|cpu|cuda] [--steps N]
                                 [--warmup N] [--threads N] [--no-write]
 
-The parameters are those of ``Classifier('r50', 1000, cifar_stem=False)`` (torchvision ResNet-50
+The parameters are those of ``build_classifier('r50', 1000, cifar_stem=False)`` (torchvision ResNet-50
 plus two 2048x1000 heads), fp32; the EMA copy is fp32 too. Impls, timed in one process on the
 same tensors (momentum 0.999):
   loop       the released code: ``k.data = k.data * m + q.data * (1 - m)`` per parameter
@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # `python bench/kernels_ema.py` as well as -m
 import torch
 
 from adautomix_fast import ema as ema_mod
-from adautomix_fast.models import Classifier
+from adautomix_fast.models import build_classifier
 from bench import common
 
 MOMENTUM = 0.999
@@ -69,7 +69,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 def resnet50_parameters(device: torch.device) -> list[torch.Tensor]:
     torch.manual_seed(0)
-    model = Classifier("r50", 1000, cifar_stem=False)
+    model = build_classifier("r50", 1000, cifar_stem=False)
     return [p.detach().to(device) for p in model.parameters()]
 
 
@@ -161,7 +161,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ema = [p.clone() for p in model]
     numel = sum(p.numel() for p in model)
     momentum = ema_mod.momentum_tensor(MOMENTUM, device)
-    config = {"model": "Classifier('r50', 1000, cifar_stem=False)", "tensors": len(model), "parameters": numel,
+    config = {"model": "build_classifier('r50', 1000, cifar_stem=False)", "tensors": len(model), "parameters": numel,
               "dtype": "float32", "momentum": MOMENTUM, "steps": steps, "warmup": warmup,
               "threads": torch.get_num_threads(), "device_kind": label}
     print(f"  {len(model)} tensors, {numel / 1e6:.2f} M parameters, {BYTES_PER_PARAM * numel / 1e6:.0f} MB per update; "

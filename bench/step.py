@@ -36,7 +36,7 @@ from adautomix_fast.registry import METHODS, build_model
 from adautomix_fast.config import PRESETS, Config, resolve
 from adautomix_fast.engine import Precision, Schedule, build_optimizer, build_step
 from adautomix_fast.methods.generator import resolve_gen_kernels
-from adautomix_fast.models import ARCH_SPECS, Classifier, drop_path_rate
+from adautomix_fast.models import ARCH_SPECS, build_classifier, drop_path_rate
 from adautomix_fast.optim import InGraphOptimizer, no_weight_decay, wd_exclude
 from bench import common
 
@@ -135,7 +135,7 @@ StepFn = Callable[[], torch.Tensor]
 def _vanilla_model(case: Case):
     """(config, the Classifier in train mode, the parameters plain training updates)."""
     cfg = case.config()
-    model = Classifier(case.arch, case.num_classes, case.cifar_stem,
+    model = build_classifier(case.arch, case.num_classes, case.cifar_stem,
                        drop_path=drop_path_rate(case.arch, cfg.drop_path)).to(case.device)
     if case.channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from adautomix_fast.ema import momentum_tensor
+from adautomix_fast.models import build_classifier
 from bench import kernels_ema, kernels_generator
 from bench.common import run_timed
 
@@ -26,12 +28,10 @@ EMA_IMPLS = ("loop", "foreach", "reference", "op", "wrapper", "copy")
 
 @pytest.fixture(scope="module")
 def ema_tensors(device, bench_size):
-    from adautomix_fast.ema import momentum_tensor
-    from adautomix_fast.models import Classifier
 
     arch = EMA_SIZES[bench_size][0]
     torch.manual_seed(0)
-    params = [p.detach().to(device) for p in Classifier(arch, 1000, cifar_stem=arch == "tiny").parameters()]
+    params = [p.detach().to(device) for p in build_classifier(arch, 1000, cifar_stem=arch == "tiny").parameters()]
     ema = [p.clone() for p in params]
     return arch, ema, params, momentum_tensor(kernels_ema.MOMENTUM, device)
 

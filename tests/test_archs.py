@@ -17,7 +17,7 @@ from adautomix_fast import AdAutoMix
 from adautomix_fast.ema import ema_update_, ema_update_reference, momentum_tensor, teacher_pairs
 from adautomix_fast.errors import UsageError
 from adautomix_fast.fused import fused_losses
-from adautomix_fast.models import (ARCH_SPECS, Classifier, default_cifar_stem, export_state_dict, library_model,
+from adautomix_fast.models import (ARCH_SPECS, build_classifier, default_cifar_stem, export_state_dict, library_model,
                                    load_pretrained, load_pretrained_model)
 from adautomix_fast.models.convnext import ConvNeXtClassifier
 from adautomix_fast.models.deit import DeiTClassifier
@@ -31,7 +31,7 @@ B, CLASSES = 6, 5
 
 def make(arch, **kw):
     torch.manual_seed(0)
-    return Classifier(arch, CLASSES, TINY.get(arch, False), **kw)
+    return build_classifier(arch, CLASSES, TINY.get(arch, False), **kw)
 
 
 def images(b=B, size=32, seed=0):
@@ -123,7 +123,7 @@ def test_convnext_cifar_stem_and_pooling_match_torchvision():
     ("deit_s", DeiTClassifier, 224, (384, 14)),
 ])
 def test_real_architectures_tap_shapes(arch, cls, size, tap):
-    m = Classifier(arch, 100, False).eval()
+    m = build_classifier(arch, 100, False).eval()
     assert type(m) is cls and m.stage3_channels == ARCH_SPECS[arch].tap_channels == tap[0]
     with torch.no_grad():
         f = m.tap_features(m.stem_to_stage3(torch.randn(1, 3, size, size)))
@@ -131,7 +131,7 @@ def test_real_architectures_tap_shapes(arch, cls, size, tap):
 
 
 def test_convnext_t_cifar_tap_is_8x8():
-    m = Classifier("convnext_t", 100, True).eval()
+    m = build_classifier("convnext_t", 100, True).eval()
     with torch.no_grad():
         assert tuple(m.stem_to_stage3(torch.randn(1, 3, 32, 32)).shape) == (1, 384, 8, 8)
 
@@ -139,11 +139,11 @@ def test_convnext_t_cifar_tap_is_8x8():
 def test_stems_and_sizes_refused_in_one_line():
     for arch in ("tiny_swin", "tiny_deit"):
         with pytest.raises(UsageError, match="has no CIFAR stem"):
-            Classifier(arch, 3, True)
+            build_classifier(arch, 3, True)
         assert default_cifar_stem(32, arch) is False
     assert default_cifar_stem(32, "tiny_convnext") and default_cifar_stem(32) and not default_cifar_stem(224, "r18")
     with pytest.raises(UsageError, match="unknown --arch 'vit_h'"):
-        Classifier("vit_h", 3, False)
+        build_classifier("vit_h", 3, False)
     from adautomix_fast.models import check_image_size
     with pytest.raises(UsageError, match="224 px images only.*--img-size 224"):
         check_image_size("deit_s", 32)
@@ -166,8 +166,8 @@ def test_the_refused_sizes_are_the_ones_the_trunks_cannot_take():
     """What check_image_size refuses fails or pads in the trunk itself; what it accepts runs."""
     with torch.no_grad():
         with pytest.raises(RuntimeError):     # ConvNeXt's 2x2 downsampling of a 1x1 stage-3 map
-            Classifier("tiny_convnext", CLASSES, False).forward_stages(images(1, 16))
-        assert Classifier("tiny_convnext", CLASSES, False).forward_stages(images(1, 32)).shape[-1] == 1
+            build_classifier("tiny_convnext", CLASSES, False).forward_stages(images(1, 16))
+        assert build_classifier("tiny_convnext", CLASSES, False).forward_stages(images(1, 32)).shape[-1] == 1
         # Swin at 24 px (not a multiple of 16): stage 3's map is padded, the tap is 2x2 of 1.5 px
         swin = make("tiny_swin")
         assert swin.stem_to_stage3(images(1, 24)).shape[-1] == 2 and 24 / 16 != 2
@@ -317,7 +317,7 @@ def test_pretrained_file_loads_trunk_not_head(arch, tmp_path):
     lib = library_model(arch, 1000, cifar_stem=cifar)             # a library model, 1000 classes
     path = tmp_path / "weights.pth"
     torch.save(lib.state_dict(), path)
-    m = make(arch) if arch != "tiny" else Classifier("tiny", CLASSES, True)
+    m = make(arch) if arch != "tiny" else build_classifier("tiny", CLASSES, True)
     head_before = m.head_one.weight.clone()
     info = load_pretrained(m, str(path))
     head = ARCH_SPECS[arch].head
@@ -331,7 +331,7 @@ def test_pretrained_file_loads_trunk_not_head(arch, tmp_path):
 
 def test_pretrained_reaches_student_and_teacher_not_generator(tmp_path):
     torch.manual_seed(0)
-    src = Classifier("tiny_convnext", 10, True)
+    src = build_classifier("tiny_convnext", 10, True)
     torch.save(export_state_dict(src), tmp_path / "exported.pth")
     model = AdAutoMix("tiny_convnext", CLASSES, cifar_stem=True, mix_samples=2)
     gen_before = copy.deepcopy(model.generator.state_dict())
@@ -343,7 +343,7 @@ def test_pretrained_reaches_student_and_teacher_not_generator(tmp_path):
         assert torch.equal(v, gen_before[k])
     # one of this engine's checkpoints works too (its teacher)
     torch.save({"format": "adautomix_fast", "model": model.state_dict()}, tmp_path / "ckpt.pt")
-    other = Classifier("tiny_convnext", 3, True)
+    other = build_classifier("tiny_convnext", 3, True)
     load_pretrained(other, str(tmp_path / "ckpt.pt"))
     assert torch.equal(other.features[0][0].weight, model.teacher.features[0][0].weight)
 
@@ -372,7 +372,7 @@ def test_bad_pretrained_is_one_line_and_changes_nothing(tmp_path):
 
 def test_weight_names_need_the_local_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
-    m = Classifier("r18", 10, False)
+    m = build_classifier("r18", 10, False)
     with pytest.raises(UsageError, match=r"needs resnet18-f37072fd\.pth.*torch hub cache.*--pretrained /path/to") as e:
         load_pretrained(m, "imagenet")
     assert "\n" not in str(e.value)

@@ -13,6 +13,7 @@ from PIL import Image
 from adautomix_fast import AdAutoMix
 from adautomix_fast.evaluate import attacks, calibration, occlusion
 from adautomix_fast.evaluate.context import HeadClassifier
+from adautomix_fast.models import build_classifier
 from adautomix_fast.evaluate.plots import read_data
 
 from optional import skip_without, skip_without_requirements
@@ -90,10 +91,8 @@ def test_reliability_bins_are_closed_on_the_right():
 # ---------------------------------------------------------------------------- attacks
 @pytest.fixture(scope="module")
 def small_model():
-    from adautomix_fast.models import Classifier
-
     torch.manual_seed(0)
-    net = Classifier("tiny", 10, cifar_stem=True).eval()
+    net = build_classifier("tiny", 10, cifar_stem=True).eval()
     return net, lambda x: net.head_one(net.pooled(x))
 
 
@@ -360,9 +359,7 @@ class _OneHeadModel(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        from adautomix_fast.models import Classifier
-
-        self.student = Classifier("tiny", 10, cifar_stem=True)
+        self.student = build_classifier("tiny", 10, cifar_stem=True)
 
     def head_network(self, name):
         if name not in self.HEADS:

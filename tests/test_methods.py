@@ -25,7 +25,7 @@ from adautomix_fast.methods.manifoldmix import MIX_POINTS, ManifoldPlan, manifol
 from adautomix_fast.methods.mixup import mixup
 from adautomix_fast.methods.pairmix import no_repeat_permutation
 from adautomix_fast.methods.resizemix import ResizeMix, resize_paste
-from adautomix_fast.models import Classifier
+from adautomix_fast.models import build_classifier
 
 K = 7  # classes
 
@@ -189,7 +189,7 @@ def test_resizemix_tau_stays_in_scope_and_lambda_is_one_minus_area():
 @pytest.mark.parametrize("layer", [0, 1, 2])
 def test_manifoldmix_mixes_the_hidden_state_at_the_drawn_layer(layer):
     torch.manual_seed(0)
-    net = Classifier("tiny", K, cifar_stem=True).eval()
+    net = build_classifier("tiny", K, cifar_stem=True).eval()
     x, _ = images(b=4)
     lam, perm = torch.tensor(0.3), torch.tensor([1, 2, 3, 0])
     plan = ManifoldPlan(lam, perm, torch.tensor(layer))

@@ -9,6 +9,7 @@ from adautomix_fast import registry
 from adautomix_fast.config import PRESETS, Config, resolve
 from adautomix_fast.errors import UsageError
 from adautomix_fast.methods.options import FAMILIES
+from adautomix_fast.models import FAMILIES as ARCH_FAMILIES, build_classifier, library_model
 from adautomix_fast.models.specs import ARCH_SPECS
 from adautomix_fast.train import get_args_parser
 
@@ -64,6 +65,19 @@ def test_every_architecture_declares_its_tap_stem_rule_and_size():
     for arch, spec in ARCH_SPECS.items():
         assert spec.tap_channels > 0 and spec.tap_size > 0 and spec.size_multiple > 0, arch
         assert not spec.cifar_stem or spec.cifar_tap_size, arch
+
+
+def test_every_architecture_family_is_in_the_table_with_its_cam_layer_and_library_model():
+    assert {spec.family for spec in ARCH_SPECS.values()} == set(ARCH_FAMILIES)
+    for arch, spec in ARCH_SPECS.items():
+        if not spec.test_only:       # the real sizes are built in test_archs.py; here the variants
+            continue
+        net = build_classifier(arch, 5, spec.cifar_stem)
+        assert isinstance(net, ARCH_FAMILIES[spec.family])
+        target = net.cam_target()
+        assert any(module is target for module in net.modules()), arch
+        lib = library_model(arch, 5, spec.cifar_stem)
+        assert lib.get_submodule(spec.head).out_features == 5, arch
 
 
 def test_the_docs_methods_table_is_generated_from_the_declarations():

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..ema import ema_update_, teacher_pairs
-from ..models import Classifier, drop_path_rate
+from ..models import build_classifier, drop_path_rate
 from ..numerics import at_least_fp32, fp32_region
 from ..errors import UsageError
 from ..segmented_bn import segmented_norms, snapshot_batch_stats
@@ -165,7 +165,7 @@ class AdAutoMix(MixModel):
         self.gen_train_prob = float(gen_train_prob)
         self.seed = int(seed)
         # drop_path: the trunk's stochastic depth (Swin, ConvNeXt, DeiT recipes; 0 for ResNets).
-        self.student = Classifier(arch, num_classes, cifar_stem, drop_path=drop_path)
+        self.student = build_classifier(arch, num_classes, cifar_stem, drop_path=drop_path)
         # k copies q at start; its parameters then follow q by EMA only (never by gradients).
         self.teacher = copy.deepcopy(self.student)
         self.teacher.requires_grad_(False)

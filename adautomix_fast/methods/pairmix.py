@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 
-from ..models import Classifier, drop_path_rate
+from ..models import build_classifier, drop_path_rate
 from .base import DataFacts, MixModel, pair_mixed_cross_entropy, random_permutation, sample_beta
 
 
@@ -78,7 +78,7 @@ class PairMix(MixModel):
         self.mix_alpha = float(mix_alpha)
         self.label_smoothing = float(label_smoothing)
         # drop_path: the trunk's stochastic depth (Swin, ConvNeXt, DeiT recipes; 0 for ResNets).
-        self.student = Classifier(arch, num_classes, cifar_stem, drop_path=drop_path, mix_head=False)
+        self.student = build_classifier(arch, num_classes, cifar_stem, drop_path=drop_path, mix_head=False)
 
     @classmethod
     def from_config(cls, cfg, num_classes: int, cifar_stem: bool, data: Optional[DataFacts] = None):

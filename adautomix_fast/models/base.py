@@ -16,8 +16,8 @@ tokens cannot carry (see their modules). Stage boundaries are real tensors with 
 (ConvNeXt, ResNet, Swin: [B, C, h, w], Swin's a channels-last view of its NHWC activations;
 DeiT: the token sequence [B, 1 + h*w, C]), so ManifoldMix can mix hidden states between stages.
 
-``Classifier(arch, num_classes, cifar_stem)`` builds the family's subclass (``__new__`` picks it
-from ``ARCH_SPECS``), so existing callers and ``isinstance(m, Classifier)`` keep working.
+The families (one subclass each) are the table in :mod:`.families`; ``build_classifier(arch,
+num_classes, cifar_stem)`` builds the one ``ARCH_SPECS`` names for ``arch``.
 """
 
 from __future__ import annotations
@@ -26,30 +26,14 @@ import torch
 import torch.nn as nn
 
 from ..errors import UsageError
-from .specs import ARCH_SPECS, arch_spec
-
-
-def _family_class(arch: str) -> type:
-    spec = arch_spec(arch)   # UsageError naming the choices for an unknown arch
-    if spec.family == "resnet":
-        from .resnet import ResNetClassifier
-        return ResNetClassifier
-    if spec.family == "swin":
-        from .swin import SwinClassifier
-        return SwinClassifier
-    if spec.family == "convnext":
-        from .convnext import ConvNeXtClassifier
-        return ConvNeXtClassifier
-    if spec.family == "deit":
-        from .deit import DeiTClassifier
-        return DeiTClassifier
-    raise AssertionError(f"no classifier for family {spec.family!r}")  # ARCH_SPECS is checked by the tests
+from .specs import ARCH_SPECS
 
 
 class Classifier(nn.Module):
     """Backbone + ``head_one`` + ``head_mix`` (each one nn.Linear on the pooled features).
 
-    Subclasses take ``(arch, num_classes, cifar_stem, drop_path=0.0, mix_head=True)``, set
+    Subclasses take ``(arch, num_classes, cifar_stem, drop_path=0.0, mix_head=True)``, build their
+    library's model for export (classmethod ``library_model(arch, num_classes, cifar_stem)``), set
     ``arch``, ``spec``, ``cifar_stem``, ``stage3_channels`` (channels of the generator's input),
     ``feature_dim`` and the heads, and implement ``_run_stage(i, h)`` and
     ``pool(h)``; they override ``tap_features`` and ``cam_map`` when their layout needs it.
@@ -57,15 +41,6 @@ class Classifier(nn.Module):
 
     num_stages = 5
     tap_stage = 4
-
-    def __new__(cls, arch: str | None = None, *args, **kwargs):
-        # Classifier(arch, ...) -> the family's subclass; deepcopy/pickle call cls.__new__(cls)
-        # on the subclass itself, which takes the plain path.
-        if cls is Classifier:
-            if arch is None:
-                raise TypeError("Classifier(arch, num_classes, cifar_stem): arch is required")
-            cls = _family_class(arch)
-        return super().__new__(cls)
 
     # ------------------------------------------------------------------ stages
     def _run_stage(self, i: int, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract

@@ -56,6 +56,16 @@ class ConvNeXtClassifier(Classifier):
     released ``drop_path_rate``); 0 by default (the run config passes the recipe's).
     """
 
+    @classmethod
+    def library_model(cls, arch: str, num_classes: int, cifar_stem: bool) -> nn.Module:
+        """torchvision's ConvNeXt (with the released 3x3/1 CIFAR stem when asked) and a fresh
+        ``classifier.2``."""
+        net = build_convnext(arch, 0.0)
+        if cifar_stem:
+            net.features[0][0] = cifar_stem_conv(net.features[0][0].out_channels)
+        net.classifier[2] = nn.Linear(net.classifier[2].in_features, num_classes)
+        return net
+
     def __init__(self, arch: str, num_classes: int, cifar_stem: bool, drop_path: float = 0.0,
                  mix_head: bool = True):
         super().__init__()

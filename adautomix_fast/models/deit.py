@@ -54,6 +54,13 @@ class DeiTClassifier(Classifier):
     released setting); 0 by default (the run config passes the recipe's).
     """
 
+    @classmethod
+    def library_model(cls, arch: str, num_classes: int, cifar_stem: bool) -> nn.Module:
+        """timm's VisionTransformer with a fresh head (DeiT has no CIFAR stem)."""
+        net = build_deit(arch, 0.0)
+        net.reset_classifier(num_classes)
+        return net
+
     def __init__(self, arch: str, num_classes: int, cifar_stem: bool = False, drop_path: float = 0.0,
                  mix_head: bool = True):
         super().__init__()

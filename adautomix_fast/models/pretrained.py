@@ -36,37 +36,6 @@ _BN_OPTIONAL = ".num_batches_tracked"   # absent from torchvision's older ResNet
 
 
 # ---------------------------------------------------------------------------- library models
-def library_model(arch: str, num_classes: int, cifar_stem: bool = False) -> nn.Module:
-    """The library's own model for ``arch`` (what an exported state dict loads into).
-
-    torchvision: ``resnet18/34/50``, ``resnext50_32x4d``, ``swin_t``, ``convnext_tiny`` (the test
-    variants: their torchvision classes); timm: ``deit_small_patch16_224``. ``cifar_stem``
-    applies the released CIFAR stems (ResNet: 3x3/1 conv, no max pool; ConvNeXt: 3x3/1 conv).
-    """
-    spec = arch_spec(arch)
-    if spec.family == "resnet":
-        from .resnet import build_trunk
-        net = build_trunk(arch, cifar_stem)
-        net.fc = nn.Linear(net.fc.in_features, num_classes)
-        return net
-    if spec.family == "swin":
-        from .swin import build_swin
-        net = build_swin(arch, 0.0)
-        net.head = nn.Linear(net.head.in_features, num_classes)
-        return net
-    if spec.family == "convnext":
-        from .convnext import build_convnext, cifar_stem_conv
-        net = build_convnext(arch, 0.0)
-        if cifar_stem:
-            net.features[0][0] = cifar_stem_conv(net.features[0][0].out_channels)
-        net.classifier[2] = nn.Linear(net.classifier[2].in_features, num_classes)
-        return net
-    from .deit import build_deit
-    net = build_deit(arch, 0.0)
-    net.reset_classifier(num_classes)
-    return net
-
-
 def export_state_dict(classifier: Classifier) -> dict[str, torch.Tensor]:
     """``classifier`` as the library's state dict: ``head_one`` -> the library head, ``head_mix``
     dropped, every other key as it is (the trunks keep the libraries' names)."""

@@ -87,6 +87,13 @@ class ResNetClassifier(Classifier):
     (the input of stage 4), [B, C, h, w], which is the generator's input as it is.
     """
 
+    @classmethod
+    def library_model(cls, arch: str, num_classes: int, cifar_stem: bool) -> nn.Module:
+        """torchvision's ResNet (with the released CIFAR stem when asked) and a fresh ``fc``."""
+        net = build_trunk(arch, cifar_stem)
+        net.fc = nn.Linear(net.fc.in_features, num_classes)
+        return net
+
     def __init__(self, arch: str, num_classes: int, cifar_stem: bool, drop_path: float = 0.0,
                  mix_head: bool = True):
         super().__init__()

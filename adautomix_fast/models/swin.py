@@ -51,6 +51,13 @@ class SwinClassifier(Classifier):
     the released ``drop_path_rate``); 0 by default (the run config passes the recipe's).
     """
 
+    @classmethod
+    def library_model(cls, arch: str, num_classes: int, cifar_stem: bool) -> nn.Module:
+        """torchvision's Swin with a fresh ``head`` (Swin has no CIFAR stem)."""
+        net = build_swin(arch, 0.0)
+        net.head = nn.Linear(net.head.in_features, num_classes)
+        return net
+
     def __init__(self, arch: str, num_classes: int, cifar_stem: bool = False, drop_path: float = 0.0,
                  mix_head: bool = True):
         super().__init__()

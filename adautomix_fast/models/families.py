@@ -1,0 +1,50 @@
+"""The architecture families as one table: family name -> its classifier class.
+
+``ARCH_SPECS`` (:mod:`.specs`) says which family each ``--arch`` belongs to and its published
+facts (tap channels and size, stem rule, recipe defaults); the family's class (:mod:`.resnet`,
+:mod:`.swin`, :mod:`.convnext`, :mod:`.deit`) says how to build it, where the generator taps
+it (``stem_to_stage3`` / ``tap_features``), which layer Grad-CAM reads (``cam_target``) and the
+library model an export loads into (``library_model``). A new family is one module and one row
+here.
+"""
+
+from __future__ import annotations
+
+import torch.nn as nn
+
+from .base import Classifier
+from .convnext import ConvNeXtClassifier
+from .deit import DeiTClassifier
+from .resnet import ResNetClassifier
+from .specs import arch_spec
+from .swin import SwinClassifier
+
+FAMILIES: dict[str, type[Classifier]] = {
+    "resnet": ResNetClassifier,
+    "swin": SwinClassifier,
+    "convnext": ConvNeXtClassifier,
+    "deit": DeiTClassifier,
+}
+
+
+def classifier_class(arch: str) -> type[Classifier]:
+    """The classifier class of ``arch``'s family (a one-line UsageError for an unknown arch)."""
+    return FAMILIES[arch_spec(arch).family]
+
+
+def build_classifier(arch: str, num_classes: int, cifar_stem: bool, drop_path: float = 0.0,
+                     mix_head: bool = True) -> Classifier:
+    """The classifier of ``arch``: its family's trunk and the two heads (``mix_head=False``: the
+    baselines' single head)."""
+    return classifier_class(arch)(arch, num_classes, cifar_stem, drop_path=drop_path, mix_head=mix_head)
+
+
+def library_model(arch: str, num_classes: int, cifar_stem: bool = False) -> nn.Module:
+    """The library's own model for ``arch`` (what an exported state dict loads into):
+    torchvision's ResNets, ResNeXt, Swin-T and ConvNeXt-T, timm's DeiT-S (the test variants:
+    their library classes); ``cifar_stem``: the released CIFAR stems (ResNet: 3x3/1 conv without
+    the max pool; ConvNeXt: a 3x3/1 conv)."""
+    return classifier_class(arch).library_model(arch, num_classes, cifar_stem)
+
+
+__all__ = ["FAMILIES", "build_classifier", "classifier_class", "library_model"]
