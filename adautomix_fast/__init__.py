@@ -12,7 +12,10 @@ Command line: ``python -m adautomix_fast.train --help``.
 
 from .methods.adautomix import AdAutoMix, MixPlan, mixed_cross_entropy
 from .config import PRESETS, Config, resolve
-from .engine import Precision, ReferenceStep, Schedule, build_optimizer
+from .optim import build_optimizer
+from .precision import Precision
+from .reference import ReferenceStep
+from .schedules import Schedule
 from .errors import DataError, UsageError
 from .evaluate import evaluate
 from .methods.generator import MaskGenerator

@@ -1,4 +1,5 @@
-"""The EMA teacher: momentum schedule and parameter update (docs/algorithm.md, EMA teacher).
+"""The EMA teacher's parameter update (docs/algorithm.md, EMA teacher; its momentum schedule is
+``schedules.ema_momentum``).
 
 After every optimizer step the teacher's *parameters* follow the student's:
     theta_k <- m * theta_k + (1 - m) * theta_q
@@ -24,7 +25,6 @@ time as well as at build time.
 from __future__ import annotations
 
 import importlib
-import math
 import os
 import warnings
 from typing import Any, Sequence
@@ -33,19 +33,6 @@ import torch
 
 OP_NAME = "adautomix_fast::ema_update_"
 _MODEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
-
-
-def ema_momentum(step: int, total_steps: int, start: float = 0.999, end: float = 0.999999,
-                 warmup: float = 0.1) -> float:
-    """Momentum used after optimizer step ``step`` (0-based) of a run of ``total_steps``.
-
-    Constant ``start`` while step < warmup * total_steps, then
-    m = end - (end - start) * (cos(pi * step / total_steps) + 1) / 2.
-    """
-    total_steps = max(int(total_steps), 1)
-    if step < warmup * total_steps:
-        return float(start)
-    return float(end - (end - start) * (math.cos(math.pi * step / total_steps) + 1.0) / 2.0)
 
 
 MOMENTUM_DTYPE = torch.float64

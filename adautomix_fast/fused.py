@@ -36,6 +36,7 @@ interchangeable.
 
 from __future__ import annotations
 
+import types
 from typing import Optional
 
 import torch
@@ -46,6 +47,7 @@ from .ema import MOMENTUM_DTYPE, ema_update_
 from .errors import CompiledStepError
 from .optim import InGraphOptimizer, unscale_and_check_
 from .segmented_bn import SegmentedBatchNorm2d, convert_batchnorm, set_segment_size
+from .trainstep import TrainStep
 
 # fp16 loss scaling, as torch.amp.GradScaler's defaults.
 _SCALE_INIT, _GROWTH, _BACKOFF, _GROWTH_INTERVAL = 2.0 ** 16, 2.0, 0.5, 2000
@@ -59,9 +61,11 @@ def fused_losses(model, x: torch.Tensor, y: torch.Tensor, plan, *, batched_stude
     return model.fused_losses(x, y, plan, batched_student=batched_student, teacher_bn_stats=teacher_bn_stats)
 
 
-class FusedStep:
+class FusedStep(TrainStep):
     """The fused train step of any method. Same call signature and state API as
-    `engine.ReferenceStep`.
+    `reference.ReferenceStep`; the host-side bookkeeping is theirs (`trainstep.TrainStep`).
+
+    A non-finite step changes nothing (``skips_nonfinite``; module docstring, 4.).
 
     Args:
         compile: torch.compile the step (``fullgraph=True``); False runs the same code eagerly
@@ -77,6 +81,8 @@ class FusedStep:
             (``torch.nn.utils.clip_grad_norm_``'s rule; None: no clipping).
     """
 
+    skips_nonfinite = True
+
     def __init__(self, model, optimizer: torch.optim.Optimizer, schedule, precision, *,
                  channels_last: bool = False, compile: bool = True, mode: Optional[str] = None,
                  backend: str = "inductor", batched_student: bool = True, teacher_bn_stats: str = "exact",
@@ -88,25 +94,20 @@ class FusedStep:
         trained = {id(p) for p in student + gen}
         in_optimizer = [id(p) for g in optimizer.param_groups for p in g["params"]]
         if len(in_optimizer) != len(trained) or set(in_optimizer) != trained:
-            raise ValueError("FusedStep expects the optimizer of engine.build_optimizer (every student and "
+            raise ValueError("FusedStep expects the optimizer of optim.build_optimizer (every student and "
                              "generator parameter exactly once, nothing else)")
         # The update of the graph: SGD or AdamW over the optimizer's groups (any number: the
         # weight-decay exclusions add no-decay groups), clipping, the exact non-finite skip.
         self.optim = InGraphOptimizer(optimizer, max_grad_norm)
-        self.model = model
-        self.optimizer = optimizer
-        self.schedule = schedule
-        self.precision = precision
-        self.channels_last = channels_last
+        # The plan generator serves only methods whose plan is drawn outside the graph
+        # (``plan_outside_graph``); inside the graph the default generator is graph-safe.
+        super().__init__(model, optimizer, schedule, precision, channels_last=channels_last,
+                         plan_generator=plan_generator)
         self.batched_student = batched_student
         self.teacher_bn_stats = teacher_bn_stats
-        # Used only by methods whose plan must be drawn outside the graph (``plan_outside_graph``);
-        # inside the graph the default generator is graph-safe.
-        self.plan_generator = plan_generator
         # Distributed: averages (gradients, loss) across ranks inside the graph
         # (adautomix_fast.distributed.make_graph_grad_sync); None for one process.
         self.grad_sync = grad_sync
-        self.global_step = 0
         self.device = model.device
         if model.uses_segmented_bn:
             convert_batchnorm(model)
@@ -120,7 +121,6 @@ class FusedStep:
         self.loss_scale = torch.full((), _SCALE_INIT if self.fp16 else 1.0, **f32)
         self.growth_tracker = torch.zeros((), dtype=torch.int32, device=dev)
         self.nonfinite_steps = torch.zeros((), dtype=torch.int64, device=dev)
-        self.skips_nonfinite = True   # a non-finite step changes nothing (see 4. above)
         self.compile = compile
         self.backend = backend
         # Inductor's modes (CUDA graphs with reduce-overhead); other backends take none.
@@ -220,37 +220,31 @@ class FusedStep:
                                               self.loss_scale * _BACKOFF))
             self.growth_tracker.copy_(torch.where(ok & ~grow, grown, torch.zeros_like(grown)))
 
+    def set_lrs(self, lrs: tuple[float, float]) -> None:
+        self.optim.set_lrs(lrs)   # the lr tensors, and every group's "lr" for checkpoints and logs
+
     def __call__(self, x: torch.Tensor, y: torch.Tensor, plan=None) -> dict[str, torch.Tensor]:
         model = self.model
-        model.train()
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.prepare(x)
         if self._batch_size is None:
             self._bind(x.shape[0])
         elif x.shape[0] != self._batch_size:
             raise ValueError(f"the fused step is built for batches of {self._batch_size}, got {x.shape[0]} "
                              "(training loaders drop the last incomplete batch)")
-        step = self.global_step
-        lrs = self.schedule.lrs(step)
-        self.optim.set_lrs(lrs)   # the lr tensors, and every group's "lr" for checkpoints and logs
-        momentum = self.schedule.ema(step) if model.has_teacher else None
-        if momentum is not None:
-            self.ema_momentum.fill_(momentum)
-        model.set_schedule(step, self.schedule.total_steps)
-        n = model.mix_samples_at(step)
+        settings = self.begin_step()
+        n = settings.n
+        if settings.momentum is not None:
+            self.ema_momentum.fill_(settings.momentum)
         if plan is None and model.plan_outside_graph:
             # This method's plan needs work the graph cannot hold (e.g. OpenCV saliency on the host).
-            plan = model.complete_plan(x, y, model.sample_plan(x.shape[0], generator=self.plan_generator, n=n,
-                                                            image_size=tuple(x.shape[-2:])))
-        fn = self._compiled if self._compiled is not None else self._step_graph
-        if self._compiled is not None and self.device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()
-        graphs_before = _unique_graphs() if self._compiled is not None else 0
+            plan = self.draw_plan(x, y, n)
         if self._compiled is None:
-            out = fn(x, y, plan, n)
+            out = self._step_graph(x, y, plan, n)
         else:
+            if self.device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()
+            graphs_before = _unique_graphs()
             out = self._run_compiled(x, y, plan, n)
-        if self._compiled is not None:
             calls = self._calls_per_n.get(n, 0)
             self._calls_per_n[n] = calls + 1
             if calls >= 2:
@@ -258,14 +252,7 @@ class FusedStep:
             elif calls == 1 and self._late_graphs is None:
                 self._late_graphs = 0
         # CUDA-graph outputs are overwritten by the next replay: keep copies.
-        out = {k: v.clone() for k, v in out.items()}
-        self.global_step += 1
-        out["lr"] = torch.tensor(lrs[0])
-        if len(self.lrs) > 1:
-            out["lr_gen"] = torch.tensor(lrs[1])
-        if momentum is not None:
-            out["ema_momentum"] = torch.tensor(momentum)
-        return out
+        return self.end_step({k: v.clone() for k, v in out.items()}, settings)
 
     def _run_compiled(self, x, y, plan, n):
         """The compiled step; any failure becomes one line (``CompiledStepError``), and a death in
@@ -285,12 +272,12 @@ class FusedStep:
 
     # ------------------------------------------------------------------ resumable state
     def state_dict(self) -> dict:
-        return {"global_step": self.global_step, "loss_scale": self.loss_scale.detach().cpu(),
+        return {**super().state_dict(), "loss_scale": self.loss_scale.detach().cpu(),
                 "growth_tracker": self.growth_tracker.detach().cpu(),
                 "nonfinite_steps": self.nonfinite_steps.detach().cpu()}
 
     def load_state_dict(self, state: dict) -> None:
-        self.global_step = int(state["global_step"])
+        super().load_state_dict(state)
         for name in ("loss_scale", "growth_tracker", "nonfinite_steps"):
             if name in state:
                 getattr(self, name).copy_(state[name])
@@ -309,7 +296,6 @@ def _own_code(method):
     graph per N at most (random_mix_samples: 4), so the default limit is never reached and the
     global dynamo configuration is left alone.
     """
-    import types
     fn = method.__func__
     code = fn.__code__.replace()          # an equal but distinct code object
     own = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
@@ -318,6 +304,7 @@ def _own_code(method):
 
 
 def _unique_graphs() -> int:
+    # Lazy: importing dynamo costs seconds, and only a compiled step (which has loaded it) asks.
     from torch._dynamo.utils import counters
     return int(counters["stats"]["unique_graphs"])
 

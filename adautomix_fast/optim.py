@@ -3,9 +3,8 @@
 Two halves:
 
 * **Host side**: ``param_groups`` / ``build_optimizer`` (SGD or AdamW over the student and the
-  generator, with the released weight-decay exclusions) and ``warmup_cosine_lr`` (linear
-  warm-up, then cosine to a minimum, as a pure function of the step that the host evaluates;
-  ``engine.Schedule`` evaluates it for the run).
+  generator, with the released weight-decay exclusions); the learning rates they are given come
+  from :mod:`.schedules`.
 * **In-graph side**: the update math the fused step runs inside its compiled graph, written with
   ``torch._foreach_*`` ops on tensors only: no ``.item()``, no Python branch on a tensor value,
   learning rates as 0-dim device tensors changed in place between steps (``InGraphOptimizer.
@@ -27,11 +26,12 @@ tensor-only twins.
 
 from __future__ import annotations
 
-import math
 from typing import Iterable, Optional, Sequence
 
 import torch
 import torch.nn as nn
+
+from .models.specs import arch_spec
 
 OPTIMIZERS = ("sgd", "adamw")
 
@@ -64,8 +64,6 @@ def param_groups(model: nn.Module, cfg) -> list[dict]:
     (the baselines) has no generator groups. Each group has ``name`` and ``role`` ("student" or
     "generator": the schedule's learning rate it follows; ``group_role``).
     """
-    from .models.specs import arch_spec
-
     student, generator = model.trainable_parameters()
     exclude = wd_exclude(cfg)
     extra = arch_spec(cfg.arch).no_decay
@@ -111,46 +109,24 @@ def wd_exclude(cfg) -> bool:
 
 
 def build_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
-    """SGD (momentum ``cfg.momentum``) or AdamW (``cfg.adam_beta1/2``, ``cfg.adam_eps``) over
-    ``param_groups(model, cfg)``. The in-graph twins support exactly these options (no nesterov,
-    dampening, amsgrad or maximize)."""
+    """The run's optimizer over the student and the generator: SGD (momentum ``cfg.momentum``,
+    the released ResNet recipes) or AdamW (``cfg.adam_beta1/2``, ``cfg.adam_eps``; the
+    transformer and ConvNeXt recipes). The in-graph twins support exactly these options (no
+    nesterov, dampening, amsgrad or maximize). Parameter groups (``param_groups``), in order:
+
+        0 student, 1 generator, 2 student_no_decay, 3 generator_no_decay
+
+    Groups 2-3 exist only with weight-decay exclusions (``cfg.wd_exclude``; default on with
+    AdamW): norms, biases, position tables and layer scales get weight decay 0. The generator
+    groups exist only for methods with a generator, and follow the generator's own learning rate
+    and schedule when ``cfg.gen_lr`` is set (otherwise the student's). Every group carries its
+    ``role`` ("student" / "generator"), which ``set_group_lrs`` and the fused step follow.
+    """
     groups = param_groups(model, cfg)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_eps,
                                  weight_decay=cfg.weight_decay, foreach=True)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, foreach=True)
-
-
-# ---------------------------------------------------------------------------- schedule
-def cosine_lr(base: float, final: float, progress: float) -> float:
-    """Cosine annealing from ``base`` (progress 0) to ``final`` (progress 1)."""
-    progress = min(max(progress, 0.0), 1.0)
-    return final + (base - final) * (1.0 + math.cos(math.pi * progress)) / 2.0
-
-
-def warmup_factor(step: int, warmup_steps: int, warmup_ratio: float) -> float:
-    """mmcv's linear warm-up: ``1 - (1 - step / W) * (1 - ratio)`` for step < W, then 1.
-
-    It multiplies the regular (cosine) learning rate: the first step runs at ``ratio`` times it,
-    and the rate joins the cosine continuously at step W (the released ``warmup='linear'``,
-    ``warmup_ratio=1e-5``, ``warmup_by_epoch=True``)."""
-    if step >= warmup_steps:
-        return 1.0
-    return 1.0 - (1.0 - step / warmup_steps) * (1.0 - warmup_ratio)
-
-
-def warmup_cosine_lr(step: int, total_steps: int, base: float, final: float, warmup_steps: int = 0,
-                     warmup_ratio: float = 1e-5, steps_per_epoch: Optional[int] = None) -> float:
-    """Learning rate of global step ``step`` (0-based): cosine from ``base`` to ``final`` over the
-    whole run, per step (or per epoch when ``steps_per_epoch`` is given: epoch e uses progress
-    e / epochs, the released ``by_epoch=True``), times the linear warm-up factor."""
-    total_steps = max(int(total_steps), 1)
-    if steps_per_epoch:
-        epochs = max(total_steps // steps_per_epoch, 1)
-        progress = (step // steps_per_epoch) / epochs
-    else:
-        progress = step / total_steps
-    return cosine_lr(base, final, progress) * warmup_factor(step, warmup_steps, warmup_ratio)
 
 
 # ---------------------------------------------------------------------------- in-graph pieces
@@ -361,7 +337,7 @@ class InGraphOptimizer:
 
 
 __all__ = [
-    "OPTIMIZERS", "no_weight_decay", "param_groups", "wd_exclude", "build_optimizer", "warmup_factor",
-    "cosine_lr", "warmup_cosine_lr", "group_role", "set_group_lrs", "unscale_and_check_", "clip_grad_norm_", "sgd_step_",
+    "OPTIMIZERS", "no_weight_decay", "param_groups", "wd_exclude", "build_optimizer",
+    "group_role", "set_group_lrs", "unscale_and_check_", "clip_grad_norm_", "sgd_step_",
     "adamw_step_", "InGraphOptimizer",
 ]

@@ -27,6 +27,7 @@ dtype the run first prints one line saying it will be much slower and why.
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -148,4 +149,39 @@ def resolve_precision(amp: Optional[bool], amp_dtype: str, device: torch.device 
                                     f"AVX2 CPU); drop --amp to train in fp32"))
 
 
-__all__ = ["PrecisionChoice", "cpu_facts", "cpu_native", "resolve_precision"]
+@dataclass
+class Precision:
+    """A run's autocast settings. bf16 autocast needs no loss scaling; fp16 uses a GradScaler.
+
+    ``reason`` says why this precision was chosen (printed in the run summary, logged in the
+    start record); ``warning`` is a line to print before training when an explicit choice will run
+    slowly on this machine.
+    """
+
+    device_type: str
+    dtype: Optional[torch.dtype]  # None: full fp32
+    reason: str = ""
+    warning: Optional[str] = None
+
+    @classmethod
+    def from_config(cls, cfg, device: torch.device) -> "Precision":
+        """``cfg.amp`` None (neither --amp nor --no-amp) picks by what the device computes
+        natively (``resolve_precision``): bf16 on a GPU or CPU with native bf16, fp32 elsewhere."""
+        choice = resolve_precision(cfg.amp, cfg.amp_dtype, device)
+        return cls(device.type, choice.dtype, choice.reason, choice.warning)
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def make_scaler(self):
+        if self.dtype is torch.float16:
+            return torch.amp.GradScaler(self.device_type)
+        return None
+
+    def describe(self) -> str:
+        return "fp32" if self.dtype is None else f"autocast {str(self.dtype).replace('torch.', '')}"
+
+
+__all__ = ["Precision", "PrecisionChoice", "cpu_facts", "cpu_native", "resolve_precision"]

@@ -20,20 +20,25 @@ import time
 from typing import Any, Optional
 
 import torch
+import yaml
 
 from . import checkpoint as ckpt_lib
 from . import distributed
+from . import precision as precision_lib
 from .config import ARCHS, DATA_BACKENDS, DATASETS, GEN_KERNELS, IMPLS, PRESETS, Config, resolve
 from .data import DATA_ENV, AugmentRecipe, build_loaders
 from .devices import pick_device
-from .engine import Precision, Schedule, build_optimizer, build_step, resolve_impl
+from .optim import build_optimizer
+from .precision import Precision
+from .schedules import Schedule
+from .steps import build_step, resolve_impl
 from .errors import CompiledStepError, RunDiverged, RunStopped, UsageError
 from .runfolder import LAST, RunFolder, SilentRunFolder, default_run_name, describe_checkpoint
 from .methods.generator import resolve_gen_kernels
 from . import registry
 from .registry import METHODS, build_model, image_side
-from .models import default_cifar_stem, load_pretrained_model
-from .optim import OPTIMIZERS
+from .models import default_cifar_stem, drop_path_rate, load_pretrained_model
+from .optim import OPTIMIZERS, wd_exclude
 from .trainer import Trainer, format_metrics
 
 log = logging.getLogger("adautomix_fast")
@@ -231,9 +236,6 @@ def recipe_settings(cfg: Config) -> str:
     """The optimizer and the recipe for the run summary, e.g. "AdamW lr 0.0005 (G 0.001), wd 0.05
     (none on norms/biases/position tables), warm-up 20 ep, cosine per step to 0.0001, clip 10,
     drop path 0.2, RandAugment rand-m7-n2-mstd0.5"."""
-    from .models import drop_path_rate
-    from .optim import wd_exclude
-
     name = {"sgd": f"SGD momentum {cfg.momentum:g}", "adamw": "AdamW"}[cfg.optimizer]
     gen = f" (G {cfg.gen_lr:g})" if cfg.gen_lr is not None and cfg.method in ("adautomix", "automix") else ""
     parts = [f"{name} lr {cfg.lr:g}{gen}",
@@ -264,7 +266,6 @@ def explicit_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def load_yaml_settings(path: str) -> dict[str, Any]:
-    import yaml
     if not os.path.isfile(path):
         raise UsageError(f"--config {path}: no such file")
     try:
@@ -497,8 +498,6 @@ def _shared_run_name(cfg: Config, ctx: distributed.DistContext) -> str:
 
 def _train(cfg, args, trainer: Trainer, summary: str, impl: str, stop_after, resuming: bool,
            global_batch: int, lr_changes: dict) -> int:
-    import yaml
-
     folder, say, ctx = trainer.folder, trainer.say, trainer.ctx
     folder.write_config(cfg, {"num_classes": trainer.info.num_classes, "cifar_stem": trainer.cifar_stem,
                               "fingerprint": cfg.fingerprint(), "impl_resolved": impl,
@@ -538,8 +537,7 @@ def precision_facts(device: torch.device) -> dict:
     """What the precision decision read, for the log's start record."""
     if device.type == "cuda":
         return {"cuda_bf16": bool(torch.cuda.is_bf16_supported())}
-    from .precision import cpu_facts
-    return {"cpu_" + k: v for k, v in cpu_facts().items()}
+    return {"cpu_" + k: v for k, v in precision_lib.cpu_facts().items()}
 
 
 def export(model, path: str) -> None:

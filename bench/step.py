@@ -20,13 +20,13 @@ Benchmarks never assert; a case that raises (out of memory, say) is recorded wit
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import traceback
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 if __package__ in (None, ""):  # `python bench/step.py` as well as -m
-    import os
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
@@ -34,7 +34,10 @@ import torch.nn.functional as F
 
 from adautomix_fast.registry import METHODS, build_model
 from adautomix_fast.config import PRESETS, Config, resolve
-from adautomix_fast.engine import Precision, Schedule, build_optimizer, build_step
+from adautomix_fast.optim import build_optimizer
+from adautomix_fast.precision import Precision
+from adautomix_fast.schedules import Schedule
+from adautomix_fast.steps import build_step
 from adautomix_fast.methods.generator import resolve_gen_kernels
 from adautomix_fast.models import ARCH_SPECS, build_classifier, drop_path_rate
 from adautomix_fast.optim import InGraphOptimizer, no_weight_decay, wd_exclude

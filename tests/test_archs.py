@@ -392,7 +392,7 @@ def test_compiled_fused_step_follows_reference_steps_for_swin():
     tiny Swin (window attention, shifted windows, patch merging, the LayerNorm'd tap), with no
     recompilation after warm-up. Opt-in: 6m20s with a cold Inductor cache on 2 EPYC cores."""
     from adautomix_fast import ReferenceStep, Schedule, build_optimizer, resolve
-    from adautomix_fast.engine import Precision
+    from adautomix_fast.precision import Precision
     from adautomix_fast.fused import FusedStep
     cfg = resolve(dict(dataset="digits", arch="tiny_swin", mix_samples=3, batch_size=B, epochs=1, lam_concat=True,
                        upsample="nearest", amp=False))   # fp32 on every CPU: the tolerances are fp32's

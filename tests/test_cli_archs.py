@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from adautomix_fast.config import Config, resolve
-from adautomix_fast.engine import Schedule
+from adautomix_fast.schedules import Schedule
 from adautomix_fast.models import library_model
 from adautomix_fast.train import build_config, get_args_parser, main, recipe_settings
 

@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 from adautomix_fast import AdAutoMix, ReferenceStep, Schedule, build_optimizer, resolve
 from adautomix_fast.distributed import (DistContext, average_buffers_, make_graph_grad_sync,
                                         wrap_reference_model)
-from adautomix_fast.engine import Precision
+from adautomix_fast.precision import Precision
 from adautomix_fast.fused import FusedStep
 
 WORLD = 2

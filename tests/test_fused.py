@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from adautomix_fast import AdAutoMix, ReferenceStep, Schedule, build_optimizer, resolve
-from adautomix_fast.engine import Precision
+from adautomix_fast.precision import Precision
 from adautomix_fast.fused import FusedStep, fused_losses
 from adautomix_fast.segmented_bn import convert_batchnorm, set_segment_size
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from adautomix_fast import AdAutoMix, ReferenceStep, Schedule, build_optimizer, resolve
-from adautomix_fast.engine import Precision
+from adautomix_fast.precision import Precision
 from adautomix_fast.fused import FusedStep
 
 pytestmark = pytest.mark.gpu

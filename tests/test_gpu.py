@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from adautomix_fast import AdAutoMix, ReferenceStep, Schedule, build_optimizer, resolve
-from adautomix_fast.engine import Precision, make_plan_generator
+from adautomix_fast.precision import Precision
+from adautomix_fast.trainstep import make_plan_generator
 
 pytestmark = pytest.mark.gpu
 

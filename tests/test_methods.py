@@ -13,7 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from adautomix_fast.config import resolve
-from adautomix_fast.engine import Precision, ReferenceStep, Schedule, build_optimizer, make_plan_generator
+from adautomix_fast.optim import build_optimizer
+from adautomix_fast.precision import Precision
+from adautomix_fast.reference import ReferenceStep
+from adautomix_fast.schedules import Schedule
+from adautomix_fast.trainstep import make_plan_generator
 from adautomix_fast.fused import FusedStep
 from adautomix_fast.registry import METHODS, build_model
 

@@ -10,14 +10,18 @@ import torch.nn.functional as F
 
 from adautomix_fast import AdAutoMix
 from adautomix_fast.config import Config, resolve
-from adautomix_fast.engine import Precision, ReferenceStep, Schedule, make_plan_generator, set_lrs
-from adautomix_fast.engine import build_optimizer as engine_build_optimizer
+from adautomix_fast.optim import set_group_lrs as set_lrs
+from adautomix_fast.precision import Precision
+from adautomix_fast.reference import ReferenceStep
+from adautomix_fast.schedules import Schedule
+from adautomix_fast.trainstep import make_plan_generator
 from adautomix_fast.errors import UsageError
 from adautomix_fast.fused import FusedStep
 from adautomix_fast.registry import build_model
 from adautomix_fast.models import default_cifar_stem
 from adautomix_fast.optim import (InGraphOptimizer, build_optimizer, clip_grad_norm_, group_role, no_weight_decay,
-                                  param_groups, unscale_and_check_, warmup_cosine_lr)
+                                  param_groups, unscale_and_check_)
+from adautomix_fast.schedules import warmup_cosine_lr
 
 
 class Net(nn.Module):
@@ -230,13 +234,17 @@ def test_weight_decay_exclusions(arch, no_decay_named):
 
 
 def test_sgd_recipe_keeps_the_engine_groups():
+    """Without weight-decay exclusions SGD has the two groups of the released recipe: the
+    student's and the generator's parameters, every one at the config's lr, decay and momentum."""
     cfg = resolve(dict(dataset="digits", arch="tiny"))
     model = AdAutoMix("tiny", 5, cifar_stem=True)
-    mine, theirs = build_optimizer(model, cfg), engine_build_optimizer(model, cfg)
-    assert type(mine) is type(theirs) is torch.optim.SGD
-    assert [g["params"] for g in mine.param_groups] == [g["params"] for g in theirs.param_groups]
-    assert [(g["lr"], g["weight_decay"], g["momentum"]) for g in mine.param_groups] == \
-        [(g["lr"], g["weight_decay"], g["momentum"]) for g in theirs.param_groups]
+    opt = build_optimizer(model, cfg)
+    student, generator = model.trainable_parameters()
+    assert type(opt) is torch.optim.SGD
+    assert [g["name"] for g in opt.param_groups] == ["student", "generator"]
+    assert [g["params"] for g in opt.param_groups] == [student, generator]
+    assert [(g["lr"], g["weight_decay"], g["momentum"]) for g in opt.param_groups] == \
+        [(cfg.lr, cfg.weight_decay, cfg.momentum)] * 2
     assert no_weight_decay("x.weight", torch.zeros(3)) and not no_weight_decay("x.weight", torch.zeros(3, 3))
 
 
@@ -341,15 +349,15 @@ def test_engine_groups_follow_roles_in_a_stable_order():
     cfg = resolve(dict(dataset="digits", arch="tiny", optimizer="adamw", weight_decay=0.05, gen_lr=0.02))
     torch.manual_seed(0)
     model = AdAutoMix.from_config(cfg, 5, cifar_stem=True)
-    opt = engine_build_optimizer(model, cfg)
+    opt = build_optimizer(model, cfg)
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["betas"] == (0.9, 0.999)
     assert [g["name"] for g in opt.param_groups] == ["student", "generator", "student_no_decay", "generator_no_decay"]
     set_lrs(opt, (0.1, 0.2))
     assert [g["lr"] for g in opt.param_groups] == [0.1, 0.2, 0.1, 0.2]
     baseline = build_model(resolve(dict(cfg.to_dict(), method="mixup", preset=None)), 5, True)
-    opt = engine_build_optimizer(baseline, cfg)
+    opt = build_optimizer(baseline, cfg)
     assert [g["name"] for g in opt.param_groups] == ["student", "student_no_decay"]
-    sgd = engine_build_optimizer(model, resolve(dict(dataset="digits", arch="tiny")))
+    sgd = build_optimizer(model, resolve(dict(dataset="digits", arch="tiny")))
     assert [g["name"] for g in sgd.param_groups] == ["student", "generator"]
     assert isinstance(sgd, torch.optim.SGD)
     # a checkpoint of the SGD engine before roles: groups named, without "role"
@@ -365,7 +373,7 @@ def test_reference_step_clips_the_total_norm_of_every_trained_gradient():
                            lr=0.1, clip_grad=clip))
         torch.manual_seed(0)
         model = AdAutoMix.from_config(cfg, 5, cifar_stem=True)
-        step = ReferenceStep(model, engine_build_optimizer(model, cfg), Schedule(cfg, 4),
+        step = ReferenceStep(model, build_optimizer(model, cfg), Schedule(cfg, 4),
                              Precision.from_config(cfg, torch.device("cpu")), max_grad_norm=cfg.clip_grad,
                              plan_generator=make_plan_generator(torch.device("cpu"), 0))
         params = [p for g in step.optimizer.param_groups for p in g["params"]]
@@ -411,9 +419,9 @@ def recipe_steps(compile, backend="aot_eager", arch="tiny_convnext"):
     fused_model = copy.deepcopy(ref_model)
     schedule = Schedule(cfg, steps_per_epoch=3)
     precision = Precision.from_config(cfg, torch.device("cpu"))
-    ref = ReferenceStep(ref_model, engine_build_optimizer(ref_model, cfg), schedule, precision,
+    ref = ReferenceStep(ref_model, build_optimizer(ref_model, cfg), schedule, precision,
                         max_grad_norm=cfg.clip_grad)
-    fused = FusedStep(fused_model, engine_build_optimizer(fused_model, cfg), schedule, precision, compile=compile,
+    fused = FusedStep(fused_model, build_optimizer(fused_model, cfg), schedule, precision, compile=compile,
                       backend=backend, max_grad_norm=cfg.clip_grad)
     return ref, fused
 
@@ -484,7 +492,7 @@ def test_each_fused_step_compiles_into_its_own_cache():
     for method in ("vanilla", "mixup", "cutmix"):
         cfg = resolve(dict(dataset="digits", arch="tiny", batch_size=6, epochs=1, amp=False, method=method))
         model = build_model(cfg, 5, True)
-        step = FusedStep(model, engine_build_optimizer(model, cfg), Schedule(cfg, 3),
+        step = FusedStep(model, build_optimizer(model, cfg), Schedule(cfg, 3),
                          Precision.from_config(cfg, torch.device("cpu")), backend="aot_eager")
         for _ in range(3):
             step(*batch6())

@@ -15,8 +15,8 @@ A method is one module: a model class (an ``nn.Module`` deriving from `MixModel`
 * ``trainable_parameters()``: (student parameters, generator parameters); and, for methods with an
   EMA teacher, ``has_teacher = True`` with ``ema_pairs()``.
 
-The steps (``engine.ReferenceStep``, ``fused.FusedStep``), the optimizer, the schedules, the
-checkpoint format and the trainer are shared by every method.
+The steps (``reference.ReferenceStep``, ``fused.FusedStep``, sharing ``trainstep.TrainStep``),
+the optimizer, the schedules, the checkpoint format and the trainer are shared by every method.
 """
 
 from __future__ import annotations
