@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import glob
 import os
+import pickle
 import shutil
 import tempfile
 from typing import Any, Iterable, Optional
@@ -20,6 +21,7 @@ import torch
 
 from .config import Config
 from .errors import UsageError
+from .models import export_state_dict
 
 FORMAT_VERSION = 1
 TMP_PREFIX, TMP_SUFFIX = ".tmp-", ".pt"
@@ -171,7 +173,6 @@ def _unreadable_reason(exc: Exception) -> str:
     """Why torch.load(weights_only=True) refused a file, without torch's advice to retry with
     weights_only=False (it would run arbitrary code from the file, and no checkpoint of this
     engine needs it)."""
-    import pickle
     text = str(exc)
     if isinstance(exc, pickle.UnpicklingError) or "weights only load failed" in text.lower() or "load key" in text:
         return ("not a checkpoint of this engine (it is not a weights-only torch file); pass the "
@@ -210,8 +211,6 @@ def export_torchvision(model) -> dict[str, torch.Tensor]:
     ``model.maxpool = nn.Identity()`` before loading); ConvNeXt ``features[0][0]`` is
     ``nn.Conv2d(3, 96, 3, 1, 1)``. ``library_model(arch, C, cifar_stem=True)`` does both.
     """
-    from .models import export_state_dict
-
     # The teacher (the paper's model) for methods with one, the trained classifier otherwise.
     network = model.teacher if getattr(model, "has_teacher", True) else model.student
     return export_state_dict(network)

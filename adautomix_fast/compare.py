@@ -31,6 +31,8 @@ import subprocess
 import sys
 from typing import Any, Optional
 
+import yaml
+
 from .errors import UsageError
 from .registry import METHODS
 from .records import read_jsonl
@@ -82,7 +84,6 @@ def run_state(folder: str) -> str:
     config = os.path.join(folder, "config.yaml")
     target = None
     if os.path.exists(config):
-        import yaml
         with open(config) as f:
             target = (yaml.safe_load(f) or {}).get("epochs")
     return "done" if epochs and target is not None and epochs[-1]["epoch"] >= target else "partial"

@@ -23,12 +23,15 @@ checkpoint, so evaluation and checkpoints see one consistent model.
 from __future__ import annotations
 
 import datetime
+import inspect
 import os
 from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
 import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .errors import UsageError
 
@@ -183,8 +186,6 @@ def make_graph_grad_sync(ctx: DistContext):
     skip decision for a non-finite step) across ranks inside the compiled graph."""
     if not ctx.enabled:
         return None
-    import torch.distributed._functional_collectives as funcol
-
     group = dist.group.WORLD
 
     def sync(grads: list[torch.Tensor], loss: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -202,10 +203,6 @@ def make_graph_grad_sync(ctx: DistContext):
 def wrap_reference_model(model: torch.nn.Module, ctx: DistContext, device: torch.device):
     """DistributedDataParallel over the whole AdAutoMix module (its forward is one step's
     losses); the teacher's parameters need no gradient, so DDP leaves them alone."""
-    import inspect
-
-    from torch.nn.parallel import DistributedDataParallel as DDP
-
     # No buffer broadcast at every forward (several BatchNorm forwards precede the backward):
     # `forward_sync_buffers=False` since torch 2.14, `broadcast_buffers=False` before it.
     no_sync = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import datetime
 import errno
+import fcntl
 import json
 import os
 import shutil
@@ -21,9 +22,13 @@ import socket
 import time
 from typing import Optional
 
+import yaml
+
 from . import records
+from .checkpoint import NoSpaceError, atomic_save, remove_orphaned_temporaries
 from .config import Config
 from .errors import UsageError
+from .evaluate.tblog import ScalarLogger
 
 LAST, BEST = "checkpoint-last.pt", "checkpoint-best.pt"
 LOCK = "run.lock"
@@ -44,7 +49,6 @@ class RunLock:
         self.fd: Optional[int] = None
 
     def acquire(self) -> "RunLock":
-        import fcntl
         while True:
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -78,7 +82,6 @@ class RunLock:
     def release(self) -> None:
         if self.fd is None:
             return
-        import fcntl
         try:
             os.unlink(self.path)   # before unlocking: a waiting opener then re-checks the path
         except OSError:
@@ -120,7 +123,6 @@ class RunFolder:
 
     def attach_tensorboard(self) -> None:
         """Mirror every record logged from now on into ``<run folder>/tensorboard``."""
-        from .evaluate.tblog import ScalarLogger
         self.tensorboard = ScalarLogger(self.file("tensorboard"))
 
     @classmethod
@@ -140,7 +142,6 @@ class RunFolder:
             if not resuming and os.path.exists(os.path.join(folder, LAST)):
                 raise UsageError(f"run folder {folder} already holds a run; pass --resume {folder} to continue "
                                  "it or choose another --run-name")
-            from .checkpoint import remove_orphaned_temporaries
             remove_orphaned_temporaries(folder)
             if resuming:
                 records.truncate_after(folder, int(resuming["epoch"]), int(resuming["global_step"]))
@@ -182,7 +183,6 @@ class RunFolder:
         return os.path.join(self.path, name)
 
     def write_config(self, cfg: Config, extra: dict) -> None:
-        import yaml
         data = {**cfg.to_dict(), **extra}
         tmp = self.file(".config.yaml.tmp")
         with open(tmp, "w") as f:
@@ -206,7 +206,6 @@ class RunFolder:
             w.writerow(row)
 
     def save(self, state: dict, name: str) -> None:
-        from .checkpoint import NoSpaceError, atomic_save
         try:
             atomic_save(state, self.file(name))
         except NoSpaceError as exc:

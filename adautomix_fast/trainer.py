@@ -14,17 +14,22 @@ checkpoints in the middle of an epoch). The data order and augmentation are func
 from __future__ import annotations
 
 import os
+import resource
+import signal
 import sys
 import time
 from typing import Callable, Optional
 
 import torch
+from tqdm import tqdm
 
 from . import checkpoint as ckpt_lib
 from .config import Config
 from .distributed import DistContext, average_buffers_, fault_injection_step, gather_objects, launched_by_torchrun
 from .errors import RunDiverged, RunStopped
 from .evaluate import HEADLINE, HEADS, evaluate
+from .evaluate.curves import render_training_curves
+from .evaluate.mixvis import render_mix_grid, vis_epochs
 from .runfolder import BEST, LAST, RunFolder, describe_checkpoint
 from .stopsignals import StopRequest, exit_status
 
@@ -53,7 +58,6 @@ def peak_memory_mib(device: torch.device) -> float:
     (getrusage; it includes everything the process holds, the data and the compiled code)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
-    import resource
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2 ** 20 if sys.platform == "darwin" else rss / 2 ** 10
 
@@ -80,7 +84,6 @@ class Trainer:
         # Epochs after which the primary rank saves the mixed-sample picture and the curves.
         self.draw_at: set[int] = set()
         if cfg.vis_every != 0 and folder.writes:
-            from .evaluate.mixvis import vis_epochs
             self.draw_at = set(vis_epochs(cfg.epochs, cfg.vis_every))
 
     # ------------------------------------------------------------------ state
@@ -180,8 +183,7 @@ class Trainer:
         return next((s for s in signums if s is not None), None)
 
     def stopped(self, signum: int, mid_epoch: bool) -> RunStopped:
-        import signal as signal_lib
-        name = signal_lib.Signals(signum).name
+        name = signal.Signals(signum).name
         self.folder.log({"type": "stop", "time": time.time(), "signal": name, "epoch": self.epoch,
                          "batch_in_epoch": self.batch_in_epoch, "step": self.step.global_step})
         at = (f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}" if mid_epoch else f"the end of epoch {self.epoch}")
@@ -196,8 +198,6 @@ class Trainer:
         summary.csv. Drawn outside the step, from a plan of its own generator (seeded by the epoch):
         the training RNG, the compiled graph and every buffer are left as they were. A picture that
         cannot be drawn is reported, never fatal."""
-        from .evaluate.curves import render_training_curves
-        from .evaluate.mixvis import render_mix_grid
         try:
             if self.last_batch is not None:
                 x, y = self.last_batch
@@ -224,8 +224,6 @@ class Trainer:
     def train_epoch(self, epoch: int, start_batch: int) -> dict:
         """One epoch from batch ``start_batch``; loss terms are summed on the device and read
         every ``log_interval`` steps."""
-        from tqdm import tqdm
-
         cfg, step, loader = self.cfg, self.step, self.train_loader
         loader.set_epoch(epoch, start_batch=start_batch)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", total=len(loader), initial=start_batch,

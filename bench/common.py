@@ -23,6 +23,10 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
+from adautomix_fast.devices import pick_device as engine_pick_device
+from adautomix_fast.errors import UsageError
+from adautomix_fast.precision import cpu_facts, cpu_native
+
 # 2: step/kernel statistics are pytest-benchmark's (median, q1, q3, ...) instead of p10/p90.
 SCHEMA = 2
 
@@ -30,8 +34,6 @@ SCHEMA = 2
 # ---------------------------------------------------------------------------- device
 def pick_device(name: str) -> torch.device:
     """The engine's --device rule; an impossible request exits with its one line (no traceback)."""
-    from adautomix_fast.devices import pick_device as engine_pick_device
-    from adautomix_fast.errors import UsageError
     try:
         return engine_pick_device(name)
     except UsageError as e:
@@ -69,8 +71,6 @@ def _triton_version() -> Optional[str]:
 
 def device_info(device: torch.device) -> dict[str, Any]:
     """Everything that decides what a number means: device, versions, threads."""
-    from adautomix_fast.precision import cpu_facts, cpu_native
-
     facts = cpu_facts()
     info: dict[str, Any] = {
         "torch": torch.__version__,

@@ -28,6 +28,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # bench/ is a folder of the repository, not an installed package
     sys.path.insert(0, ROOT)
 
+from bench import common  # after ROOT is on sys.path
+
 SIZES = ("gpu", "cpu", "smoke")
 
 
@@ -39,7 +41,6 @@ def pytest_addoption(parser):
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    from bench import common
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     machine_info["adautomix_fast"] = common.device_info(device)
 

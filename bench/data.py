@@ -37,6 +37,8 @@ if __package__ in (None, ""):  # `python bench/data.py` as well as -m
 
 import numpy as np
 import torch
+import torchvision
+from PIL import Image
 
 from adautomix_fast.data import build_loaders
 from adautomix_fast.data.dali import dali_import_error, dali_version
@@ -52,8 +54,6 @@ VAL_IMAGES = 8  # build_loaders wants a val split; it is not timed
 # ---------------------------------------------------------------------------- the folder
 def _make_image(args: tuple[str, int]) -> int:
     """A photo-like JPEG: smooth colour field + fine noise (~40-70 KB at 500x375, like ImageNet's)."""
-    from PIL import Image
-
     path, seed = args
     rng = np.random.default_rng(seed)
     w, h = (500, int(rng.integers(333, 376))) if rng.random() < 0.7 else (int(rng.integers(333, 501)), 500)
@@ -174,7 +174,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     info = common.device_info(device)
-    import torchvision
 
     tmp = None
     try:

@@ -36,6 +36,7 @@ if __package__ in (None, ""):  # `python bench/gpu_check.py` as well as -m
 import torch
 
 from bench import common
+from bench.step import COLUMNS, table_rows
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO_RESULTS = os.path.join(ROOT, "bench", "results")
@@ -193,7 +194,6 @@ def gpu_run(args: argparse.Namespace) -> int:
     data = common.load_results(path)
     print()
     if data.get("cases"):
-        from bench.step import COLUMNS, table_rows  # the step bench's own table
         print(common.format_table(table_rows(data["cases"], data.get("ratios", {})), COLUMNS))
         print()
     print(summary_table(parts))

@@ -28,13 +28,13 @@ Results go to the ``kernels`` and ``ratios`` sections of bench.common's results 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import traceback
 from typing import Any, Callable, Optional
 
 if __package__ in (None, ""):  # `python bench/kernels_ema.py` as well as -m
-    import os
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch

@@ -34,6 +34,7 @@ if __package__ in (None, ""):  # `python bench/kernels_generator.py` as well as 
 
 import torch
 
+from adautomix_fast.methods.generator import cross_attention_mask_reference, upsample_softmax_mix_reference
 from bench import common
 
 SHAPES: dict[str, dict[str, int]] = {
@@ -83,7 +84,6 @@ def mix_inputs(s: dict[str, int], device: torch.device, grad: bool):
 
 def attention_step(provider: str, s: dict[str, int], dtype: torch.dtype, device: torch.device,
                    backward: bool) -> Callable[[], Any]:
-    from adautomix_fast.methods.generator import cross_attention_mask_reference
     if provider == "triton":
         from adautomix_fast.kernels import cross_attention_mask as fn
     else:
@@ -101,7 +101,6 @@ def attention_step(provider: str, s: dict[str, int], dtype: torch.dtype, device:
 
 
 def mix_step(provider: str, s: dict[str, int], device: torch.device, backward: bool) -> Callable[[], Any]:
-    from adautomix_fast.methods.generator import upsample_softmax_mix_reference
     if provider == "triton":
         from adautomix_fast.kernels import upsample_softmax_mix as fn
     else:

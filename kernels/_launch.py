@@ -41,7 +41,9 @@ if INTERPRET:
         opaque custom op (torch.library.wrap_triton cannot wrap an InterpretedFunction)."""
         return kernel
 else:
-    from torch.library import wrap_triton  # noqa: F401  (re-exported for the op files)
+    # compiled Triton: torch's own wrapper (the interpreter gets the identity above); re-exported
+    # for the op files
+    from torch.library import wrap_triton  # noqa: F401
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 

@@ -48,3 +48,42 @@ def test_every_module_imports_without_the_optional_packages():
     assert out.returncode == 0, out.stderr[-3000:]
     count, rest = out.stdout.strip().split(" modules; ")
     assert int(count) > 70 and rest == "leaked: []", out.stdout
+
+
+# The imports a function may make on first use: the optional packages, those that cost seconds
+# at import (matplotlib, scikit-learn with SciPy, dynamo) and the Triton kernels and Triton itself.
+LAZY = {"timm", "nvidia", "cv2", "gco", "torchattacks", "pytorch_grad_cam", "imagecorruptions", "matplotlib",
+        "torchmetrics", "safetensors", "huggingface_hub", "pytest_benchmark", "scipy", "sklearn", "triton",
+        "lightning", "torch.utils.tensorboard", "torch._dynamo", "torch.library", "adautomix_fast.kernels", "kernels"}
+
+
+def _function_level_imports(path):
+    import ast
+    tree = ast.parse(open(path).read(), path)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.If)) and node is not tree:
+            for inner in ast.walk(node):
+                if isinstance(inner, ast.Import):
+                    found += [(inner.lineno, a.name) for a in inner.names]
+                elif isinstance(inner, ast.ImportFrom):
+                    module = inner.module or ""
+                    if inner.level:   # relative: "from .. import kernels" names the kernels
+                        module = module or ",".join(a.name for a in inner.names)
+                    found.append((inner.lineno, module))
+    return found
+
+
+def test_only_optional_or_costly_dependencies_are_imported_inside_functions():
+    offenders = []
+    for folder in ("adautomix_fast", "bench", "kernels"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, folder)):
+            for name in files:
+                if not name.endswith(".py") or name.startswith("test_") or name == "conftest.py":
+                    continue
+                path = os.path.join(dirpath, name)
+                for line, module in _function_level_imports(path):
+                    if module == "__future__" or any(module == m or module.startswith(m + ".") for m in LAZY):
+                        continue
+                    offenders.append(f"{os.path.relpath(path, ROOT)}:{line} {module}")
+    assert not offenders, "move these imports to the top of their module:\n" + "\n".join(sorted(set(offenders)))

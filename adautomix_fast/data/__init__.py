@@ -24,7 +24,10 @@ from typing import Optional
 import torch
 
 from ..errors import DataError, UsageError
+from .arrays import load_cifar, load_digits
 from .dali import INSTALL_HINT, build_dali_loader, dali_import_error, resolve_backend
+from .finegrained import LOADERS
+from .folders import check_headers, load_folder
 from .sampling import EpochLoader, EvalBatchSampler, SeededDataset, SkipLog, TrainBatchSampler
 from .transforms import FINEGRAINED, NORMALIZATION, AugmentRecipe, build_transforms
 
@@ -102,19 +105,11 @@ def resolve_data_dir(name: str, data_dir: str | None) -> str | None:
 def _load_splits(name: str, root: str | None):
     """(train, val, class_names) for a data set; scans and validates everything it can."""
     if name == "digits":
-        from .arrays import load_digits
-
         return load_digits()
     if name in ("cifar10", "cifar100"):
-        from .arrays import load_cifar
-
         return load_cifar(name, root)
     if name in FINEGRAINED:
-        from .finegrained import LOADERS
-
         return LOADERS[name](root)
-    from .folders import load_folder
-
     return load_folder(name, root)
 
 
@@ -185,7 +180,6 @@ def build_loaders(
     root = resolve_data_dir(name, data_dir)
     train_split, val_split, class_names = _load_splits(name, root)
     if not skip_corrupt and hasattr(val_split, "samples"):
-        from .folders import check_headers
         check_headers(val_split.samples, "validation")
     train_tf, eval_tf, size = build_transforms(name, image_size, recipe)
 

@@ -65,6 +65,8 @@ class ArraySplit(Dataset):
 
 def load_digits():
     """scikit-learn's 1,797 8x8 digits as 32x32 RGB uint8, split ~80/20 (stratified, fixed seed)."""
+    # lazy: scikit-learn pulls in SciPy, about 1.5 s that every import of the package would pay
+    # for a data set only the digits demo uses
     from sklearn.datasets import load_digits as sk_load_digits
     from sklearn.model_selection import train_test_split
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import os
 
+import torchvision
+
 from ..errors import DataError
 from .folders import FolderSplit
 
@@ -111,8 +113,6 @@ def _one_line(exc: BaseException) -> str:
 
 
 def load_aircraft(data_dir: str):
-    import torchvision
-
     root = _torchvision_root(data_dir, "fgvc-aircraft-2013b")
     data = os.path.join(root, "fgvc-aircraft-2013b", "data")
     fix = "extract fgvc-aircraft-2013b.tar.gz and pass the folder holding fgvc-aircraft-2013b/ as --data-dir"
@@ -134,8 +134,6 @@ def load_aircraft(data_dir: str):
 
 
 def load_cars(data_dir: str):
-    import torchvision
-
     root = _torchvision_root(data_dir, "stanford_cars")
     base = os.path.join(root, "stanford_cars")
     fix = "arrange Stanford Cars as torchvision's StanfordCars expects and pass the folder holding stanford_cars/"

@@ -14,6 +14,7 @@ corrupt image is found late, when it is decoded, and it is then reported by path
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 from PIL import Image
 from torch.utils.data import Dataset
@@ -83,8 +84,6 @@ def check_headers(samples: list[tuple[str, int]], split: str, workers: int = 8) 
     """DataError naming the first file (and the count) of ``samples`` that `header_problem`
     rejects: run on the validation files before the first step, so that a broken one is
     reported at once instead of after a whole training epoch."""
-    from concurrent.futures import ThreadPoolExecutor
-
     paths = [p for p, _ in samples]
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(paths)))) as pool:  # file I/O, not CPU
         problems = [(p, r) for p, r in zip(paths, pool.map(header_problem, paths)) if r is not None]

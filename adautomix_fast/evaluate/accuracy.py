@@ -14,6 +14,9 @@ from __future__ import annotations
 from typing import Iterable
 
 import torch
+from tqdm import tqdm
+
+from ..distributed import all_reduce_sum_
 
 # The AdAutoMix model's heads; a model lists its own in ``model.HEADS`` (its headline in
 # ``model.HEADLINE``), and evaluation reports exactly those.
@@ -44,7 +47,6 @@ def evaluate(model, loader: Iterable, device: torch.device, precision=None, chan
     n = torch.zeros((), dtype=torch.long, device=device)
     iterator = loader
     if progress:
-        from tqdm import tqdm
         iterator = tqdm(loader, desc="eval", leave=False, dynamic_ncols=True)
     for x, y in iterator:
         x = x.to(device, non_blocking=True)
@@ -61,7 +63,6 @@ def evaluate(model, loader: Iterable, device: torch.device, precision=None, chan
         n += y.shape[0]
     model.train(was_training)
     if ctx is not None and ctx.enabled:
-        from ..distributed import all_reduce_sum_
         all_reduce_sum_(counts, ctx)
         all_reduce_sum_(n, ctx)
     counts, total = counts.cpu(), int(n)

@@ -18,7 +18,9 @@ import sys
 from typing import Optional
 
 from ..errors import UsageError
+from .compare import compare
 from .context import PROTOCOLS, SUITES, EvalOptions
+from .pipeline import evaluate_checkpoint
 
 D = EvalOptions()
 
@@ -124,15 +126,11 @@ def run(argv: Optional[list[str]] = None) -> int:
     if not args.run:
         raise UsageError("pass a run folder or checkpoint to evaluate (or several with --compare)")
     if args.compare:
-        from .compare import compare
-
         folder = compare(args.run, options, out=args.out, overwrite=args.overwrite)
         print(f"comparison of {len(args.run)} runs: {folder}")
         return 0
     if len(args.run) > 1:
         raise UsageError(f"{len(args.run)} runs given; evaluate one at a time, or pass --compare")
-    from .pipeline import evaluate_checkpoint
-
     folder, _ = evaluate_checkpoint(args.run[0], options, out=args.out, overwrite=args.overwrite,
                                     timestamp=args.timestamp)
     print(f"evaluation written to {folder}")

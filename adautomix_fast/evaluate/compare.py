@@ -17,10 +17,14 @@ import os
 import statistics
 from typing import Optional
 
+from ..devices import pick_device
 from ..errors import UsageError
+from ..precision import resolve_precision
 from ..records import read_csv_rows
-from .context import SUITES, EvalOptions
-from .report import RESULTS, REPORT, StagedFolder, clean_json, folder_name, write_json
+from . import plots
+from .context import SUITES, EvalOptions, load_run
+from .pipeline import default_folder, evaluate_checkpoint
+from .report import RESULTS, REPORT, TITLES, StagedFolder, clean_json, folder_name, write_json
 
 LAST_EPOCHS = 10   # the paper reports the median top-1 of the last 10 epochs
 
@@ -54,8 +58,6 @@ def _precision_of(results: dict) -> str:
 
 def _precision_here(options: EvalOptions) -> str:
     """The precision an evaluation with these options would use on this machine."""
-    from ..devices import pick_device
-    from ..precision import resolve_precision
     return resolve_precision(options.amp, "bf16", pick_device(options.device)).label
 
 
@@ -77,9 +79,6 @@ def results_for(path: str, options: EvalOptions, overwrite: bool, say) -> dict:
             raise UsageError(f"{path} has no {', '.join(missing)} results; pass its run folder instead, or fewer --suite")
         results["folder"] = os.path.abspath(path)   # where it is now, should it have moved
         return results
-    from .context import load_run
-    from .pipeline import default_folder, evaluate_checkpoint
-
     run = load_run(path, options.checkpoint)          # errors (and the head) before any work
     head = options.head or run.model.HEADLINE
     folder = default_folder(run.run_dir, options, head, timestamp=False)
@@ -188,8 +187,6 @@ def _aggregate(entries: list[dict], options: EvalOptions) -> dict:
 
 
 def _draw(entries: list[dict], options: EvalOptions, folder: str) -> dict:
-    from . import plots
-
     pictures = {}
     if "calibration" in options.suites:
         curves = [(e["name"], e["results"]["results"]["calibration"]["bins"], e["results"]["results"]["calibration"]["ece"])
@@ -206,8 +203,6 @@ def _draw(entries: list[dict], options: EvalOptions, folder: str) -> dict:
 
 
 def _render(data: dict, entries: list[dict], options: EvalOptions) -> str:
-    from .report import TITLES
-
     lines = [f"# Comparison of {len(entries)} runs", "",
              f"- protocol: **{options.protocol}**; head: {options.head or 'each run’s headline head'}; "
              f"images: {entries[0]['results']['data']['images']} ({entries[0]['results']['data']['dataset']} val)",

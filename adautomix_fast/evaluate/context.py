@@ -17,10 +17,15 @@ from typing import Iterator, Optional
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
+from .. import checkpoint as ckpt_lib
+from ..config import Config
+from ..data import build_loaders
 from ..devices import pick_device
 from ..errors import UsageError
 from ..precision import resolve_precision
+from ..registry import build_model
 
 # The suites, in the order they run and appear in the report. `all` runs every one of them.
 SUITES = ("accuracy", "calibration", "fgsm", "pgd", "corruption", "occlusion", "cam")
@@ -92,10 +97,6 @@ def resolve_checkpoint(path: str, which: str = "last") -> str:
 
 def load_run(path: str, which: str = "last") -> LoadedRun:
     """Load a checkpoint (file or run folder) and rebuild its model in eval mode."""
-    from .. import checkpoint as ckpt_lib
-    from ..config import Config
-    from ..registry import build_model
-
     file = resolve_checkpoint(path, which)
     try:
         ckpt = ckpt_lib.load(file)
@@ -150,9 +151,6 @@ class EvalContext:
     """The loaded run, its chosen head, the test images and the options, on one device."""
 
     def __init__(self, run: LoadedRun, options: EvalOptions):
-        from ..config import Config
-        from ..data import build_loaders
-
         self.run, self.options = run, options
         self.device = pick_device(options.device)
         self.model = run.model.to(self.device).eval()
@@ -190,8 +188,6 @@ class EvalContext:
     def batches(self, desc: str) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """(index of the first image, normalised images [B,3,H,W], labels [B]) over the first
         ``num_images`` test images, in order, with a progress bar."""
-        from tqdm import tqdm
-
         seen = 0
         total = -(-self.num_images // self.options.batch_size)
         bar = tqdm(self.loader, desc=desc, total=total, leave=False, dynamic_ncols=True,

@@ -20,12 +20,17 @@ all 19 files equally, not mCE), and the mean over the 15 standard corruptions.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import warnings
+from concurrent.futures import ProcessPoolExecutor
+from importlib import metadata
 from typing import Iterator, Optional
 
 import numpy as np
 import torch
+from PIL import Image
+from tqdm import tqdm
 
 from ..errors import DataError, UsageError
 
@@ -151,8 +156,6 @@ class FolderCorruptions:
                 "images_per_cell": counts.pop() if len(counts) == 1 else sorted(counts)}
 
     def batches(self, corruption: str, severity: int, ctx) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        from PIL import Image
-
         samples, size = self.samples[(corruption, severity)], self.image_size
         bs = ctx.options.batch_size
         for start in range(0, len(samples), bs):
@@ -173,8 +176,6 @@ class FolderCorruptions:
 
 
 def _resize_center_crop(im, size: int):
-    from PIL import Image
-
     w, h = im.size
     scale = size / min(w, h)
     im = im.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BILINEAR)
@@ -205,7 +206,6 @@ def _corrupt_one(image: np.ndarray, corruption: str, severity: int, seed: int) -
     whole multiple of their size of at least 32 px (bilinear up) and brought back by averaging
     each block (box down), since imagecorruptions works from 32 px on."""
     from imagecorruptions import corrupt
-    from PIL import Image
 
     h, w = image.shape[:2]
     scale = -(-MIN_SIZE // min(h, w)) if min(h, w) < MIN_SIZE else 1
@@ -258,8 +258,6 @@ class SynthesisedCorruptions:
         self.corruptions, self.severities, self.seed, self.workers = corruptions, severities, seed, workers
 
     def describe(self) -> dict:
-        from importlib import metadata
-
         try:
             version = metadata.version("imagecorruptions-imaug")
             package = "imagecorruptions-imaug"
@@ -273,9 +271,6 @@ class SynthesisedCorruptions:
         """A process pool for the synthesis, or None to corrupt in this process."""
         if self.workers < 1:
             return None
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         return ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
 
 
@@ -301,8 +296,6 @@ def run(ctx, reader=None) -> dict:
     if isinstance(reader, SynthesisedCorruptions):
         extra["clean_top1"] = _run_synthesised(ctx, reader, correct, totals)
     else:
-        from tqdm import tqdm
-
         for c, s in tqdm(list(correct), desc="corruption", leave=False, dynamic_ncols=True,
                          disable=not ctx.options.progress):
             for x, y in reader.batches(c, s, ctx):
@@ -314,8 +307,6 @@ def run(ctx, reader=None) -> dict:
 def _run_synthesised(ctx, reader: SynthesisedCorruptions, correct: dict, totals: dict) -> float:
     """One pass over the test set: every (corruption, severity) cell is made from each batch of
     clean images and scored. Returns the clean top-1 (%) of the same images."""
-    from tqdm import tqdm
-
     cells = list(correct)
     bar = tqdm(total=ctx.num_images * len(cells), desc="corruption (synthesising)", leave=False,
                dynamic_ncols=True, disable=not ctx.options.progress, unit="img")

@@ -12,6 +12,7 @@ import os
 
 from ..errors import UsageError
 from ..records import read_csv_rows
+from . import plots
 
 
 def _number(value) -> float:
@@ -34,8 +35,6 @@ def read_summary(summary_csv: str) -> dict[str, list[float]]:
 def render_training_curves(summary_csv: str, png: str) -> str:
     """Write ``png``: top-1 of each head (and top-5 dashed), every loss column and the lr against
     the epoch. The PNG carries the plotted columns as JSON (``plots.read_data``)."""
-    from . import plots
-
     cols = read_summary(summary_csv)
     epochs = cols.get("epoch") or list(range(1, len(next(iter(cols.values()))) + 1))
     top1 = [k for k in cols if k.endswith("_top1") and k != "best_top1"]

@@ -21,6 +21,9 @@ from typing import Optional, Sequence
 
 import torch
 
+from ..errors import UsageError
+from . import plots
+
 
 @dataclass
 class MixVisual:
@@ -75,8 +78,6 @@ def render_mix_grid(vis, path: str, mean: Sequence[float], std: Sequence[float],
     rows: each source, each source's mask (heat map, 0..1), the mixed image. The lambdas are in
     the title (shared) or above each column (per sample). The PNG carries its numbers (lambdas,
     the mean of every mask) as JSON; see ``plots.read_data``."""
-    from . import plots
-
     if isinstance(vis, dict):
         vis = MixVisual.from_dict(vis)
     n, k = vis.check()
@@ -131,7 +132,6 @@ def vis_epochs(epochs: int, every: Optional[int] = None) -> list[int]:
     (``--vis-every``; default: about 10 pictures per run, epochs // 10) and always the last one.
     Only the primary rank draws."""
     if every is not None and every < 1:
-        from ..errors import UsageError
         raise UsageError(f"--vis-every must be at least 1 (got {every})")
     every = every or max(1, epochs // 10)
     return sorted({e for e in range(every, epochs + 1, every)} | {epochs})

@@ -13,34 +13,21 @@ from typing import Callable, Optional
 
 import torch
 
+from . import accuracy, attacks, calibration, cam, corruption, occlusion, plots
 from .context import SUITES, EvalContext, EvalOptions, load_run
 from .report import (FORMAT, FORMAT_VERSION, REPORT, RESULTS, StagedFolder, clean_json, device_name, folder_name,
                      render_report, versions, write_json)
 
 
-def _suite_function(suite: str) -> Callable:
-    """The suite's ``run(ctx)``, imported on first use (each pulls in its own library)."""
-    if suite == "accuracy":
-        from .accuracy import run
-    elif suite == "calibration":
-        from .calibration import run
-    elif suite == "fgsm":
-        from .attacks import run_fgsm as run
-    elif suite == "pgd":
-        from .attacks import run_pgd as run
-    elif suite == "corruption":
-        from .corruption import run
-    elif suite == "occlusion":
-        from .occlusion import run
-    else:
-        from .cam import run
-    return run
+# Each suite's run(ctx); a suite imports its own library (torchattacks, grad-cam ...) on first use.
+SUITE_RUNS: dict[str, Callable] = {
+    "accuracy": accuracy.run, "calibration": calibration.run, "fgsm": attacks.run_fgsm, "pgd": attacks.run_pgd,
+    "corruption": corruption.run, "occlusion": occlusion.run, "cam": cam.run,
+}
 
 
 def draw(suite: str, result: dict, folder: str, title: str) -> list[str]:
     """The suite's pictures in ``folder``; returns their file names."""
-    from . import plots
-
     if suite == "calibration":
         plots.reliability_diagram([("", result["bins"], result["ece"])], os.path.join(folder, "reliability.png"),
                                   f"{title}: reliability ({result['protocol']} ECE)")
@@ -73,11 +60,9 @@ def evaluate_checkpoint(path: str, options: EvalOptions, out: Optional[str] = No
     ctx = EvalContext(run, options)
     reader = None
     if "corruption" in options.suites:
-        from .corruption import prepare
-        reader = prepare(ctx)          # missing or malformed corruption files fail here
+        reader = corruption.prepare(ctx)          # missing or malformed corruption files fail here
     if "occlusion" in options.suites:
-        from .occlusion import patch_size
-        patch_size(ctx.info.image_size, options.occlusion_patch)   # a patch that does not fit fails here
+        occlusion.patch_size(ctx.info.image_size, options.occlusion_patch)   # a patch that does not fit fails here
     dest = out or default_folder(run.run_dir, options, ctx.head, timestamp)
     staged = StagedFolder(dest, overwrite)
     name = os.path.basename(run.run_dir)
@@ -90,7 +75,7 @@ def evaluate_checkpoint(path: str, options: EvalOptions, out: Optional[str] = No
         timings: dict = {}
         for suite in options.suites:
             t = time.perf_counter()
-            fn = _suite_function(suite)
+            fn = SUITE_RUNS[suite]
             result = fn(ctx, reader) if suite == "corruption" else fn(ctx)
             timings[suite] = time.perf_counter() - t
             pictures[suite] = draw(suite, result, staged.path, name)

@@ -11,6 +11,7 @@ import os
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 
 DATA_KEY = "adautomix_data"
 
@@ -42,8 +43,6 @@ def save(fig, path: str, data: dict) -> str:
 
 def read_data(path: str) -> dict:
     """The numbers embedded in a PNG written by ``save``."""
-    from PIL import Image
-
     with Image.open(path) as im:
         return json.loads(im.text[DATA_KEY])
 

@@ -13,7 +13,11 @@ import os
 import platform
 import shutil
 import tempfile
+from importlib import metadata
 from typing import Optional
+
+import numpy as np
+import torch
 
 from ..errors import UsageError
 
@@ -57,8 +61,6 @@ class StagedFolder:
 
 def clean_json(value):
     """JSON-safe copy: private keys (leading underscore) dropped, NaN/inf -> None, numpy -> Python."""
-    import numpy as np
-
     if isinstance(value, dict):
         return {str(k): clean_json(v) for k, v in value.items() if not str(k).startswith("_")}
     if isinstance(value, (list, tuple)):
@@ -78,10 +80,6 @@ def write_json(path: str, data: dict) -> None:
 
 def versions() -> dict:
     """Versions of everything that can change a number."""
-    from importlib import metadata
-
-    import torch
-
     out = {"python": platform.python_version(), "torch": torch.__version__}
     for name in ("adautomix_fast", "torchvision", "numpy", "torchmetrics", "torchattacks", "grad-cam",
                  "imagecorruptions-imaug", "matplotlib", "scikit-image"):
@@ -93,8 +91,6 @@ def versions() -> dict:
 
 
 def device_name(device) -> str:
-    import torch
-
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
     cpu = platform.processor() or platform.machine()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import numbers
 from typing import Optional
 
+from ..errors import UsageError
+
 SKIP = ("step", "type")   # the x-axis and the tag prefix, not scalars
 
 
@@ -22,7 +24,6 @@ class ScalarLogger:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError as e:   # torch's writer needs the tensorboard package
-            from ..errors import UsageError
             raise UsageError(f"--tensorboard needs the tensorboard package ({e}); pip install tensorboard") from None
         self.log_dir = log_dir
         self.writer = SummaryWriter(log_dir=log_dir)

@@ -17,7 +17,7 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from .base import random_permutation, uniform_int
+from .base import pair_mixed_cross_entropy, random_permutation, uniform_int
 from .mixup import mixup
 from .pairmix import PairMix, pair_defaults
 
@@ -65,7 +65,6 @@ class ManifoldMix(PairMix):
         return self.student.head_one(manifold_pooled(self.student, x_mix, plan))
 
     def step_losses(self, x: torch.Tensor, y: torch.Tensor, plan: ManifoldPlan) -> dict[str, torch.Tensor]:
-        from .base import pair_mixed_cross_entropy
         z = self.logits(x, plan)          # the trunk mixes at the drawn layer (layer 0: the input)
         loss = pair_mixed_cross_entropy(z, y, plan.perm, plan.lam, self.label_smoothing)
         return {"loss": loss, "lam": plan.lam.detach(), "layer": plan.layer.float()}

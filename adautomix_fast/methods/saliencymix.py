@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..errors import UsageError
+from .base import random_permutation
 from .cutmix import BoxPlan, CutMix
 from .pairmix import pair_defaults
 
@@ -68,7 +69,6 @@ class SaliencyMix(CutMix):
                     n: Optional[int] = None, image_size: Optional[tuple[int, int]] = None) -> BoxPlan:
         # A plain permutation (OpenMixup's saliencymix uses randperm, not the no-repeat draw);
         # the centre is filled in by complete_plan once the images are known.
-        from .base import random_permutation
         lam = self.sample_lam(generator)
         perm = random_permutation(batch_size, generator, self.device)
         return BoxPlan(lam, perm, torch.full((2,), -1, dtype=torch.long, device=self.device))

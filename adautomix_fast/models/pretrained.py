@@ -27,9 +27,11 @@ from typing import Optional
 
 import torch
 import torch.nn as nn
+import torchvision
 
 from ..errors import UsageError
 from .base import Classifier
+from .deit import import_timm
 from .specs import arch_spec
 
 _BN_OPTIONAL = ".num_batches_tracked"   # absent from torchvision's older ResNet weights: BN fills 0
@@ -62,7 +64,6 @@ def _hub_checkpoint_dir() -> str:
 
 def _torchvision_weights_file(arch: str, name: str) -> str:
     """The cached file of a torchvision weight name, or a UsageError saying how to get it."""
-    import torchvision
     try:
         weights = torchvision.models.get_weight(name)
     except (ValueError, KeyError, AttributeError) as exc:
@@ -79,7 +80,6 @@ def _torchvision_weights_file(arch: str, name: str) -> str:
 
 def _timm_weights_file(name: str) -> str:
     """The cached file of a timm pretrained tag (Hugging Face cache only), or a UsageError."""
-    from .deit import import_timm
     import_timm()
     import timm
     cfg = timm.models.get_pretrained_cfg(name)
