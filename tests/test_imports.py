@@ -87,3 +87,59 @@ def test_only_optional_or_costly_dependencies_are_imported_inside_functions():
                         continue
                     offenders.append(f"{os.path.relpath(path, ROOT)}:{line} {module}")
     assert not offenders, "move these imports to the top of their module:\n" + "\n".join(sorted(set(offenders)))
+
+
+def _module_graph():
+    """{module: the package modules it imports at module level}, read from the source."""
+    import ast
+    files = {}
+    for dirpath, _, names in os.walk(os.path.join(ROOT, "adautomix_fast")):
+        for name in names:
+            if name.endswith(".py"):
+                path = os.path.join(dirpath, name)
+                module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
+                files[module[:-len(".__init__")] if module.endswith(".__init__") else module] = path
+    graph = {}
+    for module, path in files.items():
+        package = module if path.endswith("__init__.py") else module.rsplit(".", 1)[0]
+        deps = set()
+        for node in ast.parse(open(path).read(), path).body:
+            if isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = package
+                for _ in range(max(node.level - 1, 0)):
+                    base = base.rsplit(".", 1)[0]
+                source = (base + ("." + node.module if node.module else "")) if node.level else node.module
+                subs = [f"{source}.{a.name}" for a in node.names if f"{source}.{a.name}" in files]
+                deps.update(subs)
+                if len(subs) < len(node.names):     # names from the module itself
+                    deps.add(source)
+        graph[module] = {d for d in deps if d in files and d != module}
+    return graph
+
+
+def test_the_package_has_no_import_cycle():
+    graph, state, cycles = _module_graph(), {}, []
+
+    def visit(module, path):
+        state[module] = "open"
+        for dep in sorted(graph[module]):
+            if state.get(dep) == "open":
+                cycles.append(" -> ".join(path[path.index(dep):] + [dep]))
+            elif dep not in state:
+                visit(dep, path + [dep])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not cycles, "\n".join(cycles)
+
+
+def test_no_method_module_imports_the_data_modules_or_the_config():
+    graph = _module_graph()
+    for module, deps in graph.items():
+        if module.startswith("adautomix_fast.methods."):
+            bad = sorted(d for d in deps if d.startswith("adautomix_fast.data") or d == "adautomix_fast.config")
+            assert not bad, f"{module} imports {bad}: pass what it needs (DataFacts) instead"
