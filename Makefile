@@ -14,7 +14,7 @@ ARGS    ?=
 TRAIN_ARGS ?=
 OUT     ?= bench/results
 
-.PHONY: install train test test-compat bench bench-step gpu-check clean
+.PHONY: install train test test-compat docs bench bench-step gpu-check clean
 
 $(PYTHON):
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,10 @@ train: install
 
 test: install
 	$(PYTHON) -m pytest -q tests $(ARGS)
+
+# The generated parts of docs/ (the methods table of docs/methods.md) from the code.
+docs: install
+	$(PYTHON) tools/update-docs
 
 # The compiled-step, kernel and import tests on the GPU image's versions (torch 2.11, triton 3.6,
 # Python 3.12 when present, none of the optional packages) in .venv-compat: tools/test-compat.

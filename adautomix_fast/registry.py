@@ -159,7 +159,7 @@ def registry_problems() -> list[str]:
 
 def methods_table() -> str:
     """The methods table of docs/methods.md, generated from the declarations (a test keeps the
-    page equal to it: ``python -m adautomix_fast.registry`` prints it)."""
+    page equal to it: ``make docs`` writes it)."""
     def alpha(cls, family: str, arch: str = "r50") -> str:
         value = cls.published_defaults(family, arch).get("mix_alpha")
         return "-" if value is None or not cls.uses_mix_alpha else f"{value:g}"
@@ -176,10 +176,16 @@ def methods_table() -> str:
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    print(methods_table())
+TABLE_START, TABLE_END = "<!-- methods-table:start -->\n", "\n<!-- methods-table:end -->"
 
 
-__all__ = ["OPTIMIZERS", "methods_table", "parse_randaugment", "METHODS", "OPTIONS", "BASELINES", "FAMILIES", "method_class", "method_options", "data_family",
+def with_methods_table(page: str) -> str:
+    """``page`` (docs/methods.md) with the text between its table markers replaced by
+    ``methods_table()``."""
+    start, end = page.index(TABLE_START) + len(TABLE_START), page.index(TABLE_END)
+    return page[:start] + methods_table() + page[end:]
+
+
+__all__ = ["OPTIMIZERS", "methods_table", "with_methods_table", "parse_randaugment", "METHODS", "OPTIONS", "BASELINES", "FAMILIES", "method_class", "method_options", "data_family",
            "method_defaults", "image_side", "data_facts", "check_method", "check_foreign_options", "build_model",
            "registry_problems"]
