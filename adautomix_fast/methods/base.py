@@ -181,6 +181,12 @@ class MixModel(nn.Module):
         batch, for plans drawn in pixels (boxes, Fourier masks)."""
         raise NotImplementedError
 
+    def pixels(self, image_size: Optional[tuple[int, int]]) -> tuple[int, int]:
+        """(H, W) for a plan drawn in pixels (boxes, masks), or a ValueError naming the argument."""
+        if image_size is None:
+            raise ValueError(f"{self.name} plans are drawn in pixels: pass image_size=(H, W) to sample_plan")
+        return int(image_size[0]), int(image_size[1])
+
     def step_losses(self, x: torch.Tensor, y: torch.Tensor, plan) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

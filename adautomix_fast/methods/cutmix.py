@@ -89,9 +89,7 @@ class CutMix(PairMix):
     def sample_center(self, image_size: Optional[tuple[int, int]], generator: Optional[torch.Generator]) -> torch.Tensor:
         """(row, column), each uniform over the image's pixels (row drawn first, as OpenMixup and
         timm do)."""
-        if image_size is None:
-            raise ValueError(f"{self.name} plans are drawn in pixels: pass image_size=(H, W) to sample_plan")
-        h, w = image_size
+        h, w = self.pixels(image_size)
         return torch.stack([uniform_int(h, generator, self.device), uniform_int(w, generator, self.device)])
 
     def box(self, x: torch.Tensor, plan: BoxPlan) -> torch.Tensor:

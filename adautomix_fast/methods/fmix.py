@@ -69,9 +69,7 @@ class FMix(PairMix):
 
     def sample_plan(self, batch_size: int, generator: Optional[torch.Generator] = None,
                     n: Optional[int] = None, image_size: Optional[tuple[int, int]] = None) -> FMixPlan:
-        if image_size is None:
-            raise ValueError("fmix plans are drawn in pixels: pass image_size=(H, W) to sample_plan")
-        h, w = image_size
+        h, w = self.pixels(image_size)
         lam = self.sample_lam(generator)
         noise = torch.randn(h, w // 2 + 1, 2, generator=generator, device=self.device)
         perm = no_repeat_permutation(batch_size, generator, self.device)

@@ -114,8 +114,7 @@ class GridMix(PairMix):
 
     def sample_plan(self, batch_size: int, generator: Optional[torch.Generator] = None,
                     n: Optional[int] = None, image_size: Optional[tuple[int, int]] = None) -> GridPlan:
-        if image_size is None:
-            raise ValueError("gridmix plans are drawn in pixels: pass image_size=(H, W) to sample_plan")
+        self.pixels(image_size)
         dev = self.device
         lam = self.sample_lam(generator)
         low, high = self.hole_range

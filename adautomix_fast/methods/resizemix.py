@@ -60,9 +60,7 @@ class ResizeMix(PairMix):
 
     def sample_plan(self, batch_size: int, generator: Optional[torch.Generator] = None,
                     n: Optional[int] = None, image_size: Optional[tuple[int, int]] = None) -> ResizePlan:
-        if image_size is None:
-            raise ValueError("resizemix plans are drawn in pixels: pass image_size=(H, W) to sample_plan")
-        h, w = image_size
+        h, w = self.pixels(image_size)
         perm = random_permutation(batch_size, generator, self.device)
         tau = sample_beta(self.mix_alpha, (), generator, self.device)
         redraw = SCOPE[0] + (SCOPE[1] - SCOPE[0]) * torch.rand((), generator=generator, device=self.device)

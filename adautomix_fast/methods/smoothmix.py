@@ -73,9 +73,7 @@ class SmoothMix(PairMix):
 
     def sample_plan(self, batch_size: int, generator: Optional[torch.Generator] = None,
                     n: Optional[int] = None, image_size: Optional[tuple[int, int]] = None) -> SmoothPlan:
-        if image_size is None:
-            raise ValueError("smoothmix plans are drawn in pixels: pass image_size=(H, W) to sample_plan")
-        h, w = image_size
+        h, w = self.pixels(image_size)
         perm = random_permutation(batch_size, generator, self.device)
         # OpenMixup draws the column offset first, then the row offset, then the width.
         col = uniform_int(w, generator, self.device)
