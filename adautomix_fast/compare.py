@@ -16,7 +16,9 @@ re-run after a stop. The folder then holds:
   epoch, and the median of the last 10 epochs: the paper's statistic), the headline (the
   teacher's one-hot head where the method has a teacher), train images/s and peak memory;
 * ``comparison.json``: the same, machine-readable, with the runs' folders;
-* ``accuracy_curves.png``: the headline top-1 of every method per epoch.
+* ``accuracy_curves.png``: the headline top-1 of every method per epoch;
+* ``efficiency.png``: what a method costs for what it gives (the AdAutoMix paper's Fig. 9):
+  headline top-1 against training time per epoch, and against peak memory, one point per method.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ def summarize_run(method: str, folder: str) -> dict[str, Any]:
         "train_img_per_s": statistics.mean(e["img_per_s"] for e in epochs),
         "peak_memory_mib": max((e.get("peak_memory_mib") or 0.0) for e in epochs) or None,
         "train_time_s": sum(e.get("train_time_s", 0.0) for e in epochs),
+        "train_s_per_epoch": statistics.mean(e.get("train_time_s", 0.0) for e in epochs),
         "precision": start.get("precision"), "impl": start.get("impl"), "device": start.get("device"),
         "folder": folder, "curve": [(e["epoch"], e[f"{headline}_top1"]) for e in epochs], "error": None,
     }
@@ -117,6 +120,7 @@ def summarize_run(method: str, folder: str) -> dict[str, Any]:
 COLUMNS = [("method", "method", "{}"), ("headline_top1", "top-1 (headline)", "{:.2f}"),
            ("headline_top1_median_last10", "median last 10", "{:.2f}"), ("teacher_top1", "teacher top-1", "{:.2f}"),
            ("student_top1", "student top-1", "{:.2f}"), ("train_img_per_s", "train img/s", "{:.1f}"),
+           ("train_s_per_epoch", "s/epoch", "{:.1f}"),
            ("peak_memory_mib", "peak MiB", "{:.0f}"), ("epochs", "epochs", "{}")]
 
 
@@ -133,7 +137,7 @@ def markdown_table(rows: list[dict]) -> str:
 
 
 def write_outputs(folder: str, rows: list[dict], settings: dict) -> None:
-    """comparison.md/.csv/.json and accuracy_curves.png, each written atomically."""
+    """comparison.md/.csv/.json, accuracy_curves.png and efficiency.png, each written atomically."""
     def atomic_text(name: str, text: str) -> None:
         tmp = os.path.join(folder, f".{name}.tmp")
         with open(tmp, "w") as f:
@@ -159,13 +163,24 @@ def write_outputs(folder: str, rows: list[dict], settings: dict) -> None:
     os.replace(tmp, os.path.join(folder, "comparison.csv"))
     atomic_text("comparison.json", json.dumps({"settings": settings, "runs": rows}, indent=1) + "\n")
     plot_curves(folder, rows)
+    plot_efficiency(folder, rows)
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")     # files only: no display needed
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def _save_png(fig, folder: str, name: str) -> None:
+    tmp = os.path.join(folder, f".{name}.tmp")
+    fig.savefig(tmp, format="png")
+    os.replace(tmp, os.path.join(folder, name))
 
 
 def plot_curves(folder: str, rows: list[dict]) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     for r in rows:
         if r.get("curve"):
@@ -177,10 +192,33 @@ def plot_curves(folder: str, rows: list[dict]) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = os.path.join(folder, ".accuracy_curves.png.tmp")
-    fig.savefig(tmp, format="png")
+    _save_png(fig, folder, "accuracy_curves.png")
     plt.close(fig)
-    os.replace(tmp, os.path.join(folder, "accuracy_curves.png"))
+
+
+EFFICIENCY_AXES = (("train_s_per_epoch", "training time per epoch (s)"), ("peak_memory_mib", "peak memory (MiB)"))
+
+
+def plot_efficiency(folder: str, rows: list[dict]) -> None:
+    """Headline top-1 against each cost in ``EFFICIENCY_AXES``, one labelled point per method."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(EFFICIENCY_AXES), figsize=(10.0, 4.2), dpi=120, sharey=True)
+    done = [r for r in rows if not r.get("error")]
+    for ax, (key, label) in zip(axes, EFFICIENCY_AXES):
+        for i, r in enumerate(done):
+            if r.get(key) is None:
+                continue
+            ax.scatter(r[key], r["headline_top1"], s=36, color=f"C{i % 10}")   # one colour per method
+            ax.annotate(r["method"], (r[key], r["headline_top1"]), textcoords="offset points", xytext=(4, 4),
+                        fontsize=8)
+        ax.set_xlabel(label)
+        ax.margins(0.15)          # room for the labels
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("top-1 (%), headline head")
+    fig.suptitle("accuracy against cost")
+    fig.tight_layout()
+    _save_png(fig, folder, "efficiency.png")
+    plt.close(fig)
 
 
 def run(argv: Optional[list[str]] = None) -> int:
@@ -213,7 +251,8 @@ def run(argv: Optional[list[str]] = None) -> int:
     write_outputs(folder, rows, settings)
     print()
     print(markdown_table(rows))
-    print(f"\ncomparison written to {folder} (comparison.md, comparison.csv, comparison.json, accuracy_curves.png)")
+    print(f"\ncomparison written to {folder} (comparison.md, comparison.csv, comparison.json, accuracy_curves.png, "
+          "efficiency.png)")
     return 0 if all(not r.get("error") for r in rows) else 1
 
 

@@ -35,6 +35,9 @@ def test_compare_trains_each_method_once_and_writes_the_report(tmp_path, capsys)
     md = (folder / "comparison.md").read_text()
     assert "| vanilla |" in md and "| mixup |" in md
     assert (folder / "accuracy_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (folder / "efficiency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for r in data["runs"]:
+        assert r["train_s_per_epoch"] == pytest.approx(r["train_time_s"] / r["epochs"]) and r["train_s_per_epoch"] > 0
     # A second call reuses finished runs instead of training again.
     sizes = {m: os.path.getsize(folder / "runs" / m / "log.jsonl") for m in ("vanilla", "mixup")}
     assert compare.main(argv) == 0
