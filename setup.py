@@ -195,8 +195,9 @@ setup(
         "scipy",
     ],
     extras_require={
-        # timm: the DeiT architectures (deit_s); the test suite runs them, so "test" pulls it too.
-        "test": ["pytest", "pytest-benchmark", "timm>=1.0"],
+        # timm: the DeiT architectures (deit_s) and timm/<name>; the test suite runs them, so "test" pulls it too.
+        # lightning: examples/lightning_module.py, which the suite runs.
+        "test": ["pytest", "pytest-benchmark", "timm>=1.0", "lightning"],
         "timm": ["timm>=1.0"],
         "dali": ["nvidia-dali-cuda130"],
     },

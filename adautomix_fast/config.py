@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 from . import registry
 from .errors import UsageError
-from .models.specs import ARCH_SPECS, check_image_size
+from .models.specs import ARCH_SPECS, arch_spec, check_image_size, is_library_arch
 
 ARCHS = ("r18", "r34", "r50", "rx50", "tiny",
          # transformers and ConvNeXt (models.ARCH_SPECS, docs/archs.md), and their test variants
@@ -63,7 +63,8 @@ class RunSettings:
     crop_scale: Optional[float] = setting(None, DATA, identity=True)    # RandomResizedCrop's minimum area
     interpolation: Optional[str] = setting(None, DATA, identity=True)   # bilinear | bicubic (None: the data set's)
     # --- model
-    arch: str = setting("r18", MODEL, identity=True)
+    arch: str = setting("r18", MODEL, identity=True)       # or timm/<name>, tv/<name>
+    tap: Optional[int] = setting(None, MODEL, identity=True)   # timm/tv: the stage G reads (None: stride 16)
     cifar_stem: Optional[bool] = setting(None, MODEL, identity=True)    # None: automatic (images of 64 px or less)
     drop_path: Optional[float] = setting(None, MODEL, identity=True)    # None: the architecture's published rate
     # weights file or name ("imagenet") for the student and teacher; not identity: a resumed run
@@ -156,7 +157,16 @@ class RunSettings:
 
     def validate(self) -> None:
         """Raise a one-line UsageError for impossible values or combinations."""
-        _check_choice(self.arch, ARCHS, "unknown --arch {value!r}; choose one of {choices}")
+        if is_library_arch(self.arch):
+            arch_spec(self.arch)   # an unknown model name, or timm missing: one line
+        else:
+            _check_choice(self.arch, ARCHS, "unknown --arch {value!r}; choose one of {choices}, "
+                                            "timm/<timm model> or tv/<torchvision model>")
+        if self.tap is not None and not is_library_arch(self.arch):
+            raise UsageError(f"--tap chooses the generator's stage of a timm/ or tv/ architecture; --arch {self.arch} "
+                             "has its published tap: drop --tap")
+        if self.tap is not None and self.tap < 0:
+            raise UsageError(f"--tap must be a stage index, 0 or more (got {self.tap})")
         _check_choice(self.dataset, DATASETS, "unknown --dataset {value!r}; choose one of {choices}")
         if not 2 <= self.mix_samples <= 5:
             raise UsageError(f"--mix-samples must be between 2 and 5 (got {self.mix_samples}): "
@@ -343,7 +353,7 @@ def arch_generator(arch: str) -> dict[str, Any]:
     """The generator's published settings for ``arch`` (``ARCH_SPECS``): upsampling mode and
     ``lam_concat`` where the architecture fixes them (Swin, ConvNeXt, DeiT), else nothing (the
     ResNets take the data set's)."""
-    spec = ARCH_SPECS[arch]
+    spec = arch_spec(arch)
     out: dict[str, Any] = {}
     if spec.upsample is not None:
         out["upsample"] = spec.upsample
@@ -454,7 +464,7 @@ def resolve(explicit: dict[str, Any], preset: Optional[str] = None) -> Config:
     values: dict[str, Any] = {}
     values.update(DATASET_DEFAULTS[dataset])
     values.update(ARCH_DATASET_DEFAULTS.get((dataset, arch), {}))
-    if arch in ARCH_SPECS:   # an unknown --arch is reported by validate()
+    if arch in ARCH_SPECS or is_library_arch(arch):   # an unknown --arch is reported by validate()
         values.update(arch_generator(arch))
     values.update(registry.method_defaults(method, dataset, arch))
     # A preset describes one method's run (most: AdAutoMix's); with another --method its values
@@ -471,7 +481,7 @@ def resolve(explicit: dict[str, Any], preset: Optional[str] = None) -> Config:
 # ---------------------------------------------------------------------------- recipe validation
 def validate_recipe(cfg: Config) -> None:
     """One-line UsageErrors for the architecture-recipe fields; called by validate()."""
-    spec = ARCH_SPECS[cfg.arch]
+    spec = arch_spec(cfg.arch)
     if cfg.optimizer not in registry.OPTIMIZERS:
         raise UsageError(f"--opt must be one of {', '.join(registry.OPTIMIZERS)} (got {cfg.optimizer!r})")
     for name in ("adam_beta1", "adam_beta2"):

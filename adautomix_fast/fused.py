@@ -44,9 +44,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from . import fatal
 from .ema import MOMENTUM_DTYPE, ema_update_
-from .errors import CompiledStepError
+from .errors import CompiledStepError, UsageError
 from .optim import InGraphOptimizer, unscale_and_check_
-from .segmented_bn import SegmentedBatchNorm2d, convert_batchnorm, set_segment_size
+from .segmented_bn import SegmentedBatchNorm2d, convert_batchnorm, set_segment_size, unconverted_batchnorms
 from .trainstep import TrainStep
 
 # fp16 loss scaling, as torch.amp.GradScaler's defaults.
@@ -111,6 +111,11 @@ class FusedStep(TrainStep):
         self.device = model.device
         if model.uses_segmented_bn:
             convert_batchnorm(model)
+            others = unconverted_batchnorms(model)
+            if others:
+                raise UsageError(f"the fused step computes per-pass BatchNorm statistics for nn.BatchNorm2d and "
+                                 f"timm's BatchNormAct2d; {others[0]} is a {type(model.get_submodule(others[0])).__name__}: "
+                                 "use --impl reference")
         dev = self.device
         f32 = dict(dtype=torch.float32, device=dev)
         # Device state, changed in place between steps (never recompiles or re-captures):

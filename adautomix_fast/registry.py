@@ -23,6 +23,7 @@ from .data.transforms import FINEGRAINED, NATIVE_SIZE, NORMALIZATION
 from .errors import UsageError
 from .methods.base import DataFacts, MixModel
 from .methods.options import FAMILIES, Option, check_defaults
+from .models.library import BackboneChoice
 from .optim import OPTIMIZERS
 
 # The transformer/ConvNeXt recipes of the small-image data sets have their own published method
@@ -120,8 +121,21 @@ def check_foreign_options(method: str, settings: dict[str, Any]) -> None:
                              f"--method {method} does not use it")
 
 
+class _WithBackbone:
+    """The run config as a method's ``from_config`` reads it, with ``arch`` the backbone and its
+    chosen tap (``--tap``): the methods pass ``arch`` on to the classifier as it is."""
+
+    def __init__(self, cfg, arch):
+        self._cfg, self.arch = cfg, arch
+
+    def __getattr__(self, name: str):
+        return getattr(self._cfg, name)
+
+
 def build_model(cfg, num_classes: int, cifar_stem: bool) -> MixModel:
     """The model of the run's method (``cfg.method``), on the CPU, freshly initialised."""
+    if getattr(cfg, "tap", None) is not None:
+        cfg = _WithBackbone(cfg, BackboneChoice(cfg.arch, tap=cfg.tap))
     return method_class(cfg.method).from_config(cfg, num_classes, cifar_stem, data=data_facts(cfg))
 
 

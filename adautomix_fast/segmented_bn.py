@@ -89,16 +89,41 @@ class SegmentedBatchNorm2d(nn.BatchNorm2d):
             self._update_running(mean, unbiased_var)
 
 
+class SegmentedBatchNormAct2d(SegmentedBatchNorm2d):
+    """timm's ``BatchNormAct2d`` (BatchNorm, then its ``drop`` and ``act`` modules, as timm's
+    EfficientNets, MobileNets and RegNets use it) with per-segment statistics."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.drop(super().forward(x)))
+
+
+def _is_batchnorm_act(module: nn.Module) -> bool:
+    # timm's class, recognised by its shape (timm is optional): a BatchNorm2d with drop and act.
+    return (isinstance(module, nn.BatchNorm2d) and isinstance(getattr(module, "drop", None), nn.Module)
+            and isinstance(getattr(module, "act", None), nn.Module))
+
+
+def unconverted_batchnorms(module: nn.Module) -> list[str]:
+    """Names of the batch norms ``convert_batchnorm`` cannot convert (another class's forward)."""
+    return [n for n, m in module.named_modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, SegmentedBatchNorm2d)]
+
+
 def convert_batchnorm(module: nn.Module) -> nn.Module:
-    """Replace every nn.BatchNorm2d in ``module`` by a SegmentedBatchNorm2d, in place.
+    """Replace every nn.BatchNorm2d (and timm's BatchNormAct2d) in ``module`` by a
+    SegmentedBatchNorm2d (SegmentedBatchNormAct2d), in place.
 
     The parameters and buffers are *moved*, not copied (the same Parameter objects), so an
     optimizer built before the conversion keeps working and the state dict is unchanged.
     """
     for name, child in list(module.named_children()):
-        if type(child) is nn.BatchNorm2d:
-            seg = SegmentedBatchNorm2d(child.num_features, eps=child.eps, momentum=child.momentum,
-                                       affine=child.affine, device=child.running_mean.device)
+        with_act = _is_batchnorm_act(child)
+        if type(child) is nn.BatchNorm2d or with_act:
+            cls = SegmentedBatchNormAct2d if with_act else SegmentedBatchNorm2d
+            seg = cls(child.num_features, eps=child.eps, momentum=child.momentum,
+                      affine=child.affine, device=child.running_mean.device)
+            if with_act:
+                seg.drop, seg.act = child.drop, child.act
             seg.weight, seg.bias = child.weight, child.bias
             seg.running_mean, seg.running_var = child.running_mean, child.running_var
             seg.num_batches_tracked = child.num_batches_tracked

@@ -34,10 +34,12 @@ from .schedules import Schedule
 from .steps import build_step, resolve_impl
 from .errors import CompiledStepError, RunDiverged, RunStopped, UsageError
 from .runfolder import LAST, RunFolder, SilentRunFolder, default_run_name, describe_checkpoint
-from .methods.generator import resolve_gen_kernels
+from .methods.generator import kernel_limit_problem, resolve_gen_kernels
 from . import registry
 from .registry import METHODS, build_model, image_side
-from .models import default_cifar_stem, drop_path_rate, load_pretrained_model
+from .models import arch_spec, default_cifar_stem, drop_path_rate, load_pretrained_model
+from .models.library import check_backbone_image_size
+from .models.specs import is_library_arch
 from .optim import OPTIMIZERS, wd_exclude
 from .trainer import Trainer, format_metrics
 
@@ -111,7 +113,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="skip unreadable image files, counting them, instead of stopping (default: off)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--arch", help=f"one of {', '.join(ARCHS)} (default: {D.arch})")
+    g.add_argument("--arch", help=f"one of {', '.join(ARCHS)}, timm/<timm model> or tv/<torchvision model> "
+                                  f"(default: {D.arch}; docs/archs.md)")
+    g.add_argument("--tap", type=int, metavar="STAGE",
+                   help="timm/ and tv/ archs: the stage whose output the generator reads (default: the one at stride 16)")
     g.add_argument("--cifar-stem", action=BOOL, help="3x3 stride-1 stem without max-pool (default: automatic, images <= 64 px)")
 
     g = p.add_argument_group("method (AdAutoMix or a baseline; docs/methods.md)")
@@ -370,6 +375,8 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
                          f"set has {info.num_classes}; resume with the data it was trained on")
 
     model = build_model(cfg, info.num_classes, cifar_stem)
+    # A library backbone's limits are read from the built model: still before anything is written.
+    check_backbone_image_size(model.student, info.image_size)
     pretrained = None
     if cfg.pretrained and resumed is None:
         # The student loads the weights (its heads start fresh), the teacher copies it, the
@@ -379,6 +386,14 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
     model = model.to(device)
     if hasattr(model, "generator"):
         model.generator.kernels = resolve_gen_kernels(cfg.gen_kernels, impl, device)
+        if model.generator.kernels == "triton" and hasattr(model.student, "tap_side"):
+            problem = kernel_limit_problem(model.generator, model.student.tap_side(info.image_size),
+                                           info.image_size, cfg.mix_samples)
+            if problem:
+                model.generator.kernels = "torch"
+                if ctx.primary:
+                    print(f"note: the Triton generator kernels cannot take the tap of {cfg.arch} ({problem}); "
+                          "using the PyTorch generator", file=sys.stderr)
     if cfg.sync_bn and ctx.enabled:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if cfg.channels_last:
@@ -407,6 +422,10 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
     method = METHODS[cfg.method]
     details = [method.describe(cfg, image_side(cfg)), recipe_settings(cfg), f"device {device}", f"data {info.backend}",
                precision.reason, f"impl {impl}"]
+    if hasattr(model.student, "describe"):   # a library backbone: what was read from it
+        recipe = arch_spec(cfg.arch).options.get("recipe") if is_library_arch(cfg.arch) else None
+        details.append(f"backbone {model.student.describe()}, "
+                       + (f"{recipe} family defaults" if recipe else "generic defaults (no published recipe)"))
     if pretrained is not None:
         details.append(f"pretrained {pretrained['path']} ({pretrained['loaded']} tensors; heads fresh)")
     if hasattr(model, "generator"):

@@ -39,7 +39,7 @@ from adautomix_fast.precision import Precision
 from adautomix_fast.schedules import Schedule
 from adautomix_fast.steps import build_step
 from adautomix_fast.methods.generator import resolve_gen_kernels
-from adautomix_fast.models import ARCH_SPECS, build_classifier, drop_path_rate
+from adautomix_fast.models import ARCH_SPECS, arch_spec, build_classifier, drop_path_rate
 from adautomix_fast.optim import InGraphOptimizer, no_weight_decay, wd_exclude
 from bench import common
 
@@ -60,6 +60,12 @@ SHAPES: dict[str, dict[str, Any]] = {
                      train_images=1_281_167,
                      gpu=dict(batch_size=256, steps=20, warmup=5),
                      cpu=dict(batch_size=8, steps=3, warmup=1)),
+    # The generic path on the same network: timm's ResNet-50, its stages read from the model.
+    "imagenet-timm": dict(dataset="imagenet", arch="timm/resnet50", cifar_stem=False, image_size=224,
+                          num_classes=1000, mix_samples=2, lam_concat=True, gen_norm=True,
+                          train_images=1_281_167,
+                          gpu=dict(batch_size=256, steps=20, warmup=5),
+                          cpu=dict(batch_size=8, steps=3, warmup=1)),
     "swin": dict(dataset="cifar100", arch="swin_t", cifar_stem=False, image_size=224, num_classes=100,
                  mix_samples=3, lam_concat=True, gen_norm=False, train_images=50_000, recipe="cifar100-swin_t",
                  gpu=dict(batch_size=100, steps=20, warmup=5),
@@ -154,7 +160,7 @@ def _vanilla_optimizer(cfg, model, params) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=1e-4, foreach=True)
     names = {id(p): n for n, p in model.named_parameters()}
-    extra = ARCH_SPECS[cfg.arch].no_decay
+    extra = arch_spec(cfg.arch).no_decay
     skip = [p for p in params if wd_exclude(cfg) and no_weight_decay(names[id(p)], p, extra)]
     skip_ids = {id(p) for p in skip}
     groups = [{"params": [p for p in params if id(p) not in skip_ids]}]

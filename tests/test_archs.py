@@ -93,6 +93,11 @@ def test_deit_tap_is_block_half_patch_tokens_and_trunk_keeps_class_token():
     with torch.no_grad():
         state = m.stem_to_stage3(x)
         assert tuple(state.shape) == (B, 1 + 8 * 8, 16)        # class token + 8x8 patches
+        # the released tap (out_indices 5 of 12): the tokens after half the blocks
+        half = m.forward_stages(x, 0, 1)
+        for block in m.blocks[:len(m.blocks) // 2]:
+            half = block(half)
+        torch.testing.assert_close(state, half)
         tap = m.tap_features(state)
         # patch token (r, c) is the map's pixel (r, c): the released reshape(B, h, w, C).permute
         torch.testing.assert_close(tap[:, :, 2, 5], state[:, 1 + 2 * 8 + 5])

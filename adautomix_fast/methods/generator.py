@@ -94,6 +94,18 @@ def resolve_gen_kernels(choice: str, impl: str, device: torch.device) -> str:
     return choice
 
 
+def kernel_limit_problem(generator: nn.Module, tap_side: int, image_side: int, mix_samples: int) -> Optional[str]:
+    """Why the Triton kernels cannot take this generator's shapes (its head dim D, the tap's side
+    with N slots), or None. A backbone read from a library can have a tap the kernels do not tile."""
+    from ..kernels import _launch   # Triton's launch helpers: only asked when the kernels are chosen
+    try:
+        _launch.attention_config(generator.dim, torch.float32)
+        _launch.mix_config(mix_samples, 3, tap_side, tap_side, image_side)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
 def _kernel_ops():
     """``adautomix_fast.kernels``, imported on first use: it imports Triton, and on a CPU the
     kernels need TRITON_INTERPRET=1 set before that import."""

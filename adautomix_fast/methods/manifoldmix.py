@@ -21,7 +21,8 @@ from .base import pair_mixed_cross_entropy, random_permutation, uniform_int
 from .mixup import mixup
 from .pairmix import PairMix, pair_defaults
 
-# Stage indices (Classifier.forward_stages) before which a hidden state may be mixed, for k = 0, 1, 2.
+# Stage indices (Classifier.forward_stages) before which a hidden state may be mixed, for k = 0, 1,
+# 2: each network's ``mix_points`` (a ResNet's: the input, after layer1, after layer2).
 MIX_POINTS = (0, 2, 3)
 
 
@@ -37,7 +38,7 @@ def manifold_pooled(net, x: torch.Tensor, plan: ManifoldPlan) -> torch.Tensor:
     """Pooled features of ``net`` on x with the hidden state mixed before stage MIX_POINTS[layer]."""
     h = x
     start = 0
-    for k, point in enumerate(MIX_POINTS):
+    for k, point in enumerate(net.mix_points):
         h = net.forward_stages(h, start, point)
         h = torch.where(plan.layer == k, mixup(h, plan.lam, plan.perm), h)
         start = point

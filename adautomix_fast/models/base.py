@@ -41,6 +41,17 @@ class Classifier(nn.Module):
 
     num_stages = 5
     tap_stage = 4
+    # ManifoldMix's mixing points: stage indices before which a hidden state may be mixed (the
+    # input, after layer1 and after layer2 of a ResNet).
+    mix_points = (0, 2, 3)
+    # The state-dict prefix of the library model's keys ("" where the trunk keeps the library's
+    # names at the top level), stripped by the export.
+    trunk_prefix = ""
+
+    @property
+    def library_head(self) -> str:
+        """The library classifier's state-dict prefix (``head_one`` goes there on export)."""
+        return self.spec.head
 
     # ------------------------------------------------------------------ stages
     def _run_stage(self, i: int, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract

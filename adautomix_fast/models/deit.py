@@ -18,6 +18,8 @@ norm (timm's ``global_pool='token'``, the released ``VisionTransformerClsHead``)
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn as nn
 
@@ -61,27 +63,38 @@ class DeiTClassifier(Classifier):
         net.reset_classifier(num_classes)
         return net
 
+    # The tap state: after stages 0..2, i.e. half the blocks (block 6 of DeiT-S's 12).
+    tap_stage = 3
+
     def __init__(self, arch: str, num_classes: int, cifar_stem: bool = False, drop_path: float = 0.0,
-                 mix_head: bool = True):
+                 mix_head: bool = True, net: Optional[nn.Module] = None, blocks_per_stage: Optional[int] = None,
+                 spec=None):
         super().__init__()
         self.arch = arch
-        self.spec = arch_spec(arch)
-        self._check_stem(cifar_stem)
+        self.spec = arch_spec(arch) if net is None else spec
+        if net is None:
+            self._check_stem(cifar_stem)
+        elif cifar_stem:
+            raise UsageError(f"--arch {arch} has no CIFAR stem: pass --no-cifar-stem")
         self.cifar_stem = False
-        net = build_deit(arch, drop_path)
+        if net is None:
+            net = build_deit(arch, drop_path)
         # The forward below is timm's for this configuration only; refuse any other.
         if (net.cls_token is None or getattr(net, "reg_token", None) is not None or net.no_embed_class
                 or net.dynamic_img_size or net.global_pool != "token" or getattr(net, "attn_pool", None) is not None):
-            raise ValueError(f"{arch}: unsupported timm ViT configuration (need a class token, absolute "
-                             "position table, token pooling)")
+            raise UsageError(f"--arch {arch}: unsupported timm ViT configuration (need a class token, absolute "
+                             "position table, token pooling, no register tokens)")
         for name in ("patch_embed", "pos_drop", "patch_drop", "norm_pre", "blocks", "norm", "fc_norm", "head_drop"):
             setattr(self, name, getattr(net, name))
         self.cls_token, self.pos_embed = net.cls_token, net.pos_embed
         self.grid = tuple(net.patch_embed.grid_size)
         depth = len(self.blocks)
-        if depth % 4:
-            raise ValueError(f"{arch}: {depth} blocks do not split into 4 stages")
-        self.blocks_per_stage = depth // 4
+        if blocks_per_stage is None:   # the released DeiT: four equal groups of blocks
+            if depth % 4:
+                raise ValueError(f"{arch}: {depth} blocks do not split into 4 stages")
+            blocks_per_stage = depth // 4
+        self.blocks_per_stage = blocks_per_stage
+        self.num_stages = 1 + depth // blocks_per_stage
         self.stage3_channels = self.feature_dim = net.embed_dim
         self._make_heads(num_classes, trunc_normal=True, mix_head=mix_head)
 

@@ -15,8 +15,9 @@ import torch.nn as nn
 from .base import Classifier
 from .convnext import ConvNeXtClassifier
 from .deit import DeiTClassifier
+from .library import LibraryClassifier, build_library_classifier, unpack_backbone
 from .resnet import ResNetClassifier
-from .specs import arch_spec
+from .specs import arch_spec, is_library_arch
 from .swin import SwinClassifier
 
 FAMILIES: dict[str, type[Classifier]] = {
@@ -24,6 +25,8 @@ FAMILIES: dict[str, type[Classifier]] = {
     "swin": SwinClassifier,
     "convnext": ConvNeXtClassifier,
     "deit": DeiTClassifier,
+    # timm/<name>, tv/<name> and one's own modules: stages, tap and pooling read from the model
+    "library": LibraryClassifier,
 }
 
 
@@ -32,10 +35,14 @@ def classifier_class(arch: str) -> type[Classifier]:
     return FAMILIES[arch_spec(arch).family]
 
 
-def build_classifier(arch: str, num_classes: int, cifar_stem: bool, drop_path: float = 0.0,
+def build_classifier(arch, num_classes: int, cifar_stem: bool, drop_path: float = 0.0,
                      mix_head: bool = True) -> Classifier:
     """The classifier of ``arch``: its family's trunk and the two heads (``mix_head=False``: the
-    baselines' single head)."""
+    baselines' single head). ``arch`` is an ``--arch`` name, ``timm/<name>``, ``tv/<name>``, an
+    ``nn.Module`` backbone, or a ``library.BackboneChoice`` (one of those with a chosen tap)."""
+    source, _ = unpack_backbone(arch)
+    if not isinstance(source, str) or is_library_arch(source):
+        return build_library_classifier(arch, num_classes, cifar_stem, drop_path=drop_path, mix_head=mix_head)
     return classifier_class(arch)(arch, num_classes, cifar_stem, drop_path=drop_path, mix_head=mix_head)
 
 

@@ -41,13 +41,15 @@ _BN_OPTIONAL = ".num_batches_tracked"   # absent from torchvision's older ResNet
 def export_state_dict(classifier: Classifier) -> dict[str, torch.Tensor]:
     """``classifier`` as the library's state dict: ``head_one`` -> the library head, ``head_mix``
     dropped, every other key as it is (the trunks keep the libraries' names)."""
-    head = classifier.spec.head
+    head, prefix = classifier.library_head, classifier.trunk_prefix
     sd = {}
     for name, tensor in classifier.state_dict().items():
         if name.startswith("head_mix."):
             continue
         if name.startswith("head_one."):
             name = head + "." + name[len("head_one."):]
+        elif prefix and name.startswith(prefix):
+            name = name[len(prefix):]
         sd[name] = tensor.detach().clone().cpu()
     return sd
 
@@ -108,6 +110,9 @@ def resolve_pretrained(arch: str, spec: str) -> str:
     if looks_like_path:
         raise UsageError(f"--pretrained {spec}: no such file; pass an existing state dict file "
                          "(.pth/.pt/.safetensors) or 'imagenet'")
+    if arch.startswith("module:"):
+        raise UsageError(f"--pretrained {spec}: a backbone module takes a state dict file only; load the "
+                         "library's weights into the module before passing it")
     a = arch_spec(arch)
     name = a.weights if spec.lower() == "imagenet" else spec
     if name is None:
@@ -159,10 +164,11 @@ def load_pretrained(classifier: Classifier, spec: str) -> dict:
     """
     path = resolve_pretrained(classifier.arch, spec)
     sd = read_state_dict(path)
-    head = classifier.spec.head
+    head, prefix = classifier.library_head, classifier.trunk_prefix
     skipped = sorted(k for k in sd if _is_head(k, head))
     given = {k: v for k, v in sd.items() if not _is_head(k, head)}
-    own = {k: v for k, v in classifier.state_dict().items() if not _is_head(k, head)}
+    own = {k[len(prefix):] if prefix and k.startswith(prefix) else k: v
+           for k, v in classifier.state_dict().items() if not _is_head(k, head)}
     missing = [k for k in own if k not in given and not k.endswith(_BN_OPTIONAL)]
     unexpected = [k for k in given if k not in own]
     shapes = [f"{k} {list(given[k].shape)} vs {list(own[k].shape)}" for k in own

@@ -1,4 +1,4 @@
-"""One table of what each architecture is and what the generator reads from it (no torch here).
+"""One table of what each architecture is and what the generator reads from it.
 
 ``ARCH_SPECS[arch]`` holds the published facts that the config, the presets, the generator and
 the pretrained/export code need: the tap's channels and size, the generator's published
@@ -14,14 +14,22 @@ ConvNeXt-T 196 or 64 with the CIFAR stem, DeiT-S 196, R50 196); the mix kernel t
 slots and next_pow2(N) * next_pow2(w) <= 4096 (w <= 14 here). ``tests/test_archs.py`` checks
 every entry against the kernels' own launch helpers.
 
+``timm/<name>`` and ``tv/<name>`` (any timm or torchvision classification model) have no entry:
+``library_spec`` makes theirs from the name (the library, its weights, and the recipe family
+whose published settings apply, if any); their tap is read from the built model (:mod:`.library`).
+
 The ``tiny*`` entries are test architectures: the same classes and code paths with narrow,
 shallow settings (``options``) so whole steps run in seconds on a CPU.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Optional
+
+import torchvision
 
 from ..errors import UsageError
 
@@ -111,18 +119,111 @@ ARCH_SPECS: dict[str, ArchSpec] = {
 }
 
 
+PREFIXES = {"timm/": "timm", "tv/": "torchvision"}
+LIBRARY_IMAGE_SIZE = 224   # torchvision's models are defined at 224 px
+
+# Models of a published recipe family, by library name: their generator settings (nearest
+# upsampling and the lambda channel for ConvNeXt and ViT/DeiT), no-decay parameters and Grad-CAM
+# layer follow that family; any other model takes the generic defaults (the data set's).
+RECIPE_FAMILIES = {
+    "resnet": ("resnet*", "resnext*", "wide_resnet*", "seresnet*", "seresnext*", "resnetv2*"),
+    "convnext": ("convnext*",),
+    "deit": ("deit*", "vit_*"),
+}
+_RECIPE_GENERATOR = {"resnet": (None, None), "convnext": ("nearest", True), "deit": ("nearest", True)}
+_RECIPE_NO_DECAY = {"resnet": (), "convnext": ("gamma", "layer_scale"), "deit": ("pos_embed", "cls_token")}
+
+
+def split_library_arch(arch) -> Optional[tuple[str, str]]:
+    """("timm" | "torchvision", model name) for ``timm/<name>`` / ``tv/<name>``, else None."""
+    if not isinstance(arch, str):
+        return None
+    for prefix, library in PREFIXES.items():
+        if arch.startswith(prefix):
+            return library, arch[len(prefix):]
+    return None
+
+
+def is_library_arch(arch) -> bool:
+    return split_library_arch(arch) is not None
+
+
+def recipe_family(name: str) -> Optional[str]:
+    """The published recipe family a library model belongs to (None: generic defaults)."""
+    for family, patterns in RECIPE_FAMILIES.items():
+        if any(fnmatch.fnmatch(name, p) for p in patterns):
+            return family
+    return None
+
+
+def import_timm():
+    """timm, or a one-line UsageError naming the install (timm is optional)."""
+    try:
+        import timm
+    except ImportError as exc:
+        raise UsageError(f"--arch timm/...: timm does not import here ({exc}); pip install timm (or pip install -e \".[timm]\")") from None
+    return timm
+
+
+def check_library_name(library: str, name: str) -> None:
+    if not name:
+        raise UsageError(f"--arch {'timm' if library == 'timm' else 'tv'}/ needs a model name, e.g. "
+                         f"{'timm/resnet50' if library == 'timm' else 'tv/mobilenet_v3_small'}")
+    if library == "timm":
+        timm = import_timm()
+        if not timm.is_model(name):
+            raise UsageError(f"unknown timm model {name!r}; python -c \"import timm; print(timm.list_models('*{name[:6]}*'))\" "
+                             "lists the names")
+    elif name not in torchvision.models.list_models(module=torchvision.models):
+        raise UsageError(f"unknown torchvision classification model {name!r}; choose one of "
+                         f"torchvision.models.list_models(module=torchvision.models) (e.g. resnet50, mobilenet_v3_small)")
+
+
+@functools.lru_cache(maxsize=None)
+def library_spec(arch: str) -> ArchSpec:
+    """The ArchSpec of ``timm/<name>`` / ``tv/<name>`` (a one-line UsageError for an unknown name
+    or a missing timm). Tap channels and size are 0 here: they are read from the built model."""
+    library, name = split_library_arch(arch)
+    check_library_name(library, name)
+    family = recipe_family(name)
+    upsample, lam_concat = _RECIPE_GENERATOR.get(family, (None, None))
+    image_size = LIBRARY_IMAGE_SIZE
+    if library == "timm":
+        cfg = import_timm().models.get_pretrained_cfg(name)
+        if cfg is not None and getattr(cfg, "input_size", None):
+            image_size = int(cfg.input_size[-1])
+        weights, head = name, (getattr(cfg, "classifier", None) or "head") if cfg is not None else "head"
+    else:
+        try:
+            weights = f"{torchvision.models.get_model_weights(name).__name__}.DEFAULT"
+        except (ValueError, KeyError):
+            weights = None
+        head = "classifier"   # the real key is the replaced Linear's, set on the built classifier
+    return ArchSpec(family="library", library=library, constructor=name, tap_channels=0, tap_size=0,
+                    image_size=image_size, upsample=upsample, lam_concat=lam_concat, cifar_stem=False,
+                    cifar_tap_size=None, size_multiple=1, fixed_size=False, weights=weights, head=head,
+                    no_decay=_RECIPE_NO_DECAY.get(family, ()), options={"recipe": family})
+
+
 def arch_spec(arch: str) -> ArchSpec:
     """The spec of ``arch``; a one-line UsageError naming the choices otherwise."""
+    if is_library_arch(arch):
+        return library_spec(arch)
     try:
         return ARCH_SPECS[arch]
-    except KeyError:
-        raise UsageError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCH_SPECS)}") from None
+    except (KeyError, TypeError):
+        raise UsageError(f"unknown --arch {arch!r}; choose one of {', '.join(ARCH_SPECS)}, "
+                         "timm/<timm model> or tv/<torchvision model>") from None
 
 
 def drop_path_rate(arch: str, value: Optional[float]) -> float:
     """The stochastic-depth rate to build ``arch`` with: ``value`` (``--drop-path``), or when None
-    the architecture's published rate (0 for the ResNets, which have none)."""
-    return arch_spec(arch).drop_path if value is None else float(value)
+    the architecture's published rate (0 for the ResNets, which have none; 0 for a library model
+    or one's own module, whose library default applies)."""
+    if value is not None:
+        return float(value)
+    source = getattr(arch, "source", arch)
+    return arch_spec(source).drop_path if isinstance(source, str) else 0.0
 
 
 def default_cifar_stem(image_size: int, arch: Optional[str] = None) -> bool:
@@ -146,6 +247,8 @@ def check_image_size(arch: str, image_size: int, cifar_stem: Optional[bool] = No
     The ResNets pad every strided layer and take any size the config allows.
     """
     spec = arch_spec(arch)
+    if spec.family == "library":   # read from the built model: library.check_backbone_image_size
+        return
     fix = f"pass --img-size {spec.image_size}" + (" as its presets do" if not spec.test_only else "")
     if spec.fixed_size and image_size != spec.image_size:
         raise UsageError(f"--arch {arch} takes {spec.image_size} px images only (its position table is "

@@ -1,0 +1,230 @@
+"""Any timm or torchvision backbone: ``--arch timm/<name>``, ``--arch tv/<name>`` and modules.
+
+Stages, tap and pooling are read from the model (adautomix_fast/models/library.py); these tests
+hold them against the libraries' own forwards, the hand-wired ResNet-18, the fused step and the
+export, at test sizes on the CPU."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+
+import pytest
+import torch
+
+from adautomix_fast import compare
+from adautomix_fast.api import mix_model
+from adautomix_fast.fused import fused_losses
+from adautomix_fast.methods.generator import MaskGenerator, kernel_limit_problem
+from adautomix_fast.models import build_classifier, export_state_dict, library_model
+from adautomix_fast.models.library import check_backbone_image_size
+from adautomix_fast.models import specs
+from adautomix_fast.segmented_bn import SegmentedBatchNormAct2d, convert_batchnorm, set_segment_size
+from adautomix_fast.errors import UsageError
+from tests.cli_helpers import run_cli, single_error_line
+from tests.test_cli import make_folder_dataset
+
+pytest.importorskip("timm")
+
+# arch -> (image size for the test, stride of each stage, the tap stage)
+CASES = {
+    "timm/resnet18": (32, (2, 4, 8, 16, 32), 3),
+    "timm/mobilenetv3_small_050": (32, (2, 4, 8, 16, 32), 3),
+    "timm/regnetx_002": (32, (2, 4, 8, 16, 32), 3),
+    "timm/convnext_atto": (32, (4, 8, 16, 32), 2),
+    "timm/deit_tiny_patch16_224": (224, None, 6),
+    "tv/mobilenet_v3_small": (32, (2, 4, 8, 16, 32), 3),
+    "tv/efficientnet_b0": (32, (2, 4, 8, 16, 32), 3),
+}
+CLASSES = 5
+
+
+def images(b, size, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(b, 3, size, size, generator=g), torch.randint(0, CLASSES, (b,), generator=g)
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+def test_stages_tap_and_pooling_follow_the_library_model(arch):
+    size, strides, tap = CASES[arch]
+    net = build_classifier(arch, CLASSES, False).eval()
+    assert net.tap == tap
+    if strides is not None:
+        assert net.layout.strides == strides
+    x, _ = images(2, size)
+    with torch.no_grad():
+        g_in = net.tap_features(net.stem_to_stage3(x))
+        assert g_in.shape[:2] == (2, net.stage3_channels) and g_in.shape[-1] >= 2
+        # the heads sit on the library's own pooled (pre-logits) features
+        lib = library_model(arch, CLASSES, False).eval()
+        lib.load_state_dict(export_state_dict(net))
+        torch.testing.assert_close(net(x)[0], lib(x), atol=1e-5, rtol=1e-5)
+    target = net.cam_target()
+    assert any(m is target for m in net.modules())
+
+
+@pytest.mark.parametrize("arch", list(CASES))
+@pytest.mark.parametrize("method", ["adautomix", "mixup"])
+def test_one_step_of_adautomix_and_of_a_baseline(arch, method):
+    size = CASES[arch][0]
+    torch.manual_seed(0)
+    model = mix_model(method, arch, CLASSES)
+    x, y = images(4, size)
+    before = [p.detach().clone() for p in model.student.parameters()]
+    plan = model.complete_plan(x, y, model.sample_plan(4, generator=torch.Generator().manual_seed(1),
+                                                       image_size=(size, size)))
+    losses = model.step_losses(x, y, plan)
+    assert torch.isfinite(losses["loss"])
+    losses["loss"].backward()
+    torch.optim.SGD(model.parameters(), lr=0.1).step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.student.parameters()))
+
+
+def _grads(model):
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("arch", ["timm/mobilenetv3_small_050", "tv/mobilenet_v3_small"])
+def test_fused_step_equals_the_reference(arch):
+    b, size = 8, 32
+    torch.manual_seed(0)
+    ref = mix_model("adautomix", arch, CLASSES)
+    for m in ref.modules():   # torchvision's pre-logits dropout: one [3B] pass draws other masks
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+    fused = copy.deepcopy(ref)
+    convert_batchnorm(fused)
+    set_segment_size(fused, b)
+    if arch.startswith("timm/"):   # timm's BatchNorm+activation is converted, not left as is
+        assert any(isinstance(m, SegmentedBatchNormAct2d) for m in fused.modules())
+    x, y = images(b, size)
+    plan = ref.sample_plan(b, generator=torch.Generator().manual_seed(1))
+    t_ref = ref.step_losses(x, y, plan)
+    t_fused = fused_losses(fused, x, y, plan, batched_student=True)
+    assert set(t_ref) == set(t_fused)
+    for k in t_ref:
+        torch.testing.assert_close(t_fused[k], t_ref[k], atol=1e-5, rtol=1e-5, msg=k)
+    t_ref["loss"].backward()
+    t_fused["loss"].backward()
+    g_ref, g_fused = _grads(ref), _grads(fused)
+    assert set(g_ref) == set(g_fused)
+    for k in g_ref:
+        torch.testing.assert_close(g_fused[k], g_ref[k], atol=1e-5, rtol=1e-4, msg=k)
+    for (k, a), (_, v) in zip(ref.state_dict().items(), fused.state_dict().items()):
+        torch.testing.assert_close(v, a, atol=1e-6, rtol=1e-5, msg=k)
+
+
+def test_timm_resnet18_gives_the_hand_wired_r18_losses():
+    torch.manual_seed(0)
+    hand = mix_model("adautomix", "r18", CLASSES)
+    generic = mix_model("adautomix", "timm/resnet18", CLASSES)
+    # same weights: the trunks share torchvision's key names, under ``net.`` in the generic one
+    state = {}
+    for k, v in hand.state_dict().items():
+        part, _, rest = k.partition(".")
+        if part in ("student", "teacher") and not rest.startswith("head_"):
+            k = f"{part}.net.{rest}"
+        state[k] = v
+    generic.load_state_dict(state)
+    x, y = images(6, 32)
+    plan = hand.sample_plan(6, generator=torch.Generator().manual_seed(3))
+    a, b = hand.step_losses(x, y, plan), generic.step_losses(x, y, plan)
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=1e-5, msg=k)
+
+
+def test_a_module_backbone_and_a_chosen_tap():
+    import torchvision
+    net = torchvision.models.resnet18(weights=None, num_classes=3)
+    model = mix_model("adautomix", net, CLASSES, tap=2)
+    assert model.student.net is net and model.student.stage3_channels == 128 and model.student.tap_stride == 8
+    x, y = images(4, 32)
+    plan = model.sample_plan(4, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(model.step_losses(x, y, plan)["loss"])
+
+
+@pytest.mark.parametrize("arch,message", [
+    ("timm/no_such_model", "unknown timm model 'no_such_model'"),
+    ("tv/no_such_model", "unknown torchvision classification model 'no_such_model'"),
+    ("tv/densenet121", "no global pooling module"),
+    ("tv/swin_t", "channels-last"),
+])
+def test_unusable_models_are_one_line_errors(arch, message):
+    with pytest.raises(UsageError, match=message) as info:
+        build_classifier(arch, CLASSES, False)
+    assert "\n" not in str(info.value)
+
+
+def test_missing_timm_is_one_line(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "timm", None)
+    specs.library_spec.cache_clear()
+    try:
+        with pytest.raises(UsageError, match="pip install timm"):
+            specs.arch_spec("timm/resnet50")
+    finally:
+        monkeypatch.undo()
+        specs.library_spec.cache_clear()
+
+
+def test_impossible_sizes_and_taps_are_one_line_errors():
+    net = build_classifier("timm/resnet18", CLASSES, False)
+    with pytest.raises(UsageError, match="smaller than 2x2; pass --img-size 32"):
+        check_backbone_image_size(net, 16)
+    check_backbone_image_size(net, 32)
+    vit = build_classifier("timm/deit_tiny_patch16_224", CLASSES, False)
+    with pytest.raises(UsageError, match="takes 224 px images only"):
+        check_backbone_image_size(vit, 32)
+    with pytest.raises(UsageError, match="the tap must be 0..3"):
+        build_classifier(specs_choice("timm/resnet18", 4), CLASSES, False)
+
+
+def specs_choice(arch, tap):
+    from adautomix_fast.models.library import BackboneChoice
+    return BackboneChoice(arch, tap=tap)
+
+
+def test_a_tap_too_wide_for_the_kernels_is_reported():
+    pytest.importorskip("triton")
+    assert kernel_limit_problem(MaskGenerator(256), 4, 32, 3) is None
+    assert "head dims" in kernel_limit_problem(MaskGenerator(2048), 4, 32, 3)   # D = 1024 > 512
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--arch", "timm/efficientnet_b0", "--img-size", "16"], "smaller than 2x2"),
+    (["--arch", "r18", "--tap", "2"], "--tap chooses the generator's stage"),
+    (["--arch", "timm/nope_net"], "unknown timm model"),
+])
+def test_cli_errors_before_anything_is_written(args, message, tmp_path, capsys):
+    code, _, err = run_cli(args + ["--output", str(tmp_path), "--epochs", "1", "--workers", "0"], capsys)
+    assert code == 2 and message in single_error_line(err)
+    assert not any(tmp_path.iterdir())
+
+
+def test_train_a_timm_model_on_a_folder_and_export(tmp_path, capsys):
+    make_folder_dataset(tmp_path / "data")
+    out = tmp_path / "runs"
+    code, stdout, err = run_cli(["--arch", "timm/efficientnet_b0", "--dataset", "folder", "--data-dir",
+                                 str(tmp_path / "data"), "--img-size", "32", "--epochs", "1", "--batch-size", "4",
+                                 "--workers", "0", "--no-amp", "--output", str(out), "--run-name", "e"], capsys)
+    assert code == 0, err
+    assert "backbone 5 stages" in stdout and "generic defaults" in stdout
+    start = json.loads(open(out / "e" / "log.jsonl").readline())
+    assert start["type"] == "start"
+    path = tmp_path / "teacher.pth"
+    code, _, err = run_cli(["--resume", str(out / "e" / "checkpoint-last.pt"), "--eval-only", "--export", str(path)], capsys)
+    assert code == 0, err
+    lib = library_model("timm/efficientnet_b0", 2, False)
+    lib.load_state_dict(torch.load(path, weights_only=True))
+
+
+def test_compare_runs_a_torchvision_model(tmp_path):
+    make_folder_dataset(tmp_path / "data")
+    argv = ["--methods", "mixup,adautomix", "--arch", "tv/mobilenet_v3_small", "--dataset", "folder",
+            "--data-dir", str(tmp_path / "data"), "--img-size", "32", "--epochs", "1", "--batch-size", "4",
+            "--workers", "0", "--no-amp", "--output", str(tmp_path / "out"), "--name", "c"]
+    assert compare.main(argv) == 0
+    rows = json.loads((tmp_path / "out" / "c" / "comparison.json").read_text())["runs"]
+    assert [r["method"] for r in rows] == ["mixup", "adautomix"]
+    assert os.path.exists(tmp_path / "out" / "c" / "efficiency.png")
