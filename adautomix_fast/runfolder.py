@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import socket
-import time
 from typing import Optional
 
 import yaml

@@ -228,3 +228,25 @@ def test_compare_runs_a_torchvision_model(tmp_path):
     rows = json.loads((tmp_path / "out" / "c" / "comparison.json").read_text())["runs"]
     assert [r["method"] for r in rows] == ["mixup", "adautomix"]
     assert os.path.exists(tmp_path / "out" / "c" / "efficiency.png")
+
+
+@pytest.mark.parametrize("arch", ["timm/mobilenetv3_small_050", "tv/mobilenet_v3_small"])
+def test_pretrained_from_a_library_file_and_from_a_missing_cache(arch, tmp_path, monkeypatch):
+    from adautomix_fast.models import load_pretrained
+    source = build_classifier(arch, CLASSES, False)
+    lib = library_model(arch, 7, False)   # the library's own model, another head size
+    lib.load_state_dict({k: v for k, v in export_state_dict(source).items()
+                         if not k.startswith(source.library_head + ".")}, strict=False)
+    path = tmp_path / "weights.pth"
+    torch.save(lib.state_dict(), path)
+    target = build_classifier(arch, CLASSES, False)
+    info = load_pretrained(target, str(path))
+    assert info["skipped"]   # the library's head is not loaded: the two heads start fresh
+    for (k, a), (_, b) in zip(source.state_dict().items(), target.state_dict().items()):
+        if not k.startswith("head_"):
+            torch.testing.assert_close(b, a, msg=k)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(UsageError, match="cannot be downloaded here") as err:
+        load_pretrained(target, "imagenet")
+    assert "\n" not in str(err.value)

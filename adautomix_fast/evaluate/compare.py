@@ -10,7 +10,6 @@ statistic), and the mean (and spread) over seeds of every number for runs sharin
 
 from __future__ import annotations
 
-import csv
 import datetime
 import json
 import os

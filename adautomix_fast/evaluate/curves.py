@@ -6,7 +6,6 @@ after each epoch's row (primary rank only); it reads the file, so it costs nothi
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 

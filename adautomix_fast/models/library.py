@@ -30,9 +30,8 @@ refused: their stage maps are [B, H, W, C].
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -237,9 +236,6 @@ def mix_points(strides: tuple[int, ...], tap: int) -> tuple[int, int, int]:
 
 
 # ---------------------------------------------------------------------------- the classifiers
-Backbone = Union[str, nn.Module]
-
-
 @dataclass(frozen=True)
 class BackboneChoice:
     """A backbone with a chosen tap (``--tap``): ``source`` is an arch name or an nn.Module."""
@@ -441,6 +437,5 @@ def check_backbone_image_size(classifier: Classifier, image_side: int) -> None:
                          "or an earlier --tap")
 
 
-__all__ = ["BackboneChoice", "LibraryClassifier", "LibraryViTClassifier", "build_library_classifier",
-           "check_backbone_image_size", "is_library_arch", "library_spec", "recipe_family", "split_library_arch",
-           "PREFIXES"]
+__all__ = ["BackboneChoice", "LibraryClassifier", "LibraryViTClassifier", "TrunkLayout", "build_library_classifier",
+           "check_backbone_image_size", "read_layout"]
