@@ -9,7 +9,8 @@ On a CUDA machine, in order, within one time budget (under 8 minutes on one H100
      (``bench.step --amp --channels-last``);
   4. kernel benchmarks: every ``bench/kernels*.py`` and every module in ``EXTRA_BENCHMARKS``,
      run as ``python -m bench.<name> --out DIR [--quick]`` (they write through bench.common);
-  5. the step benchmark of the ConvNeXt (CIFAR) and Swin-T shapes, AdAutoMix beside vanilla;
+  5. the step benchmark of the ConvNeXt (CIFAR) and Swin-T shapes, AdAutoMix beside vanilla,
+     and of timm's ResNet-50 (the generic backbone path) beside the hand-wired r50;
   6. the step benchmark in fp32 for the CIFAR shape, unless --quick or the budget is spent.
 Then a summary table, and the results JSON in --out and in bench/results.
 
@@ -124,8 +125,13 @@ def plan(args: argparse.Namespace, out: str) -> list[tuple[str, list[str]]]:
     archs = [("step bench convnext-cifar,swin amp bf16 channels-last",
               ["-m", "bench.step", "--device", "cuda", "--shapes", "convnext-cifar,swin", "--amp", "--channels-last",
                "--out", out, "--impls", "vanilla,vanilla_compiled,reference,fused"] + warm)]
+    # The generic backbone path: timm's ResNet-50 beside the hand-wired r50, one process (target:
+    # the same fused step time within noise).
+    generic = [("step bench imagenet,imagenet-timm fused amp bf16 channels-last",
+                ["-m", "bench.step", "--device", "cuda", "--shapes", "imagenet,imagenet-timm", "--amp",
+                 "--channels-last", "--out", out, "--impls", "vanilla_compiled,fused"] + warm)]
     return ([("gpu tests", ["-m", "pytest", "-m", "gpu", "tests", "-q", "-p", "no:cacheprovider"])] + steps + kernels
-            + archs + fp32)
+            + archs + generic + fp32)
 
 
 def summary_table(parts: list[dict[str, Any]]) -> str:

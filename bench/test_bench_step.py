@@ -18,11 +18,14 @@ COMPILED = {"vanilla_compiled", "fused", "fused_separate", *step_bench.METHOD_IM
 # (batch size, arch override, image size override, timed rounds, warm-up rounds) per size.
 SIZES = {
     "gpu": {"cifar": (100, None, None, 30, 5), "imagenet": (256, None, None, 20, 5),
-            "swin": (100, None, None, 20, 5), "convnext-cifar": (100, None, None, 30, 5)},
+            "swin": (100, None, None, 20, 5), "convnext-cifar": (100, None, None, 30, 5),
+            "imagenet-timm": (256, None, None, 20, 5)},
     "cpu": {"cifar": (16, None, None, 3, 1), "imagenet": (2, None, None, 3, 1),
-            "swin": (2, None, None, 3, 1), "convnext-cifar": (8, None, None, 3, 1)},
+            "swin": (2, None, None, 3, 1), "convnext-cifar": (8, None, None, 3, 1),
+            "imagenet-timm": (2, None, None, 3, 1)},
     "smoke": {"cifar": (4, "tiny", 16, 2, 1), "imagenet": (4, "tiny", 32, 2, 1),
-              "swin": (4, "tiny_swin", 32, 2, 1), "convnext-cifar": (4, "tiny_convnext", 16, 2, 1)},
+              "swin": (4, "tiny_swin", 32, 2, 1), "convnext-cifar": (4, "tiny_convnext", 16, 2, 1),
+              "imagenet-timm": (4, "timm/resnet18", 32, 2, 1)},
 }
 
 
