@@ -250,3 +250,26 @@ def test_pretrained_from_a_library_file_and_from_a_missing_cache(arch, tmp_path,
     with pytest.raises(UsageError, match="cannot be downloaded here") as err:
         load_pretrained(target, "imagenet")
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("method", ["mixup", "cutmix", "adautomix"])
+def test_a_baseline_and_adautomix_take_the_same_fused_and_reference_step(method):
+    from adautomix_fast.api import LoopSchedule, param_groups
+    from adautomix_fast.fused import FusedStep
+    from adautomix_fast.precision import Precision
+    from adautomix_fast.reference import ReferenceStep
+    torch.manual_seed(0)
+    ref_model = mix_model(method, "timm/resnet18", CLASSES)
+    fused_model = copy.deepcopy(ref_model)
+    steps = []
+    for model, cls, kw in ((ref_model, ReferenceStep, {}), (fused_model, FusedStep, {"compile": False})):
+        opt = torch.optim.SGD(param_groups(model), lr=0.1, momentum=0.9)
+        steps.append(cls(model, opt, LoopSchedule(opt, 10), Precision("cpu", None, "test", None),
+                         plan_generator=torch.Generator().manual_seed(5), **kw))
+    x, y = images(6, 32)
+    plan = ref_model.complete_plan(x, y, ref_model.sample_plan(6, generator=torch.Generator().manual_seed(2),
+                                                               image_size=(32, 32)))
+    a, b = steps[0](x, y, plan), steps[1](x, y, plan)
+    torch.testing.assert_close(b["loss"], a["loss"], atol=1e-5, rtol=1e-5)
+    for (k, p), (_, q) in zip(ref_model.state_dict().items(), fused_model.state_dict().items()):
+        torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-4, msg=k)
