@@ -114,7 +114,6 @@ class TrunkLayout:
     head: tuple[str, ...]
     flatten_pooled: bool
     feature_dim: int
-    head_key: str
 
 
 def _stage_ends_by_stride(trunk: list[str], strides: dict[str, int]) -> list[int]:
@@ -196,7 +195,7 @@ def read_layout(net: nn.Module, what: str, probe_size: int = PROBE_SIZE) -> Trun
     last = [s[-1] for s in stages]
     return TrunkLayout(stages=tuple(stages), channels=tuple(shapes[n][1] for n in last),
                        strides=tuple(strides[n] for n in last), head=tuple(head), flatten_pooled=flatten,
-                       feature_dim=int(pooled.shape[1]), head_key="")
+                       feature_dim=int(pooled.shape[1]))
 
 
 def _run_head(net: nn.Module, head, h: torch.Tensor, flatten: bool) -> torch.Tensor:
