@@ -104,7 +104,8 @@ def default_run_name(cfg: Config, run_id: Optional[str] = None) -> str:
     folder."""
     suffix = run_id if run_id else f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
     method = getattr(cfg, "method", "adautomix")
-    return f"{cfg.dataset}-{cfg.arch}-{suffix}" if method == "adautomix" else f"{cfg.dataset}-{cfg.arch}-{method}-{suffix}"
+    arch = cfg.arch.replace("/", "-")   # timm/<name>, tv/<name>: one folder, not two
+    return f"{cfg.dataset}-{arch}-{suffix}" if method == "adautomix" else f"{cfg.dataset}-{arch}-{method}-{suffix}"
 
 
 class RunFolder:

@@ -219,6 +219,13 @@ def test_train_a_timm_model_on_a_folder_and_export(tmp_path, capsys):
     lib.load_state_dict(torch.load(path, weights_only=True))
 
 
+def test_a_library_arch_names_one_run_folder():
+    from adautomix_fast.config import resolve
+    from adautomix_fast.runfolder import default_run_name
+    name = default_run_name(resolve({"arch": "timm/resnet18", "method": "mixup"}), run_id="r1")
+    assert name == "digits-timm-resnet18-mixup-r1"
+
+
 def test_compare_runs_a_torchvision_model(tmp_path):
     make_folder_dataset(tmp_path / "data")
     argv = ["--methods", "mixup,adautomix", "--arch", "tv/mobilenet_v3_small", "--dataset", "folder",
