@@ -47,11 +47,13 @@ class Classifier(nn.Module):
     # The state-dict prefix of the library model's keys ("" where the trunk keeps the library's
     # names at the top level), stripped by the export.
     trunk_prefix = ""
+    # The library classifier's key where a model read from a library sets it (its replaced Linear).
+    head_key = None
 
     @property
     def library_head(self) -> str:
         """The library classifier's state-dict prefix (``head_one`` goes there on export)."""
-        return self.spec.head
+        return self.head_key or self.spec.head
 
     # ------------------------------------------------------------------ stages
     def _run_stage(self, i: int, h: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract

@@ -261,10 +261,6 @@ class LibraryClassifier(Classifier):
 
     trunk_prefix = "net."
 
-    @property
-    def library_head(self) -> str:
-        return self.head_key
-
     @classmethod
     def library_model(cls, arch: str, num_classes: int, cifar_stem: bool) -> nn.Module:
         library, name = split_library_arch(arch)
@@ -381,10 +377,6 @@ class LibraryViTClassifier(DeiTClassifier):
         self.mix_points = (0, 1 + depth // 4, 1 + depth // 2)
         self.head_key = "head"
         self.fixed_image_size = None if getattr(net, "dynamic_img_size", False) else int(net.patch_embed.img_size[0])
-
-    @property
-    def library_head(self) -> str:
-        return self.head_key
 
     def describe(self) -> str:
         return (f"{self.num_stages} stages (0: patch embedding /{self.tap_stride}, 1..{self.num_stages - 1}: "
