@@ -28,6 +28,7 @@ import csv
 import datetime
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -228,6 +229,7 @@ def run(argv: Optional[list[str]] = None) -> int:
     name = args.name or f"compare-{dataset}-{arch.replace('/', '-')}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
     folder = os.path.join(args.output, name)
     runs = os.path.join(folder, "runs")
+    created = not os.path.exists(folder)
     os.makedirs(runs, exist_ok=True)
     rows = []
     for i, method in enumerate(args.methods):
@@ -241,7 +243,10 @@ def run(argv: Optional[list[str]] = None) -> int:
                     else train_argv + ["--method", method, "--output", runs, "--run-name", method])
             code = subprocess.call(cmd)
             if code == 2 and not rows:
-                # A usage error (the train command printed it) would repeat for every method.
+                # A usage error (the train command printed it) would repeat for every method;
+                # the train command wrote nothing, so neither has compare.
+                if created:
+                    shutil.rmtree(folder, ignore_errors=True)
                 return 2
             if code != 0:
                 rows.append({"method": method, "folder": run_folder, "error": f"training exited with {code}"})

@@ -38,7 +38,7 @@ from .methods.generator import kernel_limit_problem, resolve_gen_kernels
 from . import registry
 from .registry import METHODS, build_model, image_side
 from .models import arch_spec, default_cifar_stem, drop_path_rate, load_pretrained_model
-from .models.library import check_backbone_image_size
+from .models.library import check_backbone_image_size, fitting_image_size
 from .models.specs import is_library_arch
 from .optim import OPTIMIZERS, wd_exclude
 from .trainer import Trainer, format_metrics
@@ -360,13 +360,16 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
                          "fused step's segmented BatchNorm does not synchronise); drop --sync-bn")
     torch.manual_seed(cfg.seed)   # the same initial weights on every rank
 
+    def loaders():
+        return build_loaders(
+            cfg.dataset, cfg.data_dir, cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
+            workers=cfg.workers, seed=cfg.seed, image_size=cfg.img_size, pin_memory=device.type == "cuda",
+            rank=ctx.rank, world_size=ctx.world_size,
+            backend=cfg.data_backend, device=device, skip_corrupt=cfg.skip_corrupt,
+            channels_last=cfg.channels_last, recipe=AugmentRecipe.from_config(cfg))
+
     # Data first: a missing or broken data set fails here, before anything is written.
-    train_loader, val_loader, info = build_loaders(
-        cfg.dataset, cfg.data_dir, cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-        workers=cfg.workers, seed=cfg.seed, image_size=cfg.img_size, pin_memory=device.type == "cuda",
-        rank=ctx.rank, world_size=ctx.world_size,
-        backend=cfg.data_backend, device=device, skip_corrupt=cfg.skip_corrupt, channels_last=cfg.channels_last,
-        recipe=AugmentRecipe.from_config(cfg))
+    train_loader, val_loader, info = loaders()
     # Automatic stem: the CIFAR stem for small images, where the architecture has one (Swin and
     # DeiT have none; their CIFAR presets resize to 224).
     cifar_stem = cfg.cifar_stem if cfg.cifar_stem is not None else default_cifar_stem(info.image_size, cfg.arch)
@@ -376,6 +379,15 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
 
     model = build_model(cfg, info.num_classes, cifar_stem)
     # A library backbone's limits are read from the built model: still before anything is written.
+    # Without --img-size, a data set too small for it (digits for a stride-16 tap) is resized
+    # to the smallest size it takes (over the preset's size); a size the user chose is only checked.
+    chosen = "img_size" in vars(args) or resumed is not None
+    fitted = None if chosen else fitting_image_size(model.student, info.image_size)
+    if fitted is not None:
+        say(f"note: {cfg.arch} cannot take the {info.image_size} px images of {cfg.dataset}; "
+            f"training at {fitted} px (--img-size sets another size)", file=sys.stderr)
+        cfg.img_size = fitted
+        train_loader, val_loader, info = loaders()
     check_backbone_image_size(model.student, info.image_size)
     pretrained = None
     if cfg.pretrained and resumed is None:

@@ -62,3 +62,4 @@ def test_a_bad_training_flag_stops_at_the_first_method(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "unknown --arch 'nope'" in proc.stderr and "[2/2]" not in proc.stdout
+    assert not any(tmp_path.iterdir())   # nothing half-written: the comparison folder goes too

@@ -219,6 +219,19 @@ def test_train_a_timm_model_on_a_folder_and_export(tmp_path, capsys):
     lib.load_state_dict(torch.load(path, weights_only=True))
 
 
+def test_without_img_size_a_too_small_data_set_is_resized_for_the_backbone(tmp_path, capsys):
+    # digits' 16 px preset gives a stride-16 tap of 1x1: the run trains at 32 px and says so;
+    # an explicit --img-size 16 is an error (test_cli_errors_before_anything_is_written)
+    code, stdout, err = run_cli(["--arch", "tv/mobilenet_v3_small", "--method", "mixup", "--epochs", "1",
+                                 "--batch-size", "256", "--workers", "0", "--no-amp", "--output", str(tmp_path),
+                                 "--run-name", "d"], capsys)
+    assert code == 0, err
+    assert "cannot take the 16 px images of digits; training at 32 px" in err
+    assert "10 classes, 32px" in stdout
+    import yaml
+    assert yaml.safe_load(open(tmp_path / "d" / "config.yaml"))["img_size"] == 32   # a resumed run keeps it
+
+
 def test_a_library_arch_names_one_run_folder():
     from adautomix_fast.config import resolve
     from adautomix_fast.runfolder import default_run_name

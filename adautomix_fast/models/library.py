@@ -407,6 +407,23 @@ def build_library_classifier(arch, num_classes: int, cifar_stem: bool, drop_path
     return cls(source, num_classes, cifar_stem, drop_path=drop_path, mix_head=mix_head, tap=tap, net=net)
 
 
+def fitting_image_size(classifier: Classifier, image_side: int) -> Optional[int]:
+    """The image size to use instead of a data set's native ``image_side`` when a library
+    backbone cannot take it (its fixed size; else the smallest size whose tap map is 2x2), or
+    None when it can. Used only where the user gave no --img-size."""
+    fixed = getattr(classifier, "fixed_image_size", None)
+    if fixed is not None:
+        return None if image_side == fixed else fixed
+    if not hasattr(classifier, "tap_side"):
+        return None
+    try:
+        side = classifier.tap_side(image_side)
+    except RuntimeError:
+        side = 0
+    need = 2 * classifier.tap_stride
+    return need if side < 2 and need > image_side else None
+
+
 def check_backbone_image_size(classifier: Classifier, image_side: int) -> None:
     """One-line UsageErrors for an image size a library backbone cannot take: a fixed-size model
     at another size, or a tap map smaller than 2x2."""
@@ -429,4 +446,4 @@ def check_backbone_image_size(classifier: Classifier, image_side: int) -> None:
 
 
 __all__ = ["BackboneChoice", "LibraryClassifier", "LibraryViTClassifier", "TrunkLayout", "build_library_classifier",
-           "check_backbone_image_size", "read_layout"]
+           "check_backbone_image_size", "fitting_image_size", "read_layout"]
