@@ -10,7 +10,9 @@
 The step reads the learning rates from the optimizer at every call (the student's groups and the
 generator's, by each group's ``role``), so one's own LR scheduler, stepped in the loop, rules;
 ``total_steps`` only paces the EMA teacher's momentum. ``step.state_dict()``,
-``model.state_dict()`` and ``optimizer.state_dict()`` are the whole training state.
+``model.state_dict()`` and ``optimizer.state_dict()`` are the whole training state (the fused
+step draws its in-graph plans from torch's global generator: save its state too for an exact
+resume of ``impl="fused"``).
 """
 
 from __future__ import annotations

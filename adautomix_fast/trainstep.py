@@ -88,13 +88,20 @@ class TrainStep:
             out["ema_momentum"] = torch.tensor(settings.momentum)
         return out
 
-    # Resumable state beyond the model's and the optimizer's state dicts (the plan generator's
-    # state is saved per rank with the other random states: checkpoint.rng_state).
+    # Resumable state beyond the model's and the optimizer's state dicts. The plan generator's
+    # state is here for the library API's users, whose own checkpoints hold only state dicts;
+    # the trainer also saves it per rank with the other random states (checkpoint.rng_state)
+    # and restores those after this, so each rank keeps its own stream.
     def state_dict(self) -> dict:
-        return {"global_step": self.global_step}
+        state = {"global_step": self.global_step}
+        if self.plan_generator is not None:
+            state["plan_rng"] = self.plan_generator.get_state()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.global_step = int(state["global_step"])
+        if self.plan_generator is not None and "plan_rng" in state:
+            self.plan_generator.set_state(state["plan_rng"])
 
 
 __all__ = ["StepSettings", "TrainStep", "make_plan_generator"]

@@ -56,4 +56,5 @@ with torch.no_grad():
     top1 = (net(x[1500:].to(device)).argmax(1).cpu() == y[1500:]).float().mean()
 print(f"teacher top-1 on {len(y) - 1500} held-out digits: {100 * top1:.1f}%")
 torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step.state_dict(),
-            "scheduler": scheduler.state_dict()}, "own_loop_checkpoint.pt")
+            "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state()},   # rng: the fused step's draws
+           "own_loop_checkpoint.pt")

@@ -295,6 +295,32 @@ def test_a_baseline_and_adautomix_take_the_same_fused_and_reference_step(method)
         torch.testing.assert_close(q, p, atol=1e-4, rtol=1e-4, msg=k)
 
 
+def test_the_api_state_dicts_resume_a_step_exactly():
+    """model, optimizer and step state dicts, saved after two steps and loaded into a fresh
+    model, give the third step the uninterrupted run takes (same plan draws, same update)."""
+    from adautomix_fast.api import param_groups, train_step
+
+    def fresh():
+        torch.manual_seed(0)
+        model = mix_model("adautomix", "timm/resnet18", CLASSES)
+        opt = torch.optim.SGD(param_groups(model), lr=0.1, momentum=0.9)
+        return model, opt, train_step(model, opt, total_steps=10, seed=3)
+
+    batches = [images(6, 32, seed=i) for i in range(3)]
+    model, opt, step = fresh()
+    for x, y in batches[:2]:
+        step(x, y)
+    saved = copy.deepcopy({"model": model.state_dict(), "opt": opt.state_dict(), "step": step.state_dict()})
+    uninterrupted = step(*batches[2])
+    model, opt, step = fresh()
+    model.load_state_dict(saved["model"])
+    opt.load_state_dict(saved["opt"])
+    step.load_state_dict(saved["step"])
+    resumed = step(*batches[2])
+    for k in ("loss", "loss_amce", "loss_gen", "lr", "ema_momentum"):
+        torch.testing.assert_close(resumed[k], uninterrupted[k], atol=0, rtol=0, msg=k)
+
+
 @pytest.mark.slow
 def test_the_compiled_library_step_is_one_graph_equal_to_the_reference():
     """The API's fused step on a timm backbone compiles with ``fullgraph=True`` (so no hook or
