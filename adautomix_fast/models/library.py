@@ -414,14 +414,12 @@ def fitting_image_size(classifier: Classifier, image_side: int) -> Optional[int]
     fixed = getattr(classifier, "fixed_image_size", None)
     if fixed is not None:
         return None if image_side == fixed else fixed
-    if not hasattr(classifier, "tap_side"):
-        return None
     try:
-        side = classifier.tap_side(image_side)
-    except RuntimeError:
-        side = 0
-    need = 2 * classifier.tap_stride
-    return need if side < 2 and need > image_side else None
+        check_backbone_image_size(classifier, image_side)
+        return None
+    except UsageError:   # the tap map is below 2x2 (or the trunk cannot run) at this size
+        need = 2 * classifier.tap_stride
+        return need if need > image_side else None
 
 
 def check_backbone_image_size(classifier: Classifier, image_side: int) -> None:
