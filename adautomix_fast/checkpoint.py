@@ -13,6 +13,7 @@ import errno
 import glob
 import os
 import pickle
+import resource
 import shutil
 import tempfile
 from typing import Any, Iterable, Optional
@@ -27,19 +28,69 @@ FORMAT_VERSION = 1
 TMP_PREFIX, TMP_SUFFIX = ".tmp-", ".pt"
 
 
-class NoSpaceError(OSError):
-    """The disk filled up while a checkpoint was written (the temporary file is removed again);
-    ``needed`` is the checkpoint's approximate size and ``free`` what the disk had left, in bytes."""
+# Errors of a disk that cannot take the file: no space, the user's quota, or the process's
+# file-size limit (ulimit -f; Python ignores SIGXFSZ, so the write fails with EFBIG).
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
-    def __init__(self, path: str, needed: int, free: int):
-        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+class NoSpaceError(OSError):
+    """The disk could not take a checkpoint (``errno``: ENOSPC, EDQUOT or EFBIG; the temporary
+    file is removed again); ``needed`` is the checkpoint's approximate size and ``free`` what the
+    disk had left, in bytes."""
+
+    def __init__(self, path: str, code: int, needed: int, free: int):
+        super().__init__(code, os.strerror(code), path)
         self.needed, self.free = needed, free
 
+    def describe(self, folder: str, name: str) -> str:
+        """The failure as a user reads it: "no space left in F to write N (needs about 4.0 MiB,
+        0.5 MiB free); free some space", or the quota, or the file-size limit."""
+        need = f"needs about {_mib(self.needed)}"
+        if self.errno == errno.EFBIG:
+            limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+            shown = "unlimited" if limit == resource.RLIM_INFINITY else _mib(limit)
+            return (f"the file-size limit (ulimit -f, {shown}) stops writing {name} in {folder} ({need}); "
+                    "raise the limit")
+        if self.errno == errno.EDQUOT:
+            return f"the disk quota is exhausted writing {name} in {folder} ({need}); free some space"
+        return f"no space left in {folder} to write {name} ({need}, {_mib(self.free)} free); free some space"
 
-def _write(obj: Any, f) -> None:
-    torch.save(obj, f)
-    f.flush()
-    os.fsync(f.fileno())
+
+def _mib(n: int) -> str:
+    return f"{n / 2 ** 20:.1f} MiB"
+
+
+class _ErrnoKeepingWriter:
+    """A file for torch.save that remembers the OSError of a failed write: torch's zip writer
+    reports every failed write as "unexpected pos N vs M" (or "file write failed"), without the
+    errno that tells a full disk from a file-size limit or anything else."""
+
+    def __init__(self, f):
+        self.f = f
+        self.error: Optional[OSError] = None
+
+    def write(self, data) -> int:
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+def _write(obj: Any, f) -> Optional[Exception]:
+    """torch.save into ``f`` and fsync; the failure, if any: the OSError behind a failed write
+    where there was one, else what torch raised."""
+    writer = _ErrnoKeepingWriter(f)
+    try:
+        torch.save(obj, writer)
+        f.flush()
+        os.fsync(f.fileno())
+    except Exception as exc:
+        return writer.error or exc
+    return None
 
 
 def tensor_bytes(obj: Any) -> int:
@@ -53,42 +104,50 @@ def tensor_bytes(obj: Any) -> int:
     return 0
 
 
-def _is_disk_full(exc: BaseException, folder: str, needed: int) -> bool:
-    # torch.save's zip writer reports a failed write as a RuntimeError ("[enforce fail at
-    # inline_container.cc...] file write failed") without the errno, so a full disk is also
-    # recognised by the free space left after the failure.
-    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        return True
-    if isinstance(exc, RuntimeError) and "write" in str(exc).lower():
-        try:
-            return shutil.disk_usage(folder).free < needed
-        except OSError:
-            return False
-    return False
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _free_bytes(folder: str) -> int:
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
 
 
 def atomic_save(obj: Any, path: str) -> None:
     """torch.save to a temporary file in the same folder, fsync, then rename over ``path``:
-    a crash leaves either the old file or the new one, never a half-written one. A full disk
-    is a `NoSpaceError` (the temporary file removed, ``path`` untouched)."""
+    a crash leaves either the old file or the new one, never a half-written one. A disk that
+    cannot take the file (full, over quota, over the file-size limit) is a `NoSpaceError` (the
+    temporary file removed, ``path`` untouched); it is told apart by the errno of the failed
+    write, and, where a failure carries none, by the free space left."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=TMP_SUFFIX, dir=folder)
+    failure: Optional[BaseException] = None
     try:
         with os.fdopen(fd, "wb") as f:
-            _write(obj, f)
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        needed = tensor_bytes(obj)
-        if _is_disk_full(exc, folder, needed):
-            try:
-                free = shutil.disk_usage(folder).free
-            except OSError:
-                free = 0
-            raise NoSpaceError(path, needed, free) from None
+            failure = _write(obj, f)
+        if failure is None:
+            os.replace(tmp, path)
+    except Exception as exc:   # closing (a delayed write error), the rename, an injected failure
+        failure = exc
+    except BaseException:      # Ctrl-C
+        _remove(tmp)
         raise
+    if failure is None:
+        return
+    _remove(tmp)
+    needed = tensor_bytes(obj)
+    code = failure.errno if isinstance(failure, OSError) else None
+    if code is None and _free_bytes(folder) < needed:
+        code = errno.ENOSPC   # a failure without its errno on a disk too full for the file
+    if code in DISK_FULL_ERRNOS:
+        raise NoSpaceError(path, code, needed, _free_bytes(folder)) from None
+    raise failure
 
 
 def remove_orphaned_temporaries(folder: str) -> list[str]:

@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import typing
 from dataclasses import dataclass, field, fields
 from typing import Any, Optional
@@ -20,9 +21,9 @@ from . import registry
 from .errors import UsageError
 from .models.specs import ARCH_SPECS, arch_spec, check_image_size, is_library_arch
 
-ARCHS = ("r18", "r34", "r50", "rx50", "tiny",
-         # transformers and ConvNeXt (models.ARCH_SPECS, docs/archs.md), and their test variants
-         "swin_t", "convnext_t", "deit_s", "tiny_swin", "tiny_convnext", "tiny_deit")
+# The hand-wired --arch names: the table of models.ARCH_SPECS itself (docs/archs.md), the
+# published architectures first, then the test variants.
+ARCHS = tuple(sorted(ARCH_SPECS, key=lambda arch: ARCH_SPECS[arch].test_only))
 DATASETS = ("digits", "cifar10", "cifar100", "tiny-imagenet", "imagenet", "folder",
             "cub200", "aircraft", "cars")
 IMPLS = ("auto", "reference", "fused")
@@ -202,6 +203,8 @@ class RunSettings:
                       "--student-passes must be batched or separate (got {value!r})")
         _check_choice(self.teacher_bn_stats, TEACHER_BN_STATS,
                       "--teacher-bn-stats must be exact or single (got {value!r})")
+        if self.run_name is not None:
+            check_single_folder_name(self.run_name, "--run-name", "--output")
         if self.img_size is not None and self.img_size < 8:
             raise UsageError(f"--img-size must be at least 8 (got {self.img_size})")
         self._validate_method()
@@ -234,6 +237,15 @@ class RunSettings:
         if not 0.0 <= self.label_smoothing < 1.0:
             raise UsageError(f"--label-smoothing must be in [0, 1) (got {self.label_smoothing})")
         registry.check_method(self)
+
+
+def check_single_folder_name(name: str, flag: str, parent_flag: str) -> None:
+    """A folder name made inside the parent folder, never a path out of it: ``../x`` or ``/x``
+    would write beside or far from ``--output`` without a word."""
+    if (not name or name in (".", "..") or "/" in name or (os.sep != "/" and os.sep in name)
+            or (os.altsep and os.altsep in name) or "\0" in name):
+        raise UsageError(f"{flag} {name!r} must be a single folder name (no '/', not '.' or '..'); "
+                         f"{parent_flag} DIR says where it is made")
 
 
 def _check_choice(value: Any, choices: tuple[str, ...], message: str) -> None:

@@ -17,6 +17,7 @@ import errno
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import socket
 from typing import Optional
@@ -24,7 +25,7 @@ from typing import Optional
 import yaml
 
 from . import records
-from .checkpoint import NoSpaceError, atomic_save, remove_orphaned_temporaries
+from .checkpoint import DISK_FULL_ERRNOS, NoSpaceError, atomic_save, remove_orphaned_temporaries
 from .config import Config
 from .errors import UsageError
 from .evaluate.tblog import ScalarLogger
@@ -32,6 +33,63 @@ from .evaluate.tblog import ScalarLogger
 LAST, BEST = "checkpoint-last.pt", "checkpoint-best.pt"
 LOCK = "run.lock"
 _NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+# Records a run writes as it goes; any of them means a run (not an empty attempt) was here.
+_OWN_LOG_TYPES = {"start", "train", "stop"}
+
+
+def _records_of_another_run(folder: str, fingerprint: str, resuming: Optional[dict]) -> str:
+    """What in ``folder`` belongs to another run and would be lost by starting (or resuming)
+    here, described for the refusal ("3 epoch records in log.jsonl, ..."); "" when nothing.
+
+    Resuming continues the run whose configuration wrote the folder (the checkpoint's, or this
+    invocation's when an earlier attempt of it wrote config.yaml before dying), so only a
+    config.yaml of another configuration is in the way; a fresh start must also find no records."""
+    found = []
+    config = os.path.join(folder, "config.yaml")
+    if os.path.exists(config):
+        theirs = _config_fingerprint(config)
+        ours = {fingerprint} | ({resuming.get("fingerprint")} if resuming else set())
+        if theirs not in ours:
+            found.append("a config.yaml of another configuration")
+    if resuming:
+        return ", ".join(found)
+    log = records.read_jsonl(os.path.join(folder, "log.jsonl"))
+    epochs = sum(r.get("type") == "epoch" for r in log)
+    if epochs:
+        found.append(f"{epochs} epoch record{'s' * (epochs != 1)} in log.jsonl")
+    elif any(r.get("type") not in _OWN_LOG_TYPES for r in log) or (log and not os.path.exists(config)):
+        found.append("a log.jsonl this engine did not write")
+    rows = len(records.read_csv_rows(os.path.join(folder, "summary.csv")))
+    if rows:
+        found.append(f"{rows} row{'s' * (rows != 1)} in summary.csv")
+    if os.path.exists(os.path.join(folder, BEST)):
+        found.append(BEST)
+    return ", ".join(found)
+
+
+def _config_fingerprint(path: str) -> Optional[str]:
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return None
+    return data.get("fingerprint") if isinstance(data, dict) else None
+
+
+def _unusable_folder(folder: str, exc: OSError) -> Exception:
+    """The one-line error for a run folder that cannot be made, or the original error."""
+    if exc.errno in _NOT_WRITABLE:
+        return _not_writable(folder, exc)
+    if exc.errno in (errno.ENOTDIR, errno.EEXIST):
+        # EEXIST from makedirs(exist_ok=True): the path exists and is not a folder.
+        return UsageError(f"cannot make the run folder {folder}: it, or a folder above it, is a file; pass "
+                          "--output DIR naming a folder")
+    if exc.errno in DISK_FULL_ERRNOS:
+        return UsageError(f"cannot make the run folder {folder} ({exc.strerror}); free some space or pass "
+                          "--output DIR on another disk")
+    return exc
 
 
 def _not_writable(folder: str, exc: OSError) -> UsageError:
@@ -99,10 +157,14 @@ def _read(fd: int) -> str:
 
 
 def default_run_name(cfg: Config, run_id: Optional[str] = None) -> str:
-    """<dataset>-<arch>[-<method>]-<date-time> (the method named when it is not AdAutoMix), or
-    -<torchrun run id> instead of the date so that restarted workers and every node agree on the
-    folder."""
-    suffix = run_id if run_id else f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    """<dataset>-<arch>[-<method>]-<date-time>-s<seed>-<6 random hex digits> (the method named
+    when it is not AdAutoMix): jobs started in the same second (an array job's tasks) get
+    folders of their own. Under torchrun, -<run id> instead of the date and the suffix, so that
+    restarted workers and every node agree on the folder."""
+    if run_id:
+        suffix = run_id
+    else:
+        suffix = f"{datetime.datetime.now():%Y%m%d-%H%M%S}-s{cfg.seed}-{secrets.token_hex(3)}"
     method = getattr(cfg, "method", "adautomix")
     arch = cfg.arch.replace("/", "-")   # timm/<name>, tv/<name>: one folder, not two
     return f"{cfg.dataset}-{arch}-{suffix}" if method == "adautomix" else f"{cfg.dataset}-{arch}-{method}-{suffix}"
@@ -126,27 +188,36 @@ class RunFolder:
         self.tensorboard = ScalarLogger(self.file("tensorboard"))
 
     @classmethod
-    def open(cls, folder: str, resuming: Optional[dict] = None) -> "RunFolder":
-        """Create (or reopen) and lock the run folder. ``resuming``: the checkpoint being
-        continued, whose position (epoch, global step) the records are cut back to."""
+    def open(cls, folder: str, fingerprint: str, resuming: Optional[dict] = None) -> "RunFolder":
+        """Create (or reopen) and lock the run folder. ``fingerprint``: this run's configuration
+        (Config.fingerprint). ``resuming``: the checkpoint being continued, whose position (epoch,
+        global step) the records are cut back to.
+
+        Only what this engine wrote for this run is ever removed: a fresh run refuses a folder
+        that holds another run's records (epoch records, summary rows, checkpoints, or a
+        config.yaml of another configuration) and deletes only the log of an earlier attempt of
+        the same configuration that never finished an epoch."""
         created = not os.path.exists(folder)
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as exc:
-            if exc.errno in _NOT_WRITABLE:
-                raise _not_writable(folder, exc) from None
-            raise
+            raise _unusable_folder(folder, exc) from None
         lock = None
         try:
             lock = RunLock(folder).acquire()
             if not resuming and os.path.exists(os.path.join(folder, LAST)):
                 raise UsageError(f"run folder {folder} already holds a run; pass --resume {folder} to continue "
                                  "it or choose another --run-name")
+            kept = _records_of_another_run(folder, fingerprint, resuming)
+            if kept:
+                raise UsageError(f"run folder {folder} holds {kept} but no checkpoint-last.pt to continue; nothing "
+                                 "was changed: choose another --run-name (or --output), or move those files away")
             remove_orphaned_temporaries(folder)
             if resuming:
                 records.truncate_after(folder, int(resuming["epoch"]), int(resuming["global_step"]))
             else:
-                # Records of an earlier attempt that never reached a checkpoint: nothing can continue them.
+                # An earlier attempt of this configuration that never finished an epoch: its
+                # start and step records describe nothing a checkpoint holds.
                 for name in ("log.jsonl", "summary.csv"):
                     if os.path.exists(os.path.join(folder, name)):
                         os.unlink(os.path.join(folder, name))
@@ -210,11 +281,9 @@ class RunFolder:
             atomic_save(state, self.file(name))
         except NoSpaceError as exc:
             have = self.last_saved is not None or os.path.exists(self.file(LAST))
-            kept = (f"{describe_checkpoint(self.last_saved)} ({self.file(LAST)}) is kept; free some space and "
-                    f"resume with --resume {self.path}" if have else
-                    "no checkpoint was written yet; free some space and start again")
-            raise UsageError(f"no space left in {self.path} to write {name} (needs about {_mib(exc.needed)}, "
-                             f"{_mib(exc.free)} free); {kept}") from None
+            kept = (f"{describe_checkpoint(self.last_saved)} ({self.file(LAST)}) is kept; then resume with "
+                    f"--resume {self.path}" if have else "no checkpoint was written yet; then start again")
+            raise UsageError(f"{exc.describe(self.path, name)}; {kept}") from None
         except OSError as exc:
             if exc.errno in _NOT_WRITABLE:
                 raise _not_writable(self.path, exc) from None
@@ -233,10 +302,6 @@ class RunFolder:
         self.close()
         if self.created and not self.checkpoint_written and os.path.isdir(self.path):
             shutil.rmtree(self.path, ignore_errors=True)
-
-
-def _mib(n: int) -> str:
-    return f"{n / 2 ** 20:.1f} MiB"
 
 
 def describe_checkpoint(position: Optional[dict]) -> str:
