@@ -462,7 +462,7 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
             export(model, args.export)
         return 0
 
-    folder = _open_run_folder(folder_path, resumed, ctx)
+    folder = _open_run_folder(folder_path, cfg.fingerprint(), resumed, ctx)
     if cfg.tensorboard:
         folder.attach_tensorboard()
     trainer = Trainer(cfg=cfg, ctx=ctx, device=device, model=model, optimizer=optimizer, step=step,
@@ -502,13 +502,13 @@ def lr_overrides(args: argparse.Namespace, resumed: Optional[dict], cfg: Config)
     return changes
 
 
-def _open_run_folder(path: str, resumed: Optional[dict], ctx: distributed.DistContext) -> RunFolder:
+def _open_run_folder(path: str, fingerprint: str, resumed: Optional[dict], ctx: distributed.DistContext) -> RunFolder:
     """Rank 0 creates and locks the run folder; every rank learns whether that worked, so that a
     refusal (locked, not writable) ends every rank with the same one line."""
     folder, problem = None, None
     if ctx.primary:
         try:
-            folder = RunFolder.open(path, resuming=resumed)
+            folder = RunFolder.open(path, fingerprint, resuming=resumed)
         except UsageError as exc:
             problem = str(exc)
     problem = distributed.broadcast_object(problem, ctx)
@@ -598,10 +598,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("interrupted; nothing was written", file=sys.stderr)
         return 130
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        # A record or the config written on a disk that cannot take it (checkpoints say more).
+        if e.errno not in (*ckpt_lib.DISK_FULL_ERRNOS, errno.EROFS):
             raise
-        print(f"error: {e.strerror} writing {e.filename or 'the run folder'}; free space (or pass --output DIR on "
-              "a writable disk) and resume with --resume", file=sys.stderr)
+        fix = "raise the file-size limit (ulimit -f)" if e.errno == errno.EFBIG else "free some space"
+        print(f"error: {e.strerror} writing {e.filename or 'the run folder'}; {fix} (or pass --output DIR on "
+              "another disk) and resume with --resume", file=sys.stderr)
         return 2
 
 
