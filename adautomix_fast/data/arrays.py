@@ -6,6 +6,7 @@ objects holding uint8 HWC images; indexing one gives ``(uint8 CHW tensor, int la
 
 from __future__ import annotations
 
+import codecs
 import os
 import pickle
 from typing import Any
@@ -13,6 +14,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+
+try:  # numpy 2 moved the modules a pickle names; files written under numpy 1 name the old ones
+    from numpy._core import multiarray as _np_multiarray, numeric as _np_numeric
+except ImportError:  # numpy 1
+    from numpy.core import multiarray as _np_multiarray, numeric as _np_numeric
 
 from ..errors import DataError
 
@@ -98,6 +104,53 @@ def _get(d: dict, key: str) -> Any:
     return d[key]
 
 
+# What a CIFAR python pickle may name: numpy's array, dtype and scalar rebuilders (under the
+# module names numpy 1 and numpy 2 write, and protocol 5's buffer form), plain value and
+# container types, and codecs.encode, with which Python 3 writes bytes at protocols 0-2.
+# Python 2 files name ``__builtin__`` where Python 3 says ``builtins``.
+_PLAIN_TYPES = {t.__name__: t for t in (dict, list, tuple, set, frozenset, bytes, bytearray, str, int, float,
+                                        complex, bool)}
+_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
+    **{(module, "_reconstruct"): _np_multiarray._reconstruct
+       for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(module, "scalar"): _np_multiarray.scalar for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(module, "_frombuffer"): _np_numeric._frombuffer for module in ("numpy.core.numeric", "numpy._core.numeric")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("_codecs", "encode"): codecs.encode,
+    **{(module, n): t for module in ("builtins", "__builtin__") for n, t in _PLAIN_TYPES.items()},
+}
+
+
+class ForbiddenPickle(pickle.UnpicklingError):
+    """A pickle names a global outside :data:`_ALLOWED_GLOBALS`: it would run code on loading."""
+
+    def __init__(self, module: str, name: str):
+        super().__init__(f"{module}.{name}")
+        self.what = f"{module}.{name}"
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """An unpickler that rebuilds numpy arrays and plain containers only.
+
+    ``pickle.load`` (torchvision's CIFAR reader uses it) calls whatever a file names, so a
+    crafted ``data_batch_1`` could run any command; here naming anything else stops the load
+    before it is called. The objects come from the table, never from an import the file chose.
+    """
+
+    def find_class(self, module: str, name: str):
+        try:
+            return _ALLOWED_GLOBALS[(module, name)]
+        except KeyError:
+            raise ForbiddenPickle(module, name) from None
+
+
+def restricted_load(f, encoding: str = "bytes"):
+    """``pickle.load(f, encoding=encoding)`` limited to numpy arrays and plain containers;
+    :class:`ForbiddenPickle` for any other global the file names."""
+    return _ArrayUnpickler(f, encoding=encoding).load()
+
+
 def _unpickle(path: str, name: str) -> dict:
     spec = _CIFAR[name]
     if not os.path.isfile(path):
@@ -106,10 +159,16 @@ def _unpickle(path: str, name: str) -> dict:
         )
     try:
         with open(path, "rb") as f:
-            d = pickle.load(f, encoding="bytes")  # like the official loader (Python 2 pickles)
+            d = restricted_load(f, encoding="bytes")  # like the official loader (Python 2 pickles)
         if not isinstance(d, dict):
             raise TypeError(f"expected a dict, got {type(d).__name__}")
         return d
+    except ForbiddenPickle as exc:
+        raise DataError(
+            f"{name}: {path} is not a CIFAR data file: its pickle calls {exc.what}, which such a file never "
+            f"needs (it could run code, so nothing in it was loaded); re-download {spec['archive']} from "
+            f"{CIFAR_URL} and extract it"
+        ) from None
     except Exception as exc:  # truncated download, wrong file: any unpickling failure
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise DataError(
