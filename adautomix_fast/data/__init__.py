@@ -27,12 +27,13 @@ from ..errors import DataError, UsageError
 from .arrays import load_cifar, load_digits
 from .dali import INSTALL_HINT, build_dali_loader, dali_import_error, resolve_backend
 from .finegrained import LOADERS
+from .fingerprint import check_resume_data, split_fingerprint
 from .folders import check_headers, load_folder
 from .sampling import EpochLoader, EvalBatchSampler, SeededDataset, SkipLog, TrainBatchSampler
 from .transforms import FINEGRAINED, NORMALIZATION, AugmentRecipe, build_transforms
 
 __all__ = ["DATASETS", "DATA_ENV", "BACKENDS", "DataInfo", "resolve_data_dir", "resolve_backend",
-           "build_loaders", "dali_import_error", "INSTALL_HINT", "AugmentRecipe"]
+           "build_loaders", "dali_import_error", "INSTALL_HINT", "AugmentRecipe", "check_resume_data"]
 
 BACKENDS = ("auto", "torch", "dali")
 
@@ -65,6 +66,9 @@ class DataInfo:
     std: tuple[float, float, float]
     class_names: list[str]
     backend: str = "torch"  # the resolved data backend: "torch" or "dali"
+    # Identifies the training split (data/fingerprint.py): a checkpoint records it with
+    # train_size, so that a resume on other data is noticed. None: not known.
+    train_fingerprint: Optional[str] = None
 
 
 def _check_name(name: str) -> None:
@@ -102,8 +106,7 @@ def resolve_data_dir(name: str, data_dir: str | None) -> str | None:
     )
 
 
-def _load_splits(name: str, root: str | None):
-    """(train, val, class_names) for a data set; scans and validates everything it can."""
+def _read_splits(name: str, root: str | None):
     if name == "digits":
         return load_digits()
     if name in ("cifar10", "cifar100"):
@@ -111,6 +114,19 @@ def _load_splits(name: str, root: str | None):
     if name in FINEGRAINED:
         return LOADERS[name](root)
     return load_folder(name, root)
+
+
+def _load_splits(name: str, root: str | None):
+    """(train, val, class_names) for a data set; scans and validates everything it can."""
+    train, val, class_names = _read_splits(name, root)
+    # Training on a single class reaches 100% top-1 without learning anything, whichever reader
+    # produced it (one class folder, one label in a CUB or CIFAR file, one variant listed).
+    present = sorted(set(train.targets))
+    if len(present) < 2:
+        only = f"one class ({class_names[present[0]]})" if present and 0 <= present[0] < len(class_names) else "no class"
+        raise DataError(f"{name}: the training images in {root} are of {only} and a classifier needs at least two; "
+                        f"point --data-dir at a data set with two or more classes ({_LAYOUT.get(name, 'a folder per class')})")
+    return train, val, class_names
 
 
 def build_loaders(
@@ -133,7 +149,9 @@ def build_loaders(
     dtype: torch.dtype = torch.float32,
     recipe: Optional[AugmentRecipe] = None,
 ):
-    """Returns ``(train_loader, val_loader, info)``; validates the data before returning.
+    """Returns ``(train_loader, val_loader, info)``; validates the data before returning (a
+    training split of fewer than two classes is a DataError). ``info.train_fingerprint``
+    identifies the training split without reading an image (:mod:`.fingerprint`).
 
     train_loader: iterable of (images [B,3,H,W] of ``dtype``, labels int64 [B]); ``len()`` =
     batches per epoch of this rank; call ``set_epoch(epoch)`` before each epoch (order and
@@ -219,5 +237,6 @@ def build_loaders(
         std=tuple(std),
         class_names=list(class_names),
         backend=resolved,
+        train_fingerprint=split_fingerprint(train_split),
     )
     return train_loader, val_loader, info

@@ -216,6 +216,10 @@ def load_folder(name: str, data_dir: str):
     val_dir = _split_dir(root, "val", name)
 
     classes = _class_folders(train_dir)
+    if len(classes) < 2:
+        # One class trains to a meaningless 100% top-1: every prediction is right.
+        raise DataError(f"{train_dir} holds one class folder ({classes[0]}) and a classifier needs at least two; "
+                        f"put each class's images in a folder of its own under {train_dir}/ (ImageFolder layout)")
     class_to_idx = {c: i for i, c in enumerate(classes)}  # == ImageFolder(train_dir).class_to_idx
     train = _scan(train_dir, class_to_idx)
 
