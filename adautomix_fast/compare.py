@@ -19,6 +19,11 @@ re-run after a stop. The folder then holds:
 * ``accuracy_curves.png``: the headline top-1 of every method per epoch;
 * ``efficiency.png``: what a method costs for what it gives (the AdAutoMix paper's Fig. 9):
   headline top-1 against training time per epoch, and against peak memory, one point per method.
+
+Stop signals (SIGTERM, SIGUSR1, Ctrl-C) are passed on to the training in progress, which stops as
+it would alone (SIGTERM/SIGUSR1: a checkpoint at the batch it reached); compare then starts no
+further method and exits with the training's code (143, 138, 130), so that a requeue script sees
+what it would see from the training itself. The same command run again continues.
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ import datetime
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
+import threading
 from typing import Any, Optional
 
 import yaml
@@ -39,6 +46,7 @@ import yaml
 from .errors import UsageError
 from .registry import METHODS
 from .records import read_jsonl
+from .stopsignals import exit_status
 
 LAST = "checkpoint-last.pt"
 
@@ -222,6 +230,82 @@ def plot_efficiency(folder: str, rows: list[dict]) -> None:
     plt.close(fig)
 
 
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+
+
+class Trainings:
+    """Runs one training at a time as a child process and passes compare's signals on to it.
+
+    Without this, a signal for compare's PID alone (``kill PID``, Kubernetes, systemd) ended compare
+    and left the training running as an orphan that held its run folder's lock. The child runs in a
+    session of its own, so that a signal for compare's process group (a terminal's Ctrl-C,
+    ``kill -- -PGID``) reaches it once, from compare: a second SIGTERM or SIGUSR1 tells a training
+    to exit at once, and a second Ctrl-C could land in the middle of its clean-up. Outside the
+    terminal's process group the child would no longer stop on Ctrl-Z, so compare passes Ctrl-Z
+    and the continuation on to it as well.
+    """
+
+    def __init__(self):
+        self.signum: Optional[int] = None    # the first signal compare received
+        self._child: Optional[subprocess.Popen] = None
+        self._unsent: list[int] = []         # received while no child was known yet
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "Trainings":
+        if threading.current_thread() is not threading.main_thread():
+            return self                      # Python runs handlers in the main thread only
+        for signum in FORWARDED_SIGNALS:
+            self._previous[signum] = signal.signal(signum, self._forward)
+        self._previous[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, self._suspend)
+        self._previous[signal.SIGCONT] = signal.signal(signal.SIGCONT, self._resume)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _forward(self, signum, _frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+        child = self._child
+        if child is None:
+            self._unsent.append(signum)
+        else:
+            child.send_signal(signum)        # a no-op once the child has been reaped
+
+    def _suspend(self, _signum, _frame) -> None:
+        self._signal_group(signal.SIGSTOP)
+        os.kill(os.getpid(), signal.SIGSTOP)  # SIGSTOP, not SIGTSTP: never discarded, so compare never
+        # runs on while its training stays stopped; execution continues here on SIGCONT
+
+    def _resume(self, _signum, _frame) -> None:
+        self._signal_group(signal.SIGCONT)
+
+    def _signal_group(self, signum: int) -> None:
+        child = self._child
+        if child is not None and child.returncode is None:
+            try:
+                os.killpg(child.pid, signum)    # the training and its data workers
+            except ProcessLookupError:
+                pass
+
+    def run(self, cmd: list[str]) -> Optional[int]:
+        """The child's exit status, with 128 + N for a child ended by signal N (as a shell reports
+        it); None, and nothing started, once a signal has asked compare to stop."""
+        if self.signum is not None:
+            return None
+        child = subprocess.Popen(cmd, start_new_session=True)
+        self._child = child
+        while self._unsent:                  # arrived while the child was being started
+            child.send_signal(self._unsent.pop(0))
+        try:
+            code = child.wait()
+        finally:
+            self._child = None
+        return exit_status(-code) if code < 0 else code
+
+
 def run(argv: Optional[list[str]] = None) -> int:
     args, train_argv = parse_args(argv)
     dataset = _flag_value(train_argv, "--dataset", "digits")
@@ -232,26 +316,34 @@ def run(argv: Optional[list[str]] = None) -> int:
     created = not os.path.exists(folder)
     os.makedirs(runs, exist_ok=True)
     rows = []
-    for i, method in enumerate(args.methods):
-        run_folder = os.path.join(runs, method)
-        state = run_state(run_folder)
-        print(f"[{i + 1}/{len(args.methods)}] {method}: "
-              + {"done": "already trained", "partial": "resuming", "new": "training"}[state], flush=True)
-        if state != "done":
-            cmd = [sys.executable, "-m", "adautomix_fast.train"]
-            cmd += (["--resume", run_folder] if state == "partial"
-                    else train_argv + ["--method", method, "--output", runs, "--run-name", method])
-            code = subprocess.call(cmd)
-            if code == 2 and not rows:
-                # A usage error (the train command printed it) would repeat for every method;
-                # the train command wrote nothing, so neither has compare.
-                if created:
-                    shutil.rmtree(folder, ignore_errors=True)
-                return 2
-            if code != 0:
-                rows.append({"method": method, "folder": run_folder, "error": f"training exited with {code}"})
-                continue
-        rows.append(summarize_run(method, run_folder))
+    with Trainings() as trainings:
+        for i, method in enumerate(args.methods):
+            where = f"{method} ({i + 1} of {len(args.methods)} methods)"
+            if trainings.signum is not None:
+                return _stopped(trainings.signum, None, f" before {where}")
+            run_folder = os.path.join(runs, method)
+            state = run_state(run_folder)
+            print(f"[{i + 1}/{len(args.methods)}] {method}: "
+                  + {"done": "already trained", "partial": "resuming", "new": "training"}[state], flush=True)
+            if state != "done":
+                cmd = [sys.executable, "-m", "adautomix_fast.train"]
+                cmd += (["--resume", run_folder] if state == "partial"
+                        else train_argv + ["--method", method, "--output", runs, "--run-name", method])
+                code = trainings.run(cmd)
+                if trainings.signum is not None:
+                    return _stopped(trainings.signum, code, f" while training {where}")
+                if code == 2 and not rows:
+                    # A usage error (the train command printed it) would repeat for every method;
+                    # the train command wrote nothing, so neither has compare.
+                    if created:
+                        shutil.rmtree(folder, ignore_errors=True)
+                    return 2
+                if code != 0:
+                    rows.append({"method": method, "folder": run_folder, "error": f"training exited with {code}"})
+                    continue
+            rows.append(summarize_run(method, run_folder))
+        if trainings.signum is not None:
+            return _stopped(trainings.signum, None, "")
     settings = {"dataset": dataset, "arch": arch, "methods": args.methods, "train_argv": train_argv}
     write_outputs(folder, rows, settings)
     print()
@@ -259,6 +351,14 @@ def run(argv: Optional[list[str]] = None) -> int:
     print(f"\ncomparison written to {folder} (comparison.md, comparison.csv, comparison.json, accuracy_curves.png, "
           "efficiency.png)")
     return 0 if all(not r.get("error") for r in rows) else 1
+
+
+def _stopped(signum: int, code: Optional[int], where: str) -> int:
+    """compare's line and exit status after a signal: the training's own status where it stopped
+    on it (its line, printed above, names its checkpoint), else 128 + the signal's number."""
+    print(f"compare stopped by {signal.Signals(signum).name}{where}; run the same command again to continue",
+          file=sys.stderr)
+    return code if code else exit_status(signum)
 
 
 def main(argv: Optional[list[str]] = None) -> int:
