@@ -58,6 +58,13 @@ def launched_by_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or ("RANK" in os.environ and "WORLD_SIZE" in os.environ)
 
 
+def primary_process() -> bool:
+    """Whether this process speaks for the job: rank 0 of a torchrun job, or a process of its own.
+    Read from torchrun's environment, so that it also answers before the process group is joined
+    and after it is gone: e.g. for the one line that says where every rank stopped."""
+    return not launched_by_torchrun() or os.environ.get("RANK", "0") == "0"
+
+
 def restart_count() -> int:
     """How many times torchrun has restarted this worker group (0 on the first attempt)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)

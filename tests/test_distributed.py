@@ -250,7 +250,7 @@ def test_sigterm_to_a_torchrun_job_stops_every_rank_after_the_same_step(tmp_path
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=300)
-    assert err.count("stopped by SIGTERM at ") == 2, err[-3000:]       # each rank, one line
+    assert err.count("stopped by SIGTERM at ") == 1, err[-3000:]       # rank 0's line, for every rank
     ckpt = torch.load(folder / "checkpoint-last.pt", weights_only=True)
     assert ckpt["world_size"] == 2 and ckpt["epoch"] * 14 + ckpt["batch_in_epoch"] == ckpt["global_step"]
     assert ckpt["global_step"] % 3 == 0 or ckpt["batch_in_epoch"] == 0   # a log-interval boundary (or an epoch end)
