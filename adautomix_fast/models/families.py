@@ -2,7 +2,7 @@
 
 ``ARCH_SPECS`` (:mod:`.specs`) says which family each ``--arch`` belongs to and its published
 facts (tap channels and size, stem rule, recipe defaults); the family's class (:mod:`.resnet`,
-:mod:`.swin`, :mod:`.convnext`, :mod:`.deit`) says how to build it, where the generator taps
+:mod:`.swin`, :mod:`.convnext`, :mod:`.deit`, :mod:`.cifar_resnet`, :mod:`.preact_resnet`) says how to build it, where the generator taps
 it (``stem_to_stage3`` / ``tap_features``), which layer Grad-CAM reads (``cam_target``) and the
 library model an export loads into (``library_model``). A new family is one module and one row
 here.
@@ -13,9 +13,11 @@ from __future__ import annotations
 import torch.nn as nn
 
 from .base import Classifier
+from .cifar_resnet import CifarResNetClassifier
 from .convnext import ConvNeXtClassifier
 from .deit import DeiTClassifier
 from .library import LibraryClassifier, build_library_classifier, unpack_backbone
+from .preact_resnet import PreActResNetClassifier
 from .resnet import ResNetClassifier
 from .specs import arch_spec, is_library_arch
 from .swin import SwinClassifier
@@ -25,6 +27,9 @@ FAMILIES: dict[str, type[Classifier]] = {
     "swin": SwinClassifier,
     "convnext": ConvNeXtClassifier,
     "deit": DeiTClassifier,
+    # the CIFAR networks: He et al.'s CIFAR ResNets and PreAct-ResNet-18, this package's modules
+    "cifar_resnet": CifarResNetClassifier,
+    "preact_resnet": PreActResNetClassifier,
     # timm/<name>, tv/<name> and one's own modules: stages, tap and pooling read from the model
     "library": LibraryClassifier,
 }
@@ -49,8 +54,10 @@ def build_classifier(arch, num_classes: int, cifar_stem: bool, drop_path: float 
 def library_model(arch: str, num_classes: int, cifar_stem: bool = False) -> nn.Module:
     """The library's own model for ``arch`` (what an exported state dict loads into):
     torchvision's ResNets, ResNeXt, Swin-T and ConvNeXt-T, timm's DeiT-S (the test variants:
-    their library classes); ``cifar_stem``: the released CIFAR stems (ResNet: 3x3/1 conv without
-    the max pool; ConvNeXt: a 3x3/1 conv)."""
+    their library classes), this package's plain modules for the CIFAR networks
+    (``cifar_resnet.CifarResNet``, ``preact_resnet.PreActResNet``); ``cifar_stem``: the released
+    CIFAR stems (ResNet: 3x3/1 conv without the max pool; ConvNeXt: a 3x3/1 conv; PreAct-ResNet:
+    stride 1, else its stride-2 Tiny-ImageNet stem)."""
     return classifier_class(arch).library_model(arch, num_classes, cifar_stem)
 
 

@@ -9,14 +9,20 @@ Sources: the released AdAutoMix configs (OpenMixup ``configs/classification/cifa
 Architectures).
 
 Kernel limits (``adautomix_fast.kernels``): the cross-attention kernel takes head dims
-D = tap_channels // 2 up to 512 (Swin-T: 384), any number of positions P = h*w (Swin-T 49,
-ConvNeXt-T 196 or 64 with the CIFAR stem, DeiT-S 196, R50 196); the mix kernel takes up to 16
-slots and next_pow2(N) * next_pow2(w) <= 4096 (w <= 14 here). ``tests/test_archs.py`` checks
-every entry against the kernels' own launch helpers.
+D = tap_channels // 2 up to 512 (Swin-T: 384; the CIFAR ResNets 32, PreAct-ResNet-18 128), any
+number of positions P = h*w (Swin-T 49, ConvNeXt-T 196 or 64 with the CIFAR stem, DeiT-S 196, R50
+196, the CIFAR ResNets and PreAct-ResNet-18 64 at 32 px); the mix kernel takes up to 16 slots and
+next_pow2(N) * next_pow2(w) <= 4096 (w <= 14 here; 16 for the CIFAR networks at 64 px).
+``tests/test_archs.py`` checks every entry against the kernels' own launch helpers.
 
 ``timm/<name>`` and ``tv/<name>`` (any timm or torchvision classification model) have no entry:
 ``library_spec`` makes theirs from the name (the library, its weights, and the recipe family
 whose published settings apply, if any); their tap is read from the built model (:mod:`.library`).
+
+The CIFAR networks (``resnet20/32/56``: He et al.'s CIFAR ResNets; ``preact_r18``: the
+PreAct-ResNet-18 of the Manifold Mixup, PuzzleMix and Co-Mixup releases) have no library: their
+constructors are this package's (:mod:`.cifar_resnet`, :mod:`.preact_resnet`), their published
+size is 32 px, and they take the data set's recipe (docs/archs.md, CIFAR networks).
 
 The ``tiny*`` entries are test architectures: the same classes and code paths with narrow,
 shallow settings (``options``) so whole steps run in seconds on a CPU.
@@ -36,8 +42,8 @@ from ..errors import UsageError
 
 @dataclass(frozen=True)
 class ArchSpec:
-    family: str                    # resnet | swin | convnext | deit
-    library: str                   # torchvision | timm: whose constructor and state-dict keys
+    family: str                    # resnet | swin | convnext | deit | cifar_resnet | preact_resnet
+    library: str                   # torchvision | timm | adautomix_fast: whose constructor and state-dict keys
     constructor: str               # the library constructor of the real architecture
     tap_channels: int              # channels of the generator's input
     tap_size: int                  # side of the tap map at ``image_size`` without the CIFAR stem
@@ -54,6 +60,7 @@ class ArchSpec:
     no_decay: tuple[str, ...] = ()  # parameter-name parts without weight decay besides norms/biases
     options: dict[str, Any] = field(default_factory=dict)  # constructor settings (Swin, test variants)
     test_only: bool = False
+    cifar_stem_only: bool = False  # the CIFAR stem is the network's only stem, at every image size
 
     @property
     def gen_dim(self) -> int:
@@ -77,6 +84,16 @@ _SWIN = dict(family="swin", library="torchvision", image_size=224, upsample="nea
              no_decay=("relative_position_bias_table", "absolute_pos_embed"))
 _CONVNEXT = dict(family="convnext", library="torchvision", image_size=224, upsample="nearest", lam_concat=True,
                  cifar_stem=True, fixed_size=False, head="classifier.2", no_decay=("layer_scale",))
+# The CIFAR networks: defined at 32 px with a 3x3 stride-1 stem, no published weights, the data
+# set's generator settings and recipe. He et al.'s CIFAR ResNets tap their last stage (64 ch,
+# 8x8 at 32 px) and have no other stem; PreAct-ResNet-18 taps layer3 as AdAutoMix's ResNet-18 does
+# (256 ch, 8x8 at 32 px) and has the released stride-2 stem for Tiny-ImageNet without the CIFAR
+# one (tap 4x4 at 32 px, 8x8 at 64).
+_CIFAR_RESNET = dict(family="cifar_resnet", library="adautomix_fast", tap_channels=64, tap_size=8, image_size=32,
+                     upsample=None, lam_concat=None, cifar_stem=True, cifar_tap_size=8, size_multiple=4,
+                     fixed_size=False, weights=None, head="linear", cifar_stem_only=True)
+_PREACT = dict(family="preact_resnet", library="adautomix_fast", image_size=32, upsample=None, lam_concat=None,
+               cifar_stem=True, cifar_tap_size=8, size_multiple=8, fixed_size=False, weights=None, head="linear")
 _DEIT = dict(family="deit", library="timm", upsample="nearest", lam_concat=True, cifar_stem=False,
              cifar_tap_size=None, fixed_size=True, head="head", no_decay=("pos_embed", "cls_token"))
 
@@ -101,6 +118,15 @@ ARCH_SPECS: dict[str, ArchSpec] = {
     # The tap: the patch tokens after block 6 of 12 as a 14x14 map (no norm).
     "deit_s": ArchSpec(constructor="timm deit_small_patch16_224", tap_channels=384, tap_size=14, image_size=224,
                        size_multiple=16, weights="deit_small_patch16_224.fb_in1k", drop_path=0.1, **_DEIT),
+    # ---- the CIFAR networks (models/cifar_resnet.py, models/preact_resnet.py)
+    "resnet20": ArchSpec(constructor="adautomix_fast.models.cifar_resnet.cifar_resnet(20)", options=dict(depth=20),
+                         **_CIFAR_RESNET),
+    "resnet32": ArchSpec(constructor="adautomix_fast.models.cifar_resnet.cifar_resnet(32)", options=dict(depth=32),
+                         **_CIFAR_RESNET),
+    "resnet56": ArchSpec(constructor="adautomix_fast.models.cifar_resnet.cifar_resnet(56)", options=dict(depth=56),
+                         **_CIFAR_RESNET),
+    "preact_r18": ArchSpec(constructor="adautomix_fast.models.preact_resnet.preact_resnet18", tap_channels=256,
+                           tap_size=4, options=dict(blocks=(2, 2, 2, 2)), **_PREACT),
     # ---- test architectures: same classes, narrow and shallow
     "tiny": ArchSpec(constructor="adautomix_fast.models.TinyResNet", tap_channels=32, tap_size=14,
                      cifar_tap_size=8, weights=None, test_only=True, **_RESNET),
@@ -116,6 +142,8 @@ ARCH_SPECS: dict[str, ArchSpec] = {
     "tiny_deit": ArchSpec(constructor="timm.models.vision_transformer.VisionTransformer", tap_channels=16,
                           tap_size=8, image_size=32, size_multiple=4, weights=None, test_only=True,
                           options=dict(img_size=32, patch_size=4, embed_dim=16, depth=4, num_heads=2), **_DEIT),
+    "tiny_preact": ArchSpec(constructor="adautomix_fast.models.preact_resnet.PreActResNet", tap_channels=32, tap_size=4,
+                            options=dict(blocks=(1, 1, 1, 1), widths=(8, 16, 32, 64)), test_only=True, **_PREACT),
 }
 
 
@@ -228,9 +256,12 @@ def drop_path_rate(arch: str, value: Optional[float]) -> float:
 
 def default_cifar_stem(image_size: int, arch: Optional[str] = None) -> bool:
     """The automatic stem choice: the CIFAR stem for images of 64 px or less, for architectures
-    that have one (Swin and DeiT have none: they are trained at 224 px)."""
+    that have one (Swin and DeiT have none: they are trained at 224 px); at every size for the
+    CIFAR ResNets, whose only stem it is."""
     if arch is not None and not arch_spec(arch).cifar_stem:
         return False
+    if arch is not None and arch_spec(arch).cifar_stem_only:
+        return True
     return image_size <= 64
 
 
@@ -244,6 +275,7 @@ def check_image_size(arch: str, image_size: int, cifar_stem: Optional[bool] = No
       reads padding (at 16 px, Swin-T's tap would be one padded pixel).
     * ConvNeXt without the CIFAR stem: at least twice the tap's stride (32 px for ConvNeXt-T): its
       unpadded 2x2 downsampling before stage 4 needs a 2x2 stage-3 map.
+    * The CIFAR ResNets: only their CIFAR stem (``--no-cifar-stem`` is refused).
     The ResNets pad every strided layer and take any size the config allows.
     """
     spec = arch_spec(arch)
@@ -257,6 +289,9 @@ def check_image_size(arch: str, image_size: int, cifar_stem: Optional[bool] = No
         raise UsageError(f"--arch {arch} needs an image size that is a multiple of {spec.size_multiple} (its "
                          f"generator tap is the image / {spec.size_multiple}), got {image_size}: {fix}")
     stem = default_cifar_stem(image_size, arch) if cifar_stem is None else cifar_stem
+    if spec.cifar_stem_only and not stem:
+        raise UsageError(f"--arch {arch} has only its 3x3 stride-1 CIFAR stem (He et al.'s CIFAR network): "
+                         "drop --no-cifar-stem")
     if spec.family == "convnext" and not stem and image_size < 2 * spec.size_multiple:
         raise UsageError(f"--arch {arch} without the CIFAR stem needs images of at least {2 * spec.size_multiple} "
                          f"px, got {image_size}: use --cifar-stem, or {fix}")
