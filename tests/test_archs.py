@@ -275,9 +275,12 @@ def test_kernel_limits_hold_for_every_published_tap(arch):
     mix_config(5, 3, side, side, spec.image_size)                # up to N = 5, raises beyond its tiles
     if spec.cifar_stem:
         mix_config(5, 3, spec.cifar_tap_size, spec.cifar_tap_size, 32)
+        # the automatic CIFAR stem goes up to 64 px (Tiny-ImageNet): twice the side
+        side = spec.tap_side(64, True)
+        mix_config(5, 3, side, side, 64)
 
 
-@pytest.mark.parametrize("arch", ["tiny_swin", "tiny_deit"])
+@pytest.mark.parametrize("arch", ["tiny_swin", "tiny_deit", "resnet20"])
 def test_triton_generator_kernels_on_the_tap(arch):
     """The generator with the Triton kernels (interpreter) equals its PyTorch math on the tap."""
     torch.manual_seed(0)
