@@ -5,6 +5,11 @@ compare report, and bad input (one line, exit 2, nothing written)."""
 import csv
 import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -22,6 +27,7 @@ from optional import skip_without
 pytestmark = pytest.mark.slow   # trains two runs (about 10-60 s on 2 cores, depending on load)
 
 FAST = ["--workers", "0", "--no-progress", "--batch-size", "20"]
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="session")
@@ -365,3 +371,75 @@ def test_default_precision_is_the_trainings_so_every_head_scores_as_logged(runs,
                             capsys)
     with open(tmp_path / "fp32" / "results.json") as f:
         assert code == 0 and json.load(f)["precision"] == "fp32"
+
+
+# ---------------------------------------------------------------------------- checkpoints and leftovers
+def test_a_run_folder_with_only_its_best_checkpoint_names_checkpoint_best(runs, tmp_path, capsys):
+    folder = tmp_path / "pruned"            # e.g. checkpoint-last.pt deleted to save space
+    folder.mkdir()
+    shutil.copy(runs[0] / "checkpoint-best.pt", folder / "checkpoint-best.pt")
+    code, _, err = evaluate([folder, *FAST], capsys)
+    assert code == 2
+    assert single_error_line(err) == (f"error: {folder} has no checkpoint-last.pt but has checkpoint-best.pt: "
+                                      "pass --checkpoint best")
+    assert os.listdir(folder) == ["checkpoint-best.pt"]
+    code, _, err = evaluate([folder, "--checkpoint", "best", "--suite", "accuracy", "--limit", 20, *FAST], capsys)
+    assert code == 0, err
+
+
+def start_endless_evaluation(run, dest, log) -> subprocess.Popen:
+    """An evaluation into ``dest`` that runs until it is killed (PGD of a million steps)."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    with open(log, "w") as f:
+        return subprocess.Popen([sys.executable, "-m", "adautomix_fast.evaluate", str(run), "--suite", "pgd",
+                                 "--pgd-steps", "1000000", "--out", str(dest), *FAST], cwd=ROOT, env=env, stdout=f,
+                                stderr=subprocess.STDOUT)
+
+
+def wait_until_evaluating(proc: subprocess.Popen, log, timeout: float = 300.0) -> str:
+    """Wait for the evaluation's first line, printed once its staging folder is made and held;
+    returns its output so far."""
+    deadline = time.monotonic() + timeout
+    while "evaluating " not in log.read_text():
+        if proc.poll() is not None:
+            pytest.fail(f"the evaluation ended (rc {proc.returncode}) before it began:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("timed out waiting for the evaluation to begin")
+        time.sleep(0.05)
+    return log.read_text()
+
+
+def staging_folders(parent) -> set[str]:
+    return {p for p in os.listdir(parent) if p.startswith(".ev.tmp-")}
+
+
+def test_a_killed_evaluations_staging_folder_is_removed_by_the_next_and_a_live_ones_is_kept(runs, tmp_path, capsys):
+    dest = tmp_path / "ev"
+    # Folders of other names: another destination's, and one mkdtemp never makes.
+    decoys = {".other.tmp-abcdefgh", ".ev.tmp-keep"}
+    for name in decoys:
+        (tmp_path / name).mkdir()
+    killed = start_endless_evaluation(runs[0], dest, tmp_path / "killed.log")
+    wait_until_evaluating(killed, tmp_path / "killed.log")
+    killed.kill()                           # SIGKILL: no clean-up runs
+    killed.wait()
+    (stale,) = staging_folders(tmp_path) - decoys
+    live = start_endless_evaluation(runs[0], dest, tmp_path / "live.log")
+    try:
+        out = wait_until_evaluating(live, tmp_path / "live.log")
+        live.send_signal(signal.SIGSTOP)    # alive and holding its folder, and it stays where it is
+        assert f"removed {tmp_path / stale}, left by an evaluation that was killed" in out
+        (held,) = staging_folders(tmp_path) - decoys
+        assert held != stale
+        # A concurrent evaluation into the same destination keeps the live one's folder.
+        code, out, err = evaluate([runs[0], "--suite", "accuracy", "--limit", 20, "--out", dest, *FAST], capsys)
+        assert code == 0 and "removed" not in out, err
+        assert (tmp_path / held).is_dir()
+    finally:
+        live.kill()                         # ends a stopped process too
+        live.wait()
+    code, out, err = evaluate([runs[0], "--suite", "accuracy", "--limit", 20, "--out", dest, "--overwrite", *FAST],
+                              capsys)
+    assert code == 0 and f"removed {tmp_path / held}" in out, err
+    assert {p for p in os.listdir(tmp_path) if p.startswith(".")} == decoys

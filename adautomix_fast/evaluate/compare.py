@@ -139,7 +139,7 @@ def compare(paths: list[str], options: EvalOptions, out: Optional[str] = None, o
     head = options.head or "headline"
     dest = out or os.path.join(os.path.dirname(entries[0]["results"]["run"]["dir"]),
                                folder_name(options.suites, SUITES, head, options.protocol, stamp).replace("eval-", "compare-", 1))
-    staged = StagedFolder(dest, overwrite)
+    staged = StagedFolder(dest, overwrite, say)
     try:
         data = _aggregate(entries, options)
         pictures = _draw(entries, options, staged.path)

@@ -87,6 +87,10 @@ def resolve_checkpoint(path: str, which: str = "last") -> str:
     if os.path.isdir(path):
         candidate = os.path.join(path, f"checkpoint-{which}.pt")
         if not os.path.isfile(candidate):
+            other = "best" if which == "last" else "last"
+            if os.path.isfile(os.path.join(path, f"checkpoint-{other}.pt")):
+                raise UsageError(f"{path} has no checkpoint-{which}.pt but has checkpoint-{other}.pt: pass "
+                                 f"--checkpoint {other}")
             raise UsageError(f"{path} has no checkpoint-{which}.pt; pass a run folder of "
                              "python -m adautomix_fast.train or a checkpoint file")
         return candidate

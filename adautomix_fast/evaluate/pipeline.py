@@ -64,7 +64,7 @@ def evaluate_checkpoint(path: str, options: EvalOptions, out: Optional[str] = No
     if "occlusion" in options.suites:
         occlusion.patch_size(ctx.info.image_size, options.occlusion_patch)   # a patch that does not fit fails here
     dest = out or default_folder(run.run_dir, options, ctx.head, timestamp)
-    staged = StagedFolder(dest, overwrite)
+    staged = StagedFolder(dest, overwrite, say)
     name = os.path.basename(run.run_dir)
     try:
         say(f"evaluating {run.checkpoint_path} (epoch {run.epoch}), head {ctx.head}, protocol {options.protocol}, "

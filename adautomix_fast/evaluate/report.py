@@ -2,19 +2,24 @@
 
 Written atomically: everything goes into a hidden temporary folder beside the destination, which
 is renamed into place at the end (``--overwrite`` swaps an existing folder out the same way), so
-a failure or an interrupt leaves nothing half-written.
+a failure or an interrupt leaves nothing half-written. An evaluation killed outright (SIGKILL, an
+unhandled SIGTERM, a lost node) leaves its temporary folder behind; the next evaluation into the
+same destination removes it, unless a live evaluation still holds it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
 import os
 import platform
+import re
 import shutil
 import tempfile
 from importlib import metadata
-from typing import Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -26,17 +31,65 @@ FORMAT = "adautomix_fast.evaluation"
 FORMAT_VERSION = 1
 
 
-class StagedFolder:
-    """A destination folder written through a temporary sibling; ``commit()`` renames it in."""
+def _open_dir(path: str) -> int:
+    return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
 
-    def __init__(self, dest: str, overwrite: bool):
+
+def _try_flock(fd: int, flags: int) -> bool:
+    """flock ``fd``; False where another process holds it or the file system has no flock (then
+    nothing can be shown to be stale, and nothing is removed)."""
+    try:
+        fcntl.flock(fd, flags)
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def _parent_lock(parent: str) -> Iterator[bool]:
+    """An exclusive lock on the parent folder while staging folders are made and swept, so that a
+    sweep never sees a new folder in the instant before its maker has locked it. Yields whether
+    the lock was taken (sweeping only then)."""
+    try:
+        fd = _open_dir(parent)
+    except OSError:                    # a folder we may write but not read: no sweep
+        yield False
+        return
+    try:
+        yield _try_flock(fd, fcntl.LOCK_EX)
+    finally:
+        os.close(fd)   # releases the lock
+
+
+class StagedFolder:
+    """A destination folder written through a temporary sibling; ``commit()`` renames it in.
+
+    The sibling is ``.<destination name>.tmp-<8 characters of mkdtemp>``; its maker holds a
+    ``flock`` on it until it is committed or discarded. The kernel drops the lock however the
+    maker ends, so a sibling of that name nobody holds was left by a killed evaluation: the next
+    one into the same destination removes it (``removed`` lists what it removed).
+    """
+
+    def __init__(self, dest: str, overwrite: bool, say: Optional[Callable[[str], None]] = None):
         self.dest = os.path.abspath(dest)
         if os.path.exists(self.dest) and not overwrite:
             raise UsageError(f"{self.dest} already exists; pass --overwrite to replace it, --timestamp for a new "
                              "folder, or --out DIR")
         parent = os.path.dirname(self.dest)
         os.makedirs(parent, exist_ok=True)
-        self.path = tempfile.mkdtemp(prefix=f".{os.path.basename(self.dest)}.tmp-", dir=parent)
+        prefix = f".{os.path.basename(self.dest)}.tmp-"
+        self._fd: Optional[int] = None
+        with _parent_lock(parent) as locked:
+            self.removed = _remove_stale(parent, prefix) if locked else []
+            self.path = tempfile.mkdtemp(prefix=prefix, dir=parent)
+            fd = _open_dir(self.path)
+            if _try_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                self._fd = fd
+            else:
+                os.close(fd)
+        if say is not None:
+            for path in self.removed:
+                say(f"removed {path}, left by an evaluation that was killed")
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(self.path, 0o777 & ~umask)   # mkdtemp makes it private; the result is an ordinary folder
@@ -51,12 +104,41 @@ class StagedFolder:
             os.rmdir(old)
             os.rename(self.dest, old)
         os.rename(self.path, self.dest)
+        self._release()
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
         return self.dest
 
     def discard(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)
+        self._release()
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def _remove_stale(parent: str, prefix: str) -> list[str]:
+    """Remove the staging folders of ``prefix`` in ``parent`` that no live evaluation holds."""
+    pattern = re.compile(re.escape(prefix) + r"[a-z0-9_]{8}")   # mkdtemp's names, nothing else
+    removed = []
+    for name in sorted(os.listdir(parent)):
+        if not pattern.fullmatch(name):
+            continue
+        path = os.path.join(parent, name)
+        try:
+            fd = _open_dir(path)       # not a folder, a link, or gone meanwhile: not ours to remove
+        except OSError:
+            continue
+        try:
+            if _try_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                shutil.rmtree(path, ignore_errors=True)
+                if not os.path.exists(path):
+                    removed.append(path)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def clean_json(value):
