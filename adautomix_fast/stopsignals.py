@@ -1,15 +1,23 @@
-"""SIGTERM and SIGUSR1 during training: finish the step, checkpoint at that batch, exit.
+"""SIGTERM, SIGUSR1 and Ctrl-C during training: finish the step, checkpoint at that batch, exit.
 
-Schedulers send one of these before they preempt a job (SLURM: SIGTERM, or the signal named by
-``--signal``, some grace period before SIGKILL; Kubernetes: SIGTERM, then SIGKILL after
-``terminationGracePeriodSeconds``). The handler only records the request; the training loop
-checks it between steps, so the step in flight completes and the checkpoint is written at an
-exact batch (resume continues from there bit for bit). A second signal while stopping exits
-at once with the same status: the last checkpoint on disk is complete (checkpoints are written
-to a temporary file and renamed), and a half-written temporary file is removed on the next start.
-Under torchrun a repeat is ignored: a scheduler signals the agent and the workers alike, and the
-agent forwards its signal to the workers, so each worker sees it twice; the agent kills workers
-that outlast its own grace period.
+Schedulers send SIGTERM or SIGUSR1 before they preempt a job (SLURM: SIGTERM, or the signal
+named by ``--signal``, some grace period before SIGKILL; Kubernetes: SIGTERM, then SIGKILL after
+``terminationGracePeriodSeconds``); a terminal sends SIGINT (Ctrl-C) to the whole process group.
+The handler only records the request; the training loop checks it between steps, so the step
+in flight completes and the checkpoint is written at an exact batch (resume continues from there
+bit for bit). A second signal while stopping exits at once with the same status: the last
+checkpoint on disk is complete (checkpoints are written to a temporary file and renamed), and a
+half-written temporary file is removed on the next start. Under torchrun a repeat is ignored: a
+scheduler signals the agent and the workers alike, and the agent forwards its signal to the
+workers, so each worker sees it twice; the agent kills workers that outlast its own grace period.
+
+Ctrl-C is a request like the others rather than Python's KeyboardInterrupt, which is raised
+wherever the main thread happens to run Python code when the handler runs: inside a ``__del__``
+(torch frees every batch received from a DataLoader worker through one,
+``StorageWeakRef.__del__``) Python prints "Exception ignored" and carries on, and the run
+trains on as if no key had been pressed. A flag cannot be lost that way. Before the loop's
+first step has returned (start-up, and the first call, which compiles a fused step for minutes)
+Ctrl-C stays a KeyboardInterrupt, which ends that work at once.
 """
 
 from __future__ import annotations
@@ -20,6 +28,8 @@ import threading
 from typing import Optional
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# What stops a training loop: a scheduler's signals and a terminal's Ctrl-C.
+TRAINING_STOP_SIGNALS = (*STOP_SIGNALS, signal.SIGINT)
 
 
 def exit_status(signum: int) -> int:
@@ -29,12 +39,15 @@ def exit_status(signum: int) -> int:
 
 
 class StopRequest:
-    """Context manager: while active, SIGTERM/SIGUSR1 set ``signum`` instead of ending the
-    process. Installs nothing outside the main thread (Python delivers signals there only)."""
+    """Context manager: while active, SIGTERM/SIGUSR1/SIGINT set ``signum`` instead of ending
+    the process. Installs nothing outside the main thread (Python delivers signals there only)."""
 
-    def __init__(self, repeat_exits: bool = True):
+    def __init__(self, repeat_exits: bool = True, signals: tuple[int, ...] = TRAINING_STOP_SIGNALS):
         self.signum: Optional[int] = None
         self.repeat_exits = repeat_exits
+        self.signals = signals
+        # Ctrl-C raises KeyboardInterrupt while this is set (nothing worth a checkpoint yet).
+        self.interrupt_immediately = False
         self._previous: dict[int, object] = {}
 
     @property
@@ -42,6 +55,8 @@ class StopRequest:
         return signal.Signals(self.signum).name if self.signum is not None else ""
 
     def _handle(self, signum, _frame) -> None:
+        if signum == signal.SIGINT and self.interrupt_immediately and self.signum is None:
+            raise KeyboardInterrupt
         if self.signum is not None:
             if not self.repeat_exits:
                 return
@@ -52,7 +67,7 @@ class StopRequest:
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
-            for signum in STOP_SIGNALS:
+            for signum in self.signals:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
@@ -62,4 +77,4 @@ class StopRequest:
         self._previous.clear()
 
 
-__all__ = ["STOP_SIGNALS", "StopRequest", "exit_status"]
+__all__ = ["STOP_SIGNALS", "TRAINING_STOP_SIGNALS", "StopRequest", "exit_status"]

@@ -26,7 +26,7 @@ from . import checkpoint as ckpt_lib
 from . import distributed
 from . import precision as precision_lib
 from .config import ARCHS, DATA_BACKENDS, DATASETS, GEN_KERNELS, IMPLS, PRESETS, Config, resolve
-from .data import DATA_ENV, AugmentRecipe, build_loaders
+from .data import DATA_ENV, AugmentRecipe, build_loaders, check_resume_data
 from .devices import pick_device
 from .optim import build_optimizer
 from .precision import Precision
@@ -76,6 +76,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--override-lr", action="store_true",
                    help="with --resume: let --lr, --min-lr, --gen-lr and --gen-min-lr change the schedule from the "
                         "resumed step on (e.g. a lower lr after a divergence); recorded in log.jsonl")
+    g.add_argument("--allow-data-change", action="store_true",
+                   help="with --resume: continue on a training set other than the checkpoint's (files added, "
+                        "removed or replaced); not bit for bit, and an interrupted epoch that no longer fits "
+                        "restarts (default: such a resume is refused)")
     g.add_argument("--stop-after", type=int, metavar="EPOCHS", help="stop after this many epochs of this invocation (resume later with --resume)")
     g.add_argument("--save-every-steps", type=int, metavar="N",
                    help="also write checkpoint-last.pt every N steps, mid-epoch; a resumed or restarted run "
@@ -261,7 +265,7 @@ def recipe_settings(cfg: Config) -> str:
 
 
 # argparse dest -> config key, for the flags that are config fields.
-_RUN_ONLY = {"preset", "config", "resume", "eval_only", "export", "stop_after", "override_lr"}
+_RUN_ONLY = {"preset", "config", "resume", "eval_only", "export", "stop_after", "override_lr", "allow_data_change"}
 # The settings --override-lr lets a resumed run change: the learning-rate schedule's values only.
 LR_OVERRIDES = ("lr", "min_lr", "gen_lr", "gen_min_lr")
 
@@ -376,6 +380,12 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
     if resumed is not None and resumed.get("num_classes") not in (None, info.num_classes):
         raise UsageError(f"checkpoint {resume_path} has {resumed['num_classes']} classes but the data "
                          f"set has {info.num_classes}; resume with the data it was trained on")
+    if resumed is not None and not eval_only:
+        # The data order is a function of (seed, epoch, image index): on other images the saved
+        # position means other batches, or none. Every rank sees the same data: all decide alike.
+        for note in check_resume_data(resumed, resume_path, info, len(train_loader), ctx.world_size,
+                                      allow=getattr(args, "allow_data_change", False)):
+            say(f"note: {note}", file=sys.stderr)
 
     model = build_model(cfg, info.num_classes, cifar_stem)
     # A library backbone's limits are read from the built model: still before anything is written.

@@ -76,7 +76,8 @@ class Trainer:
         self.metrics: dict = {}
         self.fault = fault_injection_step()
         self.last_batch = None
-        self.stop = StopRequest(repeat_exits=not launched_by_torchrun())   # SIGTERM/SIGUSR1 while fit() runs
+        # SIGTERM/SIGUSR1/Ctrl-C while fit() runs: stop after the step, with a checkpoint there.
+        self.stop = StopRequest(repeat_exits=not launched_by_torchrun())
         # Non-finite steps already accounted for (the step's device counter, and the step count,
         # at the last check).
         self._nonfinite_seen: Optional[int] = None
@@ -116,6 +117,9 @@ class Trainer:
             "format": "adautomix_fast", "version": ckpt_lib.FORMAT_VERSION,
             "config": self.cfg.to_dict(), "fingerprint": self.cfg.fingerprint(),
             "num_classes": self.info.num_classes, "cifar_stem": self.cifar_stem,
+            # The training set's identity: a resume on other data is refused (train.py).
+            "train_size": self.info.train_size,
+            "train_fingerprint": getattr(self.info, "train_fingerprint", None),
             "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "global_step": self.step.global_step,
             "world_size": self.ctx.world_size,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -186,6 +190,9 @@ class Trainer:
         name = signal.Signals(signum).name
         self.folder.log({"type": "stop", "time": time.time(), "signal": name, "epoch": self.epoch,
                          "batch_in_epoch": self.batch_in_epoch, "step": self.step.global_step})
+        if signum == signal.SIGINT:
+            return RunStopped(f"interrupted; {describe_checkpoint(self.folder.last_saved)} in {self.folder.path} is "
+                              f"kept: continue with --resume {self.folder.path}", exit_status(signum))
         at = (f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}" if mid_epoch else f"the end of epoch {self.epoch}")
         return RunStopped(f"stopped by {name} at {at} (step {self.step.global_step}); checkpoint "
                           f"{self.folder.file(LAST)} written; continue with --resume {self.folder.path}",
@@ -236,6 +243,7 @@ class Trainer:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             out = step(x, y)
+            self.stop.interrupt_immediately = False   # a step to checkpoint: Ctrl-C now stops after one
             self.last_batch = (x, y)   # a reference, no copy: the epoch's picture is drawn from it
             self.batch_in_epoch = index + 1
             if self.fault is not None and step.global_step == self.fault[0] and self.ctx.rank == self.fault[1]:
@@ -276,6 +284,7 @@ class Trainer:
 
     def fit(self, end_epoch: int) -> dict:
         with self.stop:
+            self.stop.interrupt_immediately = True
             return self._fit(end_epoch)
 
     def _fit(self, end_epoch: int) -> dict:

@@ -472,3 +472,52 @@ def test_resume_of_a_run_that_never_checkpointed_says_so(tmp_path, capsys):
     code, _, err = run_cli(["--resume", str(folder)], capsys)
     line = single_error_line(err)
     assert code == 2 and "never reached its first checkpoint" in line and "--run-name" in line
+
+
+def test_ctrl_c_while_python_runs_a_del_method_still_stops_the_loop():
+    """Python runs a signal handler at the next bytecode of the main thread, wherever that is; a
+    KeyboardInterrupt raised inside a ``__del__`` is printed as "Exception ignored" and lost. The
+    training loop's Ctrl-C is a flag instead, which survives that."""
+    from adautomix_fast.stopsignals import StopRequest
+
+    class DroppedWhileCtrlC:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)
+            sum(range(10))   # bytecode after the signal: where the handler runs
+
+    with StopRequest() as stop:
+        DroppedWhileCtrlC()
+        assert stop.signum == signal.SIGINT
+
+
+CTRL_C_IN_A_DEL = """
+import os, signal, sys
+from torch.multiprocessing import reductions
+from adautomix_fast.train import main
+real_del, marker = reductions.StorageWeakRef.__del__, os.path.join(sys.argv[1], "run", "checkpoint-last.pt")
+state = {"sent": False}
+def del_with_ctrl_c(self):
+    # Ctrl-C arriving while torch frees a batch received from a DataLoader worker.
+    if not state["sent"] and os.path.exists(marker):
+        state["sent"] = True
+        os.kill(os.getpid(), signal.SIGINT)
+    real_del(self)
+reductions.StorageWeakRef.__del__ = del_with_ctrl_c
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def test_ctrl_c_during_the_free_of_a_worker_batch_stops_the_run_with_a_checkpoint(tmp_path):
+    """The window found under load: Ctrl-C handled inside ``StorageWeakRef.__del__`` (torch runs
+    one for the shared memory of batches received from workers) was swallowed and the run
+    trained on to its end. Here the signal is sent from inside that method, deterministically."""
+    proc = subprocess.run([sys.executable, "-c", CTRL_C_IN_A_DEL, str(tmp_path), "--arch", "tiny", "--workers", "2",
+                           "--batch-size", "10", "--epochs", "3", "--save-every-steps", "4", "--vis-every", "0",
+                           "--output", str(tmp_path), "--run-name", "run"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    err = proc.stderr
+    assert proc.returncode == 130, err[-3000:]
+    assert "Exception ignored" not in err and "Traceback" not in err, err[-3000:]
+    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not line.startswith("epoch ")]
+    assert len(lines) == 1 and lines[0].startswith("interrupted; the "), lines
+    assert torch.load(tmp_path / "run" / "checkpoint-last.pt", weights_only=True)["epoch"] < 3
