@@ -33,6 +33,7 @@ import csv
 import datetime
 import json
 import os
+import secrets
 import shutil
 import signal
 import statistics
@@ -46,7 +47,8 @@ import yaml
 from .errors import UsageError
 from .registry import METHODS
 from .records import read_jsonl
-from .stopsignals import exit_status
+from .config import check_single_folder_name
+from .stopsignals import SIGNALS_FORWARDED_ENV, exit_status
 
 LAST = "checkpoint-last.pt"
 
@@ -247,6 +249,7 @@ class Trainings:
 
     def __init__(self):
         self.signum: Optional[int] = None    # the first signal compare received
+        self.killed = False                  # a repeat made compare end the training outright
         self._child: Optional[subprocess.Popen] = None
         self._unsent: list[int] = []         # received while no child was known yet
         self._previous: dict[int, Any] = {}
@@ -266,9 +269,18 @@ class Trainings:
         self._previous.clear()
 
     def _forward(self, signum, _frame) -> None:
-        if self.signum is None:
-            self.signum = signum
         child = self._child
+        if self.signum is not None:
+            # A second signal for compare: exit at once, as a training does on its own. The
+            # training ignores repeated signals (a scheduler that signals every process of the
+            # job reaches it directly and through compare), so compare ends it outright; its
+            # last complete checkpoint is kept.
+            os.write(2, f"\n{signal.Signals(signum).name} again while stopping: ending the training now; its last "
+                        "complete checkpoint is kept\n".encode())
+            self.killed = True
+            self._signal_group(signal.SIGKILL)
+            return
+        self.signum = signum
         if child is None:
             self._unsent.append(signum)
         else:
@@ -295,7 +307,7 @@ class Trainings:
         it); None, and nothing started, once a signal has asked compare to stop."""
         if self.signum is not None:
             return None
-        child = subprocess.Popen(cmd, start_new_session=True)
+        child = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, SIGNALS_FORWARDED_ENV: "1"})
         self._child = child
         while self._unsent:                  # arrived while the child was being started
             child.send_signal(self._unsent.pop(0))
@@ -303,6 +315,8 @@ class Trainings:
             code = child.wait()
         finally:
             self._child = None
+        if self.killed:   # by compare, on the user's repeat: report the request, not the kill
+            return exit_status(self.signum)
         return exit_status(-code) if code < 0 else code
 
 
@@ -310,7 +324,11 @@ def run(argv: Optional[list[str]] = None) -> int:
     args, train_argv = parse_args(argv)
     dataset = _flag_value(train_argv, "--dataset", "digits")
     arch = _flag_value(train_argv, "--arch", "r18")
-    name = args.name or f"compare-{dataset}-{arch.replace('/', '-')}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    if args.name is not None:
+        check_single_folder_name(args.name, "--name", "--output")
+    # The seconds and a random suffix: two comparisons started together get folders of their own.
+    name = args.name or (f"compare-{dataset}-{arch.replace('/', '-')}-{datetime.datetime.now():%Y%m%d-%H%M%S}-"
+                         f"{secrets.token_hex(3)}")
     folder = os.path.join(args.output, name)
     runs = os.path.join(folder, "runs")
     created = not os.path.exists(folder)

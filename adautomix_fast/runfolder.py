@@ -25,12 +25,16 @@ from typing import Optional
 import yaml
 
 from . import records
-from .checkpoint import DISK_FULL_ERRNOS, NoSpaceError, atomic_save, remove_orphaned_temporaries
+from .checkpoint import (DISK_FULL_ERRNOS, TMP_PREFIX, TMP_SUFFIX, NoSpaceError, atomic_save,
+                         remove_orphaned_temporaries)
 from .config import Config
 from .errors import UsageError
 from .evaluate.tblog import ScalarLogger
 
 LAST, BEST = "checkpoint-last.pt", "checkpoint-best.pt"
+# The last epoch-end checkpoint, kept while mid-epoch checkpoints (--save-every-steps) replace
+# checkpoint-last.pt: weights saved in an epoch that then diverged may already be exploding.
+EPOCH_END = "checkpoint-epoch.pt"
 LOCK = "run.lock"
 _NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
 
@@ -43,9 +47,10 @@ def _records_of_another_run(folder: str, fingerprint: str, resuming: Optional[di
     """What in ``folder`` belongs to another run and would be lost by starting (or resuming)
     here, described for the refusal ("3 epoch records in log.jsonl, ..."); "" when nothing.
 
-    Resuming continues the run whose configuration wrote the folder (the checkpoint's, or this
-    invocation's when an earlier attempt of it wrote config.yaml before dying), so only a
-    config.yaml of another configuration is in the way; a fresh start must also find no records."""
+    Resuming into a folder other than the checkpoint's own (``--resume A --output B``) may find
+    what an earlier attempt of the same resume wrote (config.yaml of the checkpoint's or this
+    invocation's configuration, no checkpoint yet), but never a checkpoint-last.pt it would
+    replace; a fresh start must also find no records."""
     found = []
     config = os.path.join(folder, "config.yaml")
     if os.path.exists(config):
@@ -54,6 +59,8 @@ def _records_of_another_run(folder: str, fingerprint: str, resuming: Optional[di
         if theirs not in ours:
             found.append("a config.yaml of another configuration")
     if resuming:
+        if os.path.exists(os.path.join(folder, LAST)):
+            found.append(f"a {LAST} of its own")
         return ", ".join(found)
     log = records.read_jsonl(os.path.join(folder, "log.jsonl"))
     epochs = sum(r.get("type") == "epoch" for r in log)
@@ -64,9 +71,15 @@ def _records_of_another_run(folder: str, fingerprint: str, resuming: Optional[di
     rows = len(records.read_csv_rows(os.path.join(folder, "summary.csv")))
     if rows:
         found.append(f"{rows} row{'s' * (rows != 1)} in summary.csv")
-    if os.path.exists(os.path.join(folder, BEST)):
-        found.append(BEST)
+    found += [name for name in (BEST, EPOCH_END) if os.path.exists(os.path.join(folder, name))]
     return ", ".join(found)
+
+
+def _same_folder(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.abspath(a) == os.path.abspath(b)
 
 
 def _config_fingerprint(path: str) -> Optional[str]:
@@ -182,16 +195,18 @@ class RunFolder:
         self.tensorboard = None  # a ScalarLogger that mirrors every record (--tensorboard)
         self.lock = lock
         self.last_saved: Optional[dict] = None  # where the newest checkpoint-last.pt stands
+        self.epoch_end_saved: Optional[dict] = None  # where checkpoint-epoch.pt stands, if written here
 
     def attach_tensorboard(self) -> None:
         """Mirror every record logged from now on into ``<run folder>/tensorboard``."""
         self.tensorboard = ScalarLogger(self.file("tensorboard"))
 
     @classmethod
-    def open(cls, folder: str, fingerprint: str, resuming: Optional[dict] = None) -> "RunFolder":
+    def open(cls, folder: str, fingerprint: str, resuming: Optional[dict] = None,
+             resumed_from: Optional[str] = None) -> "RunFolder":
         """Create (or reopen) and lock the run folder. ``fingerprint``: this run's configuration
         (Config.fingerprint). ``resuming``: the checkpoint being continued, whose position (epoch,
-        global step) the records are cut back to.
+        global step) the records are cut back to; ``resumed_from``: the file it was read from.
 
         Only what this engine wrote for this run is ever removed: a fresh run refuses a folder
         that holds another run's records (epoch records, summary rows, checkpoints, or a
@@ -208,7 +223,13 @@ class RunFolder:
             if not resuming and os.path.exists(os.path.join(folder, LAST)):
                 raise UsageError(f"run folder {folder} already holds a run; pass --resume {folder} to continue "
                                  "it or choose another --run-name")
-            kept = _records_of_another_run(folder, fingerprint, resuming)
+            if resuming and _same_folder(folder, os.path.dirname(os.path.abspath(resumed_from or folder))):
+                kept = ""   # the run continues in its own folder (its earlier --override-lr included)
+            else:
+                kept = _records_of_another_run(folder, fingerprint, resuming)
+            if kept and resuming:
+                raise UsageError(f"run folder {folder} holds {kept}; nothing was changed: resume into another "
+                                 "--run-name (or --output), or move those files away")
             if kept:
                 raise UsageError(f"run folder {folder} holds {kept} but no checkpoint-last.pt to continue; nothing "
                                  "was changed: choose another --run-name (or --output), or move those files away")
@@ -278,6 +299,9 @@ class RunFolder:
 
     def save(self, state: dict, name: str) -> None:
         try:
+            if (name == LAST and state.get("batch_in_epoch") and self.last_saved is not None
+                    and not self.last_saved["batch_in_epoch"]):
+                self._keep_epoch_end()
             atomic_save(state, self.file(name))
         except NoSpaceError as exc:
             have = self.last_saved is not None or os.path.exists(self.file(LAST))
@@ -289,6 +313,23 @@ class RunFolder:
                 raise _not_writable(self.path, exc) from None
             raise
         self._saved(state, name)
+
+    def _keep_epoch_end(self) -> None:
+        """Keep checkpoint-last.pt, an epoch-end checkpoint about to be replaced by the epoch's
+        first mid-epoch one, as checkpoint-epoch.pt: a hard link (no copy, no space), else a
+        copy where the file system has none; renamed into place, so a crash leaves a whole file."""
+        tmp = self.file(f"{TMP_PREFIX}epoch{TMP_SUFFIX}")
+        try:
+            os.link(self.file(LAST), tmp)
+        except FileExistsError:
+            os.unlink(tmp)
+            return self._keep_epoch_end()
+        except OSError as exc:
+            if exc.errno in DISK_FULL_ERRNOS:
+                raise NoSpaceError(tmp, exc.errno, os.path.getsize(self.file(LAST)), 0) from None
+            shutil.copyfile(self.file(LAST), tmp)
+        os.replace(tmp, self.file(EPOCH_END))
+        self.epoch_end_saved = dict(self.last_saved)
 
     def _saved(self, state: dict, name: str) -> None:
         self.checkpoint_written = True

@@ -30,6 +30,15 @@ from typing import Optional
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 # What stops a training loop: a scheduler's signals and a terminal's Ctrl-C.
 TRAINING_STOP_SIGNALS = (*STOP_SIGNALS, signal.SIGINT)
+# Set by a parent that passes its signals on to this process (compare): a scheduler that signals
+# every process of a job then reaches this one twice, so a repeat is a copy, not a second request.
+SIGNALS_FORWARDED_ENV = "ADAUTOMIX_SIGNALS_FORWARDED"
+
+
+def repeats_are_copies() -> bool:
+    """Whether a repeated stop signal is the same request arriving twice (under torchrun's agent
+    or a forwarding parent) rather than a user's "exit now"."""
+    return os.environ.get(SIGNALS_FORWARDED_ENV) == "1" or "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def exit_status(signum: int) -> int:
@@ -77,4 +86,5 @@ class StopRequest:
         self._previous.clear()
 
 
-__all__ = ["STOP_SIGNALS", "TRAINING_STOP_SIGNALS", "StopRequest", "exit_status"]
+__all__ = ["SIGNALS_FORWARDED_ENV", "STOP_SIGNALS", "TRAINING_STOP_SIGNALS", "StopRequest", "exit_status",
+           "repeats_are_copies"]

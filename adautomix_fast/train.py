@@ -472,7 +472,7 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
             export(model, args.export)
         return 0
 
-    folder = _open_run_folder(folder_path, cfg.fingerprint(), resumed, ctx)
+    folder = _open_run_folder(folder_path, cfg.fingerprint(), resumed, resume_path, ctx)
     if cfg.tensorboard:
         folder.attach_tensorboard()
     trainer = Trainer(cfg=cfg, ctx=ctx, device=device, model=model, optimizer=optimizer, step=step,
@@ -512,13 +512,14 @@ def lr_overrides(args: argparse.Namespace, resumed: Optional[dict], cfg: Config)
     return changes
 
 
-def _open_run_folder(path: str, fingerprint: str, resumed: Optional[dict], ctx: distributed.DistContext) -> RunFolder:
+def _open_run_folder(path: str, fingerprint: str, resumed: Optional[dict], resumed_from: Optional[str],
+                     ctx: distributed.DistContext) -> RunFolder:
     """Rank 0 creates and locks the run folder; every rank learns whether that worked, so that a
     refusal (locked, not writable) ends every rank with the same one line."""
     folder, problem = None, None
     if ctx.primary:
         try:
-            folder = RunFolder.open(path, fingerprint, resuming=resumed)
+            folder = RunFolder.open(path, fingerprint, resuming=resumed, resumed_from=resumed_from)
         except UsageError as exc:
             problem = str(exc)
     problem = distributed.broadcast_object(problem, ctx)
@@ -602,7 +603,8 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except RunStopped as e:
-        print(str(e), file=sys.stderr)
+        if distributed.primary_process():   # every rank stopped alike: rank 0 says so for all
+            print(str(e), file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:   # before the run folder existed
         print("interrupted; nothing was written", file=sys.stderr)

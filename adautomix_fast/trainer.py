@@ -30,8 +30,8 @@ from .errors import RunDiverged, RunStopped
 from .evaluate import HEADLINE, HEADS, evaluate
 from .evaluate.curves import render_training_curves
 from .evaluate.mixvis import render_mix_grid, vis_epochs
-from .runfolder import BEST, LAST, RunFolder, describe_checkpoint
-from .stopsignals import StopRequest, exit_status
+from .runfolder import BEST, EPOCH_END, LAST, RunFolder, describe_checkpoint
+from .stopsignals import StopRequest, exit_status, repeats_are_copies
 
 
 def format_metrics(metrics: dict, heads=HEADS, headline: str = HEADLINE) -> str:
@@ -77,7 +77,7 @@ class Trainer:
         self.fault = fault_injection_step()
         self.last_batch = None
         # SIGTERM/SIGUSR1/Ctrl-C while fit() runs: stop after the step, with a checkpoint there.
-        self.stop = StopRequest(repeat_exits=not launched_by_torchrun())
+        self.stop = StopRequest(repeat_exits=not (launched_by_torchrun() or repeats_are_copies()))
         # Non-finite steps already accounted for (the step's device counter, and the step count,
         # at the last check).
         self._nonfinite_seen: Optional[int] = None
@@ -167,18 +167,34 @@ class Trainer:
 
     def diverged(self, what: str) -> RunDiverged:
         """The one-line error of a diverged run: what happened, which checkpoint is kept and the
-        command that resumes it with a lower learning rate."""
+        command that resumes a finite one with a lower learning rate. A mid-epoch checkpoint of
+        the diverging epoch is finite but may already hold exploding weights (the steps before
+        the loss became inf/NaN); the command then starts from the epoch's start
+        (checkpoint-epoch.pt) or the best checkpoint instead."""
         cfg, folder = self.cfg, self.folder
-        lower = f"--lr {cfg.lr / 10:g}" + (f" --gen-lr {cfg.gen_lr / 10:g}" if cfg.gen_lr is not None else "")
+        lower = f"--override-lr --lr {cfg.lr / 10:g}" + (f" --gen-lr {cfg.gen_lr / 10:g}" if cfg.gen_lr is not None else "")
         where = f"training diverged at step {self.step.global_step} (epoch {self.epoch + 1}): {what}"
-        if folder.last_saved is not None or os.path.exists(folder.file(LAST)):
-            best = (f" (and checkpoint-best.pt, top-1 {self.best:.2f}: --resume {folder.file(BEST)} goes back to it)"
-                    if os.path.exists(folder.file(BEST)) else "")
-            kept = (f"{describe_checkpoint(folder.last_saved)} ({folder.file(LAST)}) is kept{best}; resume with a "
-                    f"lower learning rate: --resume {folder.path} --override-lr {lower}")
-        else:
-            kept = f"no checkpoint was written; start again with a lower learning rate ({lower})"
-        return RunDiverged(f"{where}; {kept}")
+        has_last = folder.last_saved is not None or os.path.exists(folder.file(LAST))
+        has_best = os.path.exists(folder.file(BEST))
+        best = f"checkpoint-best.pt (top-1 {self.best:.2f})" if self.best >= 0 else "checkpoint-best.pt"
+        kept = folder.last_saved
+        if not has_last:
+            return RunDiverged(f"{where}; no checkpoint was written; start again with a lower learning rate "
+                               f"({lower.replace('--override-lr ', '')})")
+        if kept and kept.get("batch_in_epoch") and kept["epoch"] == self.epoch:
+            state = f"{describe_checkpoint(kept)} ({folder.file(LAST)}) is finite but lies in the diverging epoch"
+            if os.path.exists(folder.file(EPOCH_END)):
+                also = f"; {best} is another start: --resume {folder.file(BEST)}" if has_best else ""
+                return RunDiverged(f"{where}; {state}; resume from the end of epoch {kept['epoch']} with a lower "
+                                   f"learning rate: --resume {folder.file(EPOCH_END)} {lower}{also}")
+            if has_best:
+                return RunDiverged(f"{where}; {state}; resume from {best} with a lower learning rate: "
+                                   f"--resume {folder.file(BEST)} {lower}")
+            return RunDiverged(f"{where}; {state} and no checkpoint before it is kept; start again with a lower "
+                               f"learning rate ({lower.replace('--override-lr ', '')})")
+        also = f" (or {best}: --resume {folder.file(BEST)} goes back to it)" if has_best else ""
+        return RunDiverged(f"{where}; {describe_checkpoint(kept)} ({folder.file(LAST)}) is kept{also}; resume "
+                           f"with a lower learning rate: --resume {folder.path} {lower}")
 
     def stop_requested(self) -> Optional[int]:
         """The signal that asked the run to stop, agreed by every rank (collective when

@@ -141,3 +141,43 @@ def test_ctrl_c_for_compares_process_group_is_one_clean_stop_and_the_same_comman
     assert "[1/1] vanilla: resuming" in (tmp_path / "out.txt").read_text()
     starts = [r for r in records.read_jsonl(folder / "log.jsonl") if r.get("type") == "start"]
     assert (starts[-1]["resume_epoch"], starts[-1]["resume_batch"]) == (kept["epoch"], kept["batch_in_epoch"])
+
+
+def test_a_scheduler_signalling_every_process_stops_the_training_once_at_its_batch(tmp_path):
+    """srun and systemd signal every process of the job: the training hears SIGTERM directly and
+    again through compare, and takes the copy for the same request (not "exit at once")."""
+    proc, child, folder = stop_when_training(tmp_path, "vanilla")
+    try:
+        os.kill(child, signal.SIGTERM)
+        os.kill(proc.pid, signal.SIGTERM)
+        rc = proc.wait(timeout=400)
+        assert rc == 143, (tmp_path / "err.txt").read_text()[-3000:]
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+    lines = message_lines(tmp_path)
+    assert not [line for line in lines if "again while stopping" in line], lines
+    stops = [r for r in records.read_jsonl(folder / "log.jsonl") if r.get("type") == "stop"]
+    ckpt = torch.load(folder / "checkpoint-last.pt", weights_only=True)
+    assert [s["signal"] for s in stops] == ["SIGTERM"] and ckpt["global_step"] == stops[0]["step"]
+
+
+def test_a_second_signal_for_compare_ends_the_training_at_once(tmp_path):
+    """The escape hatch stays: a repeat for compare (the training ignores copies) kills it; the
+    last complete checkpoint is what remains."""
+    proc, child, folder = stop_when_training(tmp_path, "vanilla")
+    os.kill(child, signal.SIGSTOP)        # hold the training so that it cannot finish stopping first
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        time.sleep(0.5)
+        os.kill(proc.pid, signal.SIGTERM)
+        rc = proc.wait(timeout=400)
+        assert rc == 143, (tmp_path / "err.txt").read_text()[-3000:]
+        deadline = time.monotonic() + 60
+        while alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(child)
+    finally:
+        if alive(child):
+            os.kill(child, signal.SIGKILL)
+    assert any("again while stopping" in line for line in message_lines(tmp_path))

@@ -100,7 +100,7 @@ def test_a_diverging_run_keeps_its_last_finite_checkpoint_and_resumes_with_a_low
     code, _, err = run_cli(["--resume", str(folder), "--override-lr", "--lr", "1e6", "--save-every-steps", "2"], capsys)
     line = single_error_line(err)
     assert code == 1 and "training diverged" in line, err
-    assert f"--resume {folder} --override-lr --lr" in line
+    assert re.search(rf"--resume {re.escape(str(folder))}(/checkpoint-epoch\.pt)? --override-lr --lr", line), line
     assert all_finite(folder / "checkpoint-last.pt") and all_finite(folder / "checkpoint-best.pt")
     assert (folder / "checkpoint-best.pt").read_bytes() == best_before
     kept = torch.load(folder / "checkpoint-last.pt", weights_only=True)
@@ -117,6 +117,30 @@ def test_a_diverging_run_keeps_its_last_finite_checkpoint_and_resumes_with_a_low
     final = torch.load(folder / "checkpoint-last.pt", weights_only=True)
     assert final["epoch"] == 3 and final["config"]["lr"] == pytest.approx(0.01)
     assert epoch_records(folder) == [1, 2, 3] and summary_epochs(folder) == ["1", "2", "3"]
+
+
+def test_the_advice_after_a_divergence_with_mid_epoch_checkpoints_trains_when_followed(tmp_path, capsys):
+    """lr 200 explodes the weights a few steps before the loss becomes inf/NaN, so the mid-epoch
+    checkpoints of that epoch are finite but hopeless: resumed with lr 20 they diverge again. The
+    message must send the user to a checkpoint from before the diverging epoch instead; the test
+    runs whatever command it advises."""
+    folder = tmp_path / "run"
+    base = TINY + ["--epochs", "3", "--log-interval", "5", "--vis-every", "0", "--output", str(tmp_path),
+                   "--run-name", "run"]
+    assert run_cli(base + ["--stop-after", "1"], capsys)[0] == 0
+    code, _, err = run_cli(["--resume", str(folder), "--override-lr", "--lr", "200", "--save-every-steps", "2"],
+                           capsys)
+    line = single_error_line(err)
+    assert code == 1 and "training diverged" in line, err
+    kept = torch.load(folder / "checkpoint-last.pt", weights_only=True)
+    assert kept["epoch"] == 1 and kept["batch_in_epoch"] > 0, "the scenario needs a mid-epoch checkpoint"
+    advised = re.search(r"(--resume \S+ --override-lr --lr [0-9.e+-]+)", line)
+    assert advised and "--lr 20" in advised.group(1), line
+    code, _, err = run_cli(advised.group(1).split(), capsys)
+    assert code == 0, err
+    final = torch.load(folder / "checkpoint-last.pt", weights_only=True)
+    assert final["epoch"] == 3 and not ckpt_lib.nonfinite_tensors(final["model"].items())
+    assert epoch_records(folder) == [1, 2, 3]
 
 
 def test_override_lr_needs_resume_and_a_new_value(tmp_path, capsys):

@@ -229,3 +229,10 @@ def test_a_failure_that_is_not_the_disks_is_not_called_a_full_disk(tmp_path, mon
     with pytest.raises(RuntimeError, match="pickling failed"):
         ckpt_lib.atomic_save({"w": torch.zeros(10)}, str(tmp_path / "c.pt"))
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("name", ["../x", "/abs/x", "a/b"])
+def test_a_comparison_name_is_one_folder_name_inside_output(tmp_path, name):
+    from adautomix_fast.compare import main as compare_main
+    assert compare_main(["--methods", "vanilla", "--output", str(tmp_path / "out"), "--name", name]) == 2
+    assert not (tmp_path / "out").exists() and not (tmp_path / "x").exists()
