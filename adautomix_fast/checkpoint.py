@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import glob
 import os
-import pickle
 import resource
 import shutil
 import tempfile
@@ -23,6 +22,7 @@ import torch
 from .config import Config
 from .errors import UsageError
 from .models import export_state_dict
+from .torchfiles import load_failure
 
 FORMAT_VERSION = 1
 TMP_PREFIX, TMP_SUFFIX = ".tmp-", ".pt"
@@ -221,23 +221,12 @@ def load(path: str) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UsageError(f"--resume {path}: {_unreadable_reason(e)}") from None
+        raise UsageError(f"--resume {path}: not a checkpoint of this engine: {load_failure(path, e)}; pass the "
+                         "checkpoint-last.pt or checkpoint-best.pt of a run folder, or the folder") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != "adautomix_fast" or "config" not in ckpt:
         raise UsageError(f"--resume {path}: not a checkpoint of this engine (a torch file without its "
                          "run state); pass the checkpoint-last.pt or checkpoint-best.pt of a run folder")
     return ckpt
-
-
-def _unreadable_reason(exc: Exception) -> str:
-    """Why torch.load(weights_only=True) refused a file, without torch's advice to retry with
-    weights_only=False (it would run arbitrary code from the file, and no checkpoint of this
-    engine needs it)."""
-    text = str(exc)
-    if isinstance(exc, pickle.UnpicklingError) or "weights only load failed" in text.lower() or "load key" in text:
-        return ("not a checkpoint of this engine (it is not a weights-only torch file); pass the "
-                "checkpoint-last.pt or checkpoint-best.pt of a run folder")
-    first = next((line.strip() for line in text.splitlines() if line.strip()), type(exc).__name__)
-    return f"not a readable checkpoint file (damaged or truncated: {first})"
 
 
 def check_compatible(ckpt: dict, cfg: Config, path: str, allowed: tuple[str, ...] = ()) -> None:

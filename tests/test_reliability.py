@@ -489,6 +489,44 @@ def test_resume_of_a_file_that_is_not_a_checkpoint_says_so_without_torchs_unsafe
         assert "weights_only" not in line and "arbitrary code" not in line
 
 
+class _RunsCode:
+    def __reduce__(self):
+        return (os.mkdir, ("/nonexistent-adautomix-would-be-created",))
+
+
+def _not_torch_files(tmp_path):
+    """name -> (bytes, words the message must hold)."""
+    import io
+    import pickle
+    zipped = io.BytesIO()
+    torch.save({"w": _RunsCode()}, zipped)
+    ckpt = io.BytesIO()
+    torch.save({"w": torch.zeros(1000)}, ckpt)
+    return {
+        "notes.txt": (b"hello world\n", "a text file of 12 bytes, not a torch file"),
+        "summary.csv": (b"epoch,lr\n1,0.1\n", "a text file of 15 bytes, not a torch file"),
+        "empty.pt": (b"", "an empty file (0 bytes)"),
+        "image.pt": (bytes(range(256)) * 4, "a binary file of 1024 bytes"),
+        "malicious.pt": (zipped.getvalue(), "a pickle holding objects other than tensors"),
+        "malicious-legacy.pt": (pickle.dumps({"w": _RunsCode()}, protocol=2), "could run code"),
+        "truncated.pt": (ckpt.getvalue()[: len(ckpt.getvalue()) // 2], "a damaged or truncated torch file"),
+    }
+
+
+@pytest.mark.parametrize("flag", ["--resume", "--pretrained"])
+def test_a_file_that_is_not_a_torch_file_is_named_for_what_it_is_without_torchs_unsafe_advice(tmp_path, capsys, flag):
+    for name, (payload, words) in _not_torch_files(tmp_path).items():
+        (tmp_path / name).write_bytes(payload)
+        args = ["--resume", str(tmp_path / name)] if flag == "--resume" else \
+            TINY + ["--epochs", "1", "--pretrained", str(tmp_path / name), "--output", str(tmp_path / "out")]
+        code, _, err = run_cli(args, capsys)
+        line = single_error_line(err)
+        assert code == 2 and words in line, (name, line)
+        assert "weights_only" not in line and "False" not in line and "101" not in line, line
+        assert not os.path.exists("/nonexistent-adautomix-would-be-created")
+    assert not (tmp_path / "out").exists()
+
+
 def test_resume_of_a_run_that_never_checkpointed_says_so(tmp_path, capsys):
     folder = tmp_path / "early"
     folder.mkdir()

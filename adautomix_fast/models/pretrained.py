@@ -30,6 +30,7 @@ import torch.nn as nn
 import torchvision
 
 from ..errors import UsageError
+from ..torchfiles import load_failure
 from .base import Classifier
 from .deit import import_timm
 from .specs import arch_spec
@@ -131,7 +132,9 @@ def read_state_dict(path: str) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # not a torch file, truncated, pickled objects, ...
-        raise UsageError(f"--pretrained {path}: not a readable state dict ({_one_line(exc)})") from None
+        reason = _one_line(exc) if path.endswith(".safetensors") else load_failure(path, exc)
+        raise UsageError(f"--pretrained {path}: not a readable state dict: {reason}; pass a state dict file "
+                         "(.pth, .pt, .bin or .safetensors) or an --export of this engine") from None
     if isinstance(obj, dict) and obj.get("format") == "adautomix_fast" and isinstance(obj.get("model"), dict):
         model = obj["model"]   # one of this engine's checkpoints: its teacher (else its student)
         prefix = "teacher." if any(k.startswith("teacher.") for k in model) else "student."
