@@ -221,8 +221,10 @@ def load(path: str) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UsageError(f"--resume {path}: not a checkpoint of this engine: {load_failure(path, e)}; pass the "
-                         "checkpoint-last.pt or checkpoint-best.pt of a run folder, or the folder") from None
+        reason = load_failure(path, e)
+        what = "not a readable checkpoint file" if "damaged" in reason else "not a checkpoint of this engine"
+        raise UsageError(f"--resume {path}: {what}: {reason}; pass the checkpoint-last.pt or checkpoint-best.pt "
+                         "of a run folder, or the folder") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != "adautomix_fast" or "config" not in ckpt:
         raise UsageError(f"--resume {path}: not a checkpoint of this engine (a torch file without its "
                          "run state); pass the checkpoint-last.pt or checkpoint-best.pt of a run folder")
