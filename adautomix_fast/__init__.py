@@ -10,6 +10,7 @@ Public API:
 Command line: ``python -m adautomix_fast.train --help``.
 """
 
+from . import cputhreads  # noqa: F401  (first: its start-up sample of the CPUs' load)
 from .methods.adautomix import AdAutoMix, MixPlan, mixed_cross_entropy
 from .config import PRESETS, Config, resolve
 from .optim import build_optimizer

@@ -23,6 +23,7 @@ import torch
 import yaml
 
 from . import checkpoint as ckpt_lib
+from . import cputhreads
 from . import distributed
 from . import precision as precision_lib
 from .config import ARCHS, DATA_BACKENDS, DATASETS, GEN_KERNELS, IMPLS, PRESETS, Config, resolve
@@ -352,6 +353,8 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
         raise UsageError(f"--stop-after must be at least 1 (got {stop_after})")
 
     device = dist_device if dist_device is not None else pick_device(cfg.device)
+    if resumed is not None and device.type == "cpu":
+        cputhreads.keep_for_resume(resumed.get("cpu_threads"))
     # Defaults that depend on the device: channels-last on a GPU; the precision (cfg.amp None:
     # bf16 only where the device computes it natively) is resolved by Precision below and
     # recorded with its reason, while cfg.amp keeps the user's choice (a checkpoint resumed on
@@ -444,6 +447,9 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
     method = METHODS[cfg.method]
     details = [method.describe(cfg, image_side(cfg)), recipe_settings(cfg), f"device {device}", f"data {info.backend}",
                precision.reason, f"impl {impl}"]
+    if device.type == "cpu":
+        threads = cputhreads.describe()
+        details.append(f"{threads['cpu_threads']} CPU threads ({threads['cpu_threads_reason']})")
     if hasattr(model.student, "describe"):   # a library backbone: what was read from it
         recipe = arch_spec(cfg.arch).options.get("recipe") if is_library_arch(cfg.arch) else None
         details.append(f"backbone {model.student.describe()}, "
@@ -561,6 +567,7 @@ def _train(cfg, args, trainer: Trainer, summary: str, impl: str, stop_after, res
                 "gen_kernels": getattr(getattr(trainer.model, "generator", None), "kernels", None),
                 "method": trainer.cfg.method, "precision": trainer.precision.describe(),
                 "precision_reason": trainer.precision.reason, **precision_facts(trainer.device),
+                **cputhreads.describe(),
                 **({"lr_override": lr_changes} if lr_changes else {})})
 
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, trainer.epoch + stop_after)
@@ -620,6 +627,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def cli() -> None:
+    cputhreads.configure()   # the command line only: a library caller keeps its own thread count
     sys.exit(main())
 
 

@@ -125,6 +125,7 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "step": self.step.state_dict(), "rng": {"ranks": ranks},
             "metrics": self.metrics, "best_top1": self.best, "torch_version": str(torch.__version__),
+            "cpu_threads": torch.get_num_threads(),   # CPU results depend on it: a resume keeps it
         }
 
     def save(self, best: bool = False, records: Optional[dict] = None) -> None:

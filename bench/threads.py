@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,7 +73,7 @@ def train_epoch_seconds(arch: str, precision: str, env_extra: dict, epochs: int,
     start = next(r for r in records if r.get("type") == "start")
     return {"epoch_s": epoch["train_time_s"], "img_per_s": epoch["img_per_s"], "wall_s": wall,
             "precision": start.get("precision"), "threads": start.get("cpu_threads"),
-            "wait_policy": start.get("omp_wait_policy")}
+            "threads_reason": start.get("cpu_threads_reason")}
 
 
 def run(settings: list[str], cotenants: list[str], arch: str, precision: str, epochs: int, repeats: int,
@@ -101,7 +102,6 @@ def run(settings: list[str], cotenants: list[str], arch: str, precision: str, ep
 
 def table(rows: list[dict]) -> str:
     """Median epoch seconds per (setting, co-tenant), and each co-tenant's slowdown over alone."""
-    import statistics
     settings = list(dict.fromkeys(r["setting"] for r in rows))
     cotenants = list(dict.fromkeys(r["cotenant"] for r in rows))
     med = {}

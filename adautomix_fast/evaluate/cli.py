@@ -17,6 +17,7 @@ import logging
 import sys
 from typing import Optional
 
+from .. import cputhreads
 from ..errors import UsageError
 from .compare import compare
 from .context import PROTOCOLS, SUITES, EvalOptions
@@ -150,6 +151,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 def cli() -> None:
+    cputhreads.configure()   # the command line only: a library caller keeps its own thread count
     sys.exit(main())
 
 
