@@ -32,6 +32,8 @@ import tempfile
 import time
 from typing import Optional
 
+from bench.common import cpu_model, slugify
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # name -> environment additions; "engine" adds nothing (the engine's own choice).
@@ -139,7 +141,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     if unknown:
         print(f"error: unknown setting or co-tenant {unknown}", file=sys.stderr)
         return 2
-    from bench.common import cpu_model, slugify   # torch is imported here only, after the arguments
     rows = run(settings, cotenants, args.arch, args.precision, args.epochs, args.repeats, args.timeout)
     text = table(rows)
     print(text)
