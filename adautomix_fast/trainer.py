@@ -13,6 +13,7 @@ checkpoints in the middle of an epoch). The data order and augmentation are func
 
 from __future__ import annotations
 
+import csv
 import os
 import resource
 import signal
@@ -60,6 +61,21 @@ def peak_memory_mib(device: torch.device) -> float:
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2 ** 20 if sys.platform == "darwin" else rss / 2 ** 10
+
+
+# Images of the fixed batch the generator's mask statistics are measured on (one trunk pass to
+# the tap and one generator forward per epoch: enough images to average over, still cheap).
+MASK_DIAGNOSTIC_IMAGES = 128
+
+
+def summary_csv_columns(path: str) -> Optional[list[str]]:
+    """The header of an existing summary.csv, or None when there is none yet."""
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            header = next(csv.reader(f), None)
+    except OSError:
+        return None
+    return header or None
 
 
 class Trainer:
@@ -238,6 +254,44 @@ class Trainer:
             self.say(f"note: the epoch-{epoch} pictures were not drawn ({type(exc).__name__}: "
                      f"{' '.join(str(exc).split())[:200]})")
 
+    @torch.no_grad()
+    def mask_diagnostics(self) -> dict:
+        """``mask_spread`` and ``mask_lambda_gap`` of the generator's masks (methods with a learned
+        generator; {} for the others), measured like ``draw`` works: outside the step, on a fixed
+        batch (the first validation images, evaluation transform), from a plan drawn by a
+        generator of its own. Its seed is the same at every epoch (``draw``'s seed for epoch 0), so
+        the numbers change only with the weights, not with the lambdas drawn. The training RNG,
+        the compiled graph and every buffer are left as they were (the model's
+        ``mask_diagnostics`` runs in eval mode). A failure is reported, never fatal."""
+        model = self.model
+        if getattr(model, "generator", None) is None:
+            return {}
+        try:
+            if getattr(self, "_diagnostic_batch", None) is None:   # read once per process
+                # A DataLoader draws its workers' base seed from the CPU generator when iterated:
+                # forked, so the training's random stream (and exact resume) stays as it was.
+                with torch.random.fork_rng(devices=[]):
+                    x, y = next(iter(self.val_loader))
+                k = MASK_DIAGNOSTIC_IMAGES
+                self._diagnostic_batch = (x[:k].to(self.device).float(), y[:k].to(self.device))
+            x, y = self._diagnostic_batch
+            gen = torch.Generator(device=x.device).manual_seed(self.cfg.seed * 1000)
+            plan = model.sample_plan(x.shape[0], generator=gen, image_size=tuple(x.shape[-2:]))
+            plan = model.complete_plan(x, y, plan)
+            stats = model.mask_diagnostics(x, y, plan)
+        except Exception as exc:  # a diagnostic must never cost a training run
+            self.say(f"note: the generator's mask statistics were not measured ({type(exc).__name__}: "
+                     f"{' '.join(str(exc).split())[:200]})")
+            return {}
+        return dict(stats or {})
+
+    def summary_diagnostics(self, diagnostics: dict) -> dict:
+        """The diagnostics that go into this run's summary.csv: all of them, unless the file
+        already has a header without them (a run started before they were recorded, resumed):
+        a row longer than its header would be dropped as torn by every reader."""
+        header = summary_csv_columns(self.folder.file("summary.csv"))
+        return {k: v for k, v in diagnostics.items() if header is None or k in header}
+
     def evaluate(self, progress: bool = False) -> dict:
         """Top-1/top-5 of the four heads over the whole validation set (collective)."""
         average_buffers_(self.model, self.ctx)
@@ -317,6 +371,7 @@ class Trainer:
             self.check_finite()
             self.epoch, self.batch_in_epoch = epoch + 1, 0
             self.metrics = self.evaluate()
+            diagnostics = self.mask_diagnostics() if self.ctx.primary else {}
             top1 = self.metrics[f"{self.model.HEADLINE}_top1"]
             is_best = top1 > self.best
             self.best = max(self.best, top1)
@@ -324,9 +379,10 @@ class Trainer:
             record = {"type": "epoch", "epoch": epoch + 1, "step": self.step.global_step, "train_time_s": train_time,
                       "img_per_s": trained / train_time, **{f"train_{k}": v for k, v in train_stats.items()},
                       **self.metrics, "best_top1": self.best, "peak_memory_mib": peak_memory_mib(self.device),
-                      "skipped_corrupt": len(getattr(self.train_loader, "skipped", ()))}
+                      "skipped_corrupt": len(getattr(self.train_loader, "skipped", ())), **diagnostics}
             row = {"epoch": epoch + 1, "lr": train_stats.get("lr"), "train_loss": train_stats.get("loss"),
-                   **{k: self.metrics[k] for k in self.metrics if k != "images"}, "best_top1": self.best}
+                   **{k: self.metrics[k] for k in self.metrics if k != "images"}, "best_top1": self.best,
+                   **self.summary_diagnostics(diagnostics)}
             # The checkpoint first, then the epoch's records: a failed save records nothing, and
             # a run resumed from this checkpoint writes any records the process did not.
             self.save(best=is_best, records={"log": record, "summary": row})

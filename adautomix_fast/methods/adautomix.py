@@ -31,7 +31,7 @@ from ..numerics import at_least_fp32, fp32_region
 from ..errors import UsageError
 from ..segmented_bn import segmented_norms, snapshot_batch_stats
 from .base import DataFacts, MixModel, sample_beta
-from .generator import MaskGenerator, mix_images
+from .generator import MaskGenerator, mask_statistics, mix_images
 from .options import FAMILIES, Option
 
 GEN_OBJECTIVES = ("alternate", "adversarial", "cooperative")
@@ -424,12 +424,12 @@ class AdAutoMix(MixModel):
         ema, model = self.ema_pairs()
         ema_update_(ema, model, momentum)
 
-    # ------------------------------------------------------------------ pictures
+    # ------------------------------------------------------------------ pictures and diagnostics
     @torch.no_grad()
-    def visualize(self, x: torch.Tensor, y: torch.Tensor, plan: MixPlan, count: int = 4) -> dict:
-        """The generator-side batch of one step (sources, masks, mixed images, lambdas) for the
-        first ``count`` samples, with the teacher in eval mode (running statistics) so that
-        drawing changes no state."""
+    def generated_mix(self, x: torch.Tensor, plan: MixPlan) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mixed images, masks [B,N,H,W] fp32) of the plan's generator-side tuple, with the
+        teacher and G in eval mode (running statistics), so that nothing of the training state
+        changes: no BatchNorm buffer, no random number, no gradient."""
         was = (self.teacher.training, self.generator.training)
         self.teacher.eval()
         self.generator.eval()
@@ -440,10 +440,26 @@ class AdAutoMix(MixModel):
         finally:
             self.teacher.train(was[0])
             self.generator.train(was[1])
+        return mixed, masks.float()
+
+    @torch.no_grad()
+    def visualize(self, x: torch.Tensor, y: torch.Tensor, plan: MixPlan, count: int = 4) -> dict:
+        """The generator-side batch of one step (sources, masks, mixed images, lambdas) for the
+        first ``count`` samples, with the teacher in eval mode (running statistics) so that
+        drawing changes no state."""
+        mixed, masks = self.generated_mix(x, plan)
         k = min(count, x.shape[0])
         sources = torch.stack([x[plan.index_gen[i, :k]] for i in range(plan.index_gen.shape[0])])
-        return {"sources": sources, "masks": masks[:k].float(), "mixed": mixed[:k], "lam": plan.lam_gen,
+        return {"sources": sources, "masks": masks[:k], "mixed": mixed[:k], "lam": plan.lam_gen,
                 "title": f"{self.name} generator-side mix"}
+
+    @torch.no_grad()
+    def mask_diagnostics(self, x: torch.Tensor, y: torch.Tensor, plan: MixPlan) -> Optional[dict[str, float]]:
+        """``mask_spread`` and ``mask_lambda_gap`` (`generator.mask_statistics`) of the masks G
+        makes for the plan's generator-side tuple on the batch x: one trunk pass to the tap and
+        one generator forward, in eval mode (`generated_mix`)."""
+        _, masks = self.generated_mix(x, plan)
+        return mask_statistics(masks, plan.lam_gen)
 
 
 def _sum_or_zero(parts: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:

@@ -248,7 +248,14 @@ class MixModel(nn.Module):
             out[name] = getattr(network, head)(pooled[key])
         return out
 
-    # ------------------------------------------------------------------ pictures
+    # ------------------------------------------------------------------ pictures and diagnostics
+    def mask_diagnostics(self, x: torch.Tensor, y: torch.Tensor, plan) -> Optional[dict[str, float]]:
+        """Statistics of the masks a learned generator makes on the batch x for ``plan``
+        (``mask_spread``, ``mask_lambda_gap``: `generator.mask_statistics`), computed without
+        changing any state; None for methods without a generator (their masks are drawn, not
+        learned)."""
+        return None
+
     def visualize(self, x: torch.Tensor, y: torch.Tensor, plan, count: int = 4) -> dict[str, Any]:
         """The mixed samples of one step for the training pictures (computed outside the step,
         without gradients): ``sources`` [N,K,C,H,W], ``masks`` [K,N,H,W] or None, ``mixed``

@@ -82,6 +82,29 @@ def upsample_softmax_mix_reference(m: torch.Tensor, x: torch.Tensor, index: torc
     return (x_mix, masks) if return_masks else x_mix
 
 
+def mask_statistics(masks: torch.Tensor, lam: torch.Tensor) -> dict[str, float]:
+    """How spatial the generated masks are and how far each slot's share is from its lambda
+    (docs/training.md, "The generator's masks").
+
+    masks: [B,N,H,W] (each pixel's weights over the N slots); lam: [N] (one ratio per slot, the
+    same for every image) or [B,N]. Returns
+
+    * ``mask_spread``: the standard deviation over the pixels of one image's mask for one slot
+      (population std: a mask that is 0 on one half and 1 on the other has 0.5), averaged over
+      the images and the slots. 0 for masks that are constant in space (a global blend, as plain
+      mixup), up to 0.5 for binary masks that cover half the image.
+    * ``mask_lambda_gap``: |mean over the pixels of M_i - lambda_i|, averaged over the images and
+      the slots: how far the area each image gets is from the ratio its label is weighted by.
+    """
+    m = masks.detach().float().flatten(2)                      # [B,N,P]
+    lam = lam.detach().float().to(m.device)
+    if lam.dim() == 1:
+        lam = lam.unsqueeze(0)                                 # [1,N]: the same ratios for every image
+    spread = m.std(dim=2, unbiased=False).mean()
+    gap = (m.mean(dim=2) - lam).abs().mean()
+    return {"mask_spread": float(spread), "mask_lambda_gap": float(gap)}
+
+
 def resolve_gen_kernels(choice: str, impl: str, device: torch.device) -> str:
     """Which implementation of the generator's ops runs: "triton" or "torch".
 
@@ -215,5 +238,6 @@ __all__ = [
     "upsample_softmax_mix_reference",
     "upsample_masks",
     "mix_images",
+    "mask_statistics",
 ]
 
