@@ -1,4 +1,6 @@
-"""``summary.csv`` as training curves: top-1 of every head, the losses and the learning rate.
+"""``summary.csv`` as training curves: top-1 of every head, the losses, the learning rate and, for
+methods with a learned generator, the statistics of its masks (``mask_spread``,
+``mask_lambda_gap``: docs/training.md, "The generator's masks").
 
 The trainer calls ``render_training_curves(folder.file("summary.csv"), folder.file("curves.png"))``
 after each epoch's row (primary rank only); it reads the file, so it costs nothing during steps.
@@ -12,6 +14,9 @@ import os
 from ..errors import UsageError
 from ..records import read_csv_rows
 from . import plots
+
+# The generator's mask statistics (trainer.Trainer.mask_diagnostics): a fourth panel when present.
+MASK_COLUMNS = ("mask_spread", "mask_lambda_gap")
 
 
 def _number(value) -> float:
@@ -33,13 +38,16 @@ def read_summary(summary_csv: str) -> dict[str, list[float]]:
 
 def render_training_curves(summary_csv: str, png: str) -> str:
     """Write ``png``: top-1 of each head (and top-5 dashed), every loss column and the lr against
-    the epoch. The PNG carries the plotted columns as JSON (``plots.read_data``)."""
+    the epoch, and the generator's mask statistics where the run has them. The PNG carries the
+    plotted columns as JSON (``plots.read_data``)."""
     cols = read_summary(summary_csv)
     epochs = cols.get("epoch") or list(range(1, len(next(iter(cols.values()))) + 1))
     top1 = [k for k in cols if k.endswith("_top1") and k != "best_top1"]
     losses = [k for k in cols if "loss" in k]
+    masks = [k for k in MASK_COLUMNS if k in cols]
     plt = plots.pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    panels = 4 if masks else 3
+    fig, axes = plt.subplots(1, panels, figsize=(13 * panels / 3, 3.6))
     ax = axes[0]
     for k in top1:
         line, = ax.plot(epochs, cols[k], marker="o", markersize=2, label=k[:-5])
@@ -65,6 +73,16 @@ def render_training_curves(summary_csv: str, png: str) -> str:
     ax.set_title("learning rate")
     ax.set_xlabel("epoch")
     ax.grid(alpha=0.3)
-    data = {"epoch": epochs, **{k: cols[k] for k in top1 + losses + (["lr"] if "lr" in cols else [])}}
+    if masks:
+        ax = axes[3]
+        labels = {"mask_spread": "spread (std over pixels)", "mask_lambda_gap": "|mean - lambda|"}
+        for k in masks:
+            ax.plot(epochs, cols[k], marker="o", markersize=2, label=labels[k])
+        ax.set_title("generator masks (0 spread: global blends)")
+        ax.set_xlabel("epoch")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    data = {"epoch": epochs, **{k: cols[k] for k in top1 + losses + (["lr"] if "lr" in cols else []) + masks}}
     data = {k: [None if isinstance(v, float) and math.isnan(v) else v for v in vs] for k, vs in data.items()}
     return plots.save(fig, png, data)
