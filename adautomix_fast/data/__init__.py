@@ -9,6 +9,12 @@ Augmentation is reproducible from ``(seed, epoch, index)`` whatever the number o
 ranks (see :mod:`.sampling`). Every user-facing data problem raises a one-line
 :class:`~adautomix_fast.errors.DataError`, including one met inside a worker process.
 
+CIFAR-10/100 are read from the python pickles or from class folders of image files (decoded
+once into the same in-memory arrays, :mod:`.decode`); a ``folder`` data set whose images are all
+small (at most 64 px) is decoded into memory too and trains at its size with the small-image
+recipe. ``train_subset=N`` trains on a fixed class-balanced subset (:mod:`.subset`).
+``info.layout`` says what was read.
+
 Two backends behind the same loader interface: ``torch`` (torchvision transforms in a
 DataLoader, :mod:`.sampling`) and ``dali`` (NVIDIA DALI pipelines, :mod:`.dali`, decoding on
 the GPU when the device is CUDA). ``backend="auto"`` picks dali when DALI imports and the device
@@ -24,11 +30,13 @@ from typing import Optional
 import torch
 
 from ..errors import DataError, UsageError
-from .arrays import load_cifar, load_digits
+from .arrays import CIFAR_SIZE, CIFAR_TITLE, ArraySplit, load_cifar, load_digits
 from .dali import INSTALL_HINT, build_dali_loader, dali_import_error, resolve_backend
+from .decode import SMALL_SIDE, common_side, decode_split, first_look_small, stack
 from .finegrained import LOADERS
 from .fingerprint import check_resume_data, split_fingerprint
-from .folders import check_headers, load_folder
+from .folders import FolderSplit, check_headers, load_folder
+from .subset import balanced_subset
 from .sampling import EpochLoader, EvalBatchSampler, SeededDataset, SkipLog, TrainBatchSampler
 from .transforms import FINEGRAINED, NORMALIZATION, AugmentRecipe, build_transforms
 
@@ -42,8 +50,8 @@ DATA_ENV = "ADAUTOMIX_DATA"  # if --data-dir is not given: $ADAUTOMIX_DATA/<data
 
 # What --data-dir must point at, for the messages.
 _LAYOUT = {
-    "cifar10": "the extracted cifar-10-batches-py folder or its parent",
-    "cifar100": "the extracted cifar-100-python folder or its parent",
+    "cifar10": "the extracted cifar-10-batches-py folder or its parent, or a folder with train/ and test/",
+    "cifar100": "the extracted cifar-100-python folder or its parent, or a folder with train/ and test/",
     "tiny-imagenet": "tiny-imagenet-200, or a folder with train/ and val/",
     "imagenet": "a folder with train/ and val/",
     "folder": "a folder with train/ and val/",
@@ -67,8 +75,23 @@ class DataInfo:
     class_names: list[str]
     backend: str = "torch"  # the resolved data backend: "torch" or "dali"
     # Identifies the training split (data/fingerprint.py): a checkpoint records it with
-    # train_size, so that a resume on other data is noticed. None: not known.
+    # train_size, so that a resume on other data is noticed. None: not known. With a subset,
+    # the subset's (its images, or files, only).
     train_fingerprint: Optional[str] = None
+    # What was read, for the run summary, e.g. "python pickles (cifar-10-batches-py)" or "class
+    # folders train/ + test/ (JPEG), decoded into memory"; a folder of small images adds the
+    # recipe it trains with.
+    layout: Optional[str] = None
+    # --train-subset: the subset's size (then train_size too) and the whole training split's size.
+    train_subset: Optional[int] = None
+    full_train_size: Optional[int] = None
+
+    def describe(self) -> str:
+        """The layout and the subset as one phrase for the run summary."""
+        parts = [self.layout] if self.layout else []
+        if self.train_subset is not None:
+            parts.append(f"class-balanced subset of {self.train_subset} of {self.full_train_size} training images")
+        return ", ".join(parts)
 
 
 def _check_name(name: str) -> None:
@@ -106,19 +129,25 @@ def resolve_data_dir(name: str, data_dir: str | None) -> str | None:
     )
 
 
+_FINEGRAINED_LAYOUT = {"cub200": "CUB_200_2011 lists", "aircraft": "fgvc-aircraft-2013b lists",
+                      "cars": "stanford_cars .mat files"}
+
+
 def _read_splits(name: str, root: str | None):
+    """``(train, val, class_names, layout, decode)``; ``decode``: None, "cifar" (class folders
+    of 32x32 CIFAR images to decode) or "small" (a folder to decode if its images are small)."""
     if name == "digits":
-        return load_digits()
+        return (*load_digits(), "scikit-learn digits (bundled)", None)
     if name in ("cifar10", "cifar100"):
         return load_cifar(name, root)
     if name in FINEGRAINED:
-        return LOADERS[name](root)
-    return load_folder(name, root)
+        return (*LOADERS[name](root), _FINEGRAINED_LAYOUT[name], None)
+    return (*load_folder(name, root), "small" if name == "folder" else None)
 
 
 def _load_splits(name: str, root: str | None):
-    """(train, val, class_names) for a data set; scans and validates everything it can."""
-    train, val, class_names = _read_splits(name, root)
+    """(train, val, class_names, layout, decode) for a data set; scans and validates everything it can."""
+    train, val, class_names, layout, decode = _read_splits(name, root)
     # Training on a single class reaches 100% top-1 without learning anything, whichever reader
     # produced it (one class folder, one label in a CUB or CIFAR file, one variant listed).
     present = sorted(set(train.targets))
@@ -126,7 +155,45 @@ def _load_splits(name: str, root: str | None):
         only = f"one class ({class_names[present[0]]})" if present and 0 <= present[0] < len(class_names) else "no class"
         raise DataError(f"{name}: the training images in {root} are of {only} and a classifier needs at least two; "
                         f"point --data-dir at a data set with two or more classes ({_LAYOUT.get(name, 'a folder per class')})")
-    return train, val, class_names
+    return train, val, class_names, layout, decode
+
+
+def _take(split, keep):
+    """The items ``keep`` (sorted indices) of a split, as a split of the same kind."""
+    if isinstance(split, ArraySplit):
+        return ArraySplit(split.images[keep], split.labels[keep])
+    return FolderSplit([split.samples[i] for i in keep])   # every file reader's split
+
+
+def _decode(name: str, kind: str, train, val, *, workers: int, skip_corrupt: bool, skipped: SkipLog):
+    """Decode the FolderSplits ``train`` and ``val`` into ArraySplits (:mod:`.decode`):
+    ``(train, val, side, note)``, or None for a ``folder`` set that is not all small."""
+    common = dict(dataset=name, workers=workers, skip_corrupt=skip_corrupt, skipped=skipped)
+    if kind == "cifar":
+        hint = (f"; {CIFAR_TITLE[name]} images are 32x32: point --data-dir at {CIFAR_TITLE[name]} itself, or train "
+                "on other images with --dataset folder")
+        out = [decode_split(split.samples, split=which, exact=CIFAR_SIZE, exact_hint=hint, **common)
+               for split, which in ((train, "training"), (val, "validation"))]
+    else:
+        if not first_look_small(train.samples + val.samples):
+            return None
+        out = []
+        for split, which in ((train, "training"), (val, "validation")):
+            result = decode_split(split.samples, split=which, max_side=SMALL_SIDE, **common)
+            if result is None:   # an image larger than SMALL_SIDE: the 224-px recipe
+                return None
+            out.append(result)
+    side = CIFAR_SIZE[0] if kind == "cifar" else common_side([a for arrays, _ in out for a in arrays])
+    (train_arrays, train_labels), (val_arrays, val_labels) = out
+    train_images, train_labels, resized = stack(train_arrays, train_labels, side)
+    val_images, val_labels, val_resized = stack(val_arrays, val_labels, side)
+    resized += val_resized
+    if kind == "cifar":
+        note = "decoded into memory"
+    else:
+        note = (f"small images ({side}x{side} px" + (f"; {resized} of other sizes resized to it" if resized else "")
+                + ") decoded into memory")
+    return ArraySplit(train_images, train_labels), ArraySplit(val_images, val_labels), side, note
 
 
 def build_loaders(
@@ -148,6 +215,7 @@ def build_loaders(
     augment: bool = True,
     dtype: torch.dtype = torch.float32,
     recipe: Optional[AugmentRecipe] = None,
+    train_subset: Optional[int] = None,
 ):
     """Returns ``(train_loader, val_loader, info)``; validates the data before returning (a
     training split of fewer than two classes is a DataError). ``info.train_fingerprint``
@@ -172,7 +240,16 @@ def build_loaders(
     images (a view of its NHWC output); the torch backend ignores it. augment=False gives the
     training split the evaluation transform (no random crop or flip): for tests. dtype:
     float32, or float16 with dali. recipe: an architecture recipe's crop, interpolation and
-    RandAugment (:class:`~.transforms.AugmentRecipe`; torch backend only).
+    RandAugment (:class:`~.transforms.AugmentRecipe`; torch backend only). train_subset: train
+    on this many images of the training split, a fixed class-balanced choice independent of
+    ``seed`` (:mod:`.subset`; ``info.train_subset``, ``info.full_train_size``); evaluation
+    keeps the whole split. A subset larger than the split or smaller than its number of
+    classes is a one-line DataError.
+
+    Layouts: CIFAR class folders, and ``folder`` sets whose images are all at most 64 px, are
+    decoded once into in-memory arrays (``workers`` processes) and then load like the CIFAR
+    pickles; such a ``folder`` set trains at its images' size with the small-image recipe
+    (pad crop + flip, evaluation as is). ``info.layout`` describes what was read.
 
     The DALI pipelines implement the published ResNet augmentation only: the fine-grained sets
     (resize, then a 0.5-1 crop) and any recipe run on the torch backend ("auto" picks it), and
@@ -196,20 +273,35 @@ def build_loaders(
     resolved = "torch" if torch_only and backend in ("auto", "torch") else resolve_backend(backend, device)
 
     root = resolve_data_dir(name, data_dir)
-    train_split, val_split, class_names = _load_splits(name, root)
+    where = root or "the bundled digits set"
+    train_split, val_split, class_names, layout, decode = _load_splits(name, root)
+    full_train_size = len(train_split)
+    if train_subset is not None:
+        # Chosen before decoding: a subset run decodes only its own training images.
+        train_split = _take(train_split, balanced_subset(train_split.targets, train_subset, name, where))
     if not skip_corrupt and hasattr(val_split, "samples"):
         check_headers(val_split.samples, "validation")
-    train_tf, eval_tf, size = build_transforms(name, image_size, recipe)
+    skipped = SkipLog()
+    small_native = None
+    if decode is not None:
+        decoded = _decode(name, decode, train_split, val_split, workers=workers, skip_corrupt=skip_corrupt,
+                          skipped=skipped)
+        if decoded is not None:
+            train_split, val_split, side, note = decoded
+            layout = f"{layout}, {note}"
+            small_native = side if decode == "small" else None
+    train_tf, eval_tf, size = build_transforms(name, image_size, recipe, small_native)
+    if small_native is not None:
+        how = f"--train-crop {recipe.train_crop}" if recipe.train_crop else "pad crop + flip"
+        layout += f", trained at {size} px with the small-image recipe ({how})"
 
     train_sampler = TrainBatchSampler(len(train_split), batch_size, seed=seed, rank=rank, world_size=world_size)
     if len(train_sampler) == 0:
-        where = root or "the bundled digits set"
         shard = f" of this rank's shard (rank {rank} of {world_size})" if world_size > 1 else ""
         raise DataError(
             f"--batch-size {batch_size} is larger than the {train_sampler.shard_size} training images{shard} "
             f"in {where}; use --batch-size {max(1, train_sampler.shard_size)} or less"
         )
-    skipped = SkipLog()
     if resolved == "dali":
         common = dict(batch_size=batch_size, size=size, seed=seed, rank=rank, world_size=world_size,
                       workers=workers, device=device, dtype=dtype, channels_last=channels_last,
@@ -238,5 +330,8 @@ def build_loaders(
         class_names=list(class_names),
         backend=resolved,
         train_fingerprint=split_fingerprint(train_split),
+        layout=layout,
+        train_subset=train_subset,
+        full_train_size=full_train_size,
     )
     return train_loader, val_loader, info

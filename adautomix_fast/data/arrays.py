@@ -1,7 +1,11 @@
-"""In-memory data sets: scikit-learn digits (bundled) and CIFAR-10/100 (python-pickle layout).
+"""In-memory data sets: scikit-learn digits (bundled) and CIFAR-10/100.
 
-Each loader returns ``(train, val, class_names)`` where ``train``/``val`` are :class:`ArraySplit`
-objects holding uint8 HWC images; indexing one gives ``(uint8 CHW tensor, int label)``.
+:func:`load_digits` returns ``(train, val, class_names)`` where ``train``/``val`` are
+:class:`ArraySplit` objects holding uint8 HWC images; indexing one gives ``(uint8 CHW tensor,
+int label)``. CIFAR comes in two layouts (:func:`load_cifar`): the python pickles of the
+official archives, read into ArraySplits here, or class folders of image files (``train/`` and
+``test/`` or ``val/``, as fastai, Kaggle and Hugging Face exports hold it), scanned here and
+decoded into the same arrays by :mod:`.decode`.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 import codecs
 import os
 import pickle
-from typing import Any
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -21,6 +25,7 @@ except ImportError:  # numpy 1
     from numpy.core import multiarray as _np_multiarray, numeric as _np_numeric
 
 from ..errors import DataError
+from .folders import FolderSplit, _class_folders, _scan, _scan_val, find_eval_split, tree_formats
 
 # The digits split is fixed, independent of the run seed, so every run (and every seed of a
 # sweep) is evaluated on the same 360 images.
@@ -48,6 +53,28 @@ _CIFAR = {
         "names": "fine_label_names",
     },
 }
+
+
+# torchvision's ``CIFAR10(...).classes`` / ``CIFAR100(...).classes``: the label names of the
+# archives' batches.meta / meta files, in label order. Both lists are in sorted order, so a
+# class-folder tree named after them gets torchvision's indices from sorted folder names
+# (ImageFolder's rule).
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+CIFAR100_CLASSES = (
+    "apple", "aquarium_fish", "baby", "bear", "beaver", "bed", "bee", "beetle", "bicycle", "bottle",
+    "bowl", "boy", "bridge", "bus", "butterfly", "camel", "can", "castle", "caterpillar", "cattle",
+    "chair", "chimpanzee", "clock", "cloud", "cockroach", "couch", "crab", "crocodile", "cup", "dinosaur",
+    "dolphin", "elephant", "flatfish", "forest", "fox", "girl", "hamster", "house", "kangaroo", "keyboard",
+    "lamp", "lawn_mower", "leopard", "lion", "lizard", "lobster", "man", "maple_tree", "motorcycle", "mountain",
+    "mouse", "mushroom", "oak_tree", "orange", "orchid", "otter", "palm_tree", "pear", "pickup_truck", "pine_tree",
+    "plain", "plate", "poppy", "porcupine", "possum", "rabbit", "raccoon", "ray", "road", "rocket",
+    "rose", "sea", "seal", "shark", "shrew", "skunk", "skyscraper", "snail", "snake", "spider",
+    "squirrel", "streetcar", "sunflower", "sweet_pepper", "table", "tank", "telephone", "television", "tiger",
+    "tractor", "train", "trout", "tulip", "turtle", "wardrobe", "whale", "willow_tree", "wolf", "woman", "worm",
+)
+CIFAR_CLASSES = {"cifar10": CIFAR10_CLASSES, "cifar100": CIFAR100_CLASSES}
+CIFAR_TITLE = {"cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+CIFAR_SIZE = (32, 32)
 
 
 class ArraySplit(Dataset):
@@ -176,16 +203,13 @@ def _unpickle(path: str, name: str) -> dict:
         ) from None
 
 
-def _find_cifar_root(name: str, data_dir: str) -> str:
-    """Accept the extracted folder itself or its parent."""
+def _find_cifar_root(name: str, data_dir: str) -> Optional[str]:
+    """The pickle folder: the extracted folder itself or its parent; None when neither holds it."""
     spec = _CIFAR[name]
     for cand in (data_dir, os.path.join(data_dir, spec["folder"])):
         if os.path.isfile(os.path.join(cand, spec["train"][0])):
             return cand
-    raise DataError(
-        f"{name}: no {spec['folder']}/{spec['train'][0]} in {data_dir}; download {spec['archive']} "
-        f"from {CIFAR_URL} and extract it there (tar xzf {spec['archive']} -C {data_dir})"
-    )
+    return None
 
 
 def _read_split(root: str, files: list[str], name: str) -> ArraySplit:
@@ -214,9 +238,26 @@ def _read_split(root: str, files: list[str], name: str) -> ArraySplit:
 
 
 def load_cifar(name: str, data_dir: str):
-    """CIFAR-10 (``name='cifar10'``) or CIFAR-100 fine labels (``'cifar100'``)."""
+    """CIFAR-10 (``name='cifar10'``) or CIFAR-100 fine labels (``'cifar100'``) in either layout:
+    ``(train, val, class_names, layout, decode)``. Pickles: ArraySplits, ``decode`` None. Class
+    folders: FolderSplits of the scanned files, ``decode`` "cifar" (build_loaders decodes them
+    into ArraySplits, every image 32x32)."""
     spec = _CIFAR[name]
     root = _find_cifar_root(name, data_dir)
+    if root is not None:
+        train, val, names = _load_pickles(name, root)
+        return train, val, names, f"python pickles ({os.path.basename(root.rstrip(os.sep)) or root})", None
+    if os.path.isdir(os.path.join(data_dir, "train")):
+        return _scan_cifar_tree(name, data_dir)
+    raise DataError(
+        f"{name}: neither {spec['folder']}/{spec['train'][0]} nor a train/ folder of class folders in {data_dir}; "
+        f"download {spec['archive']} from {CIFAR_URL} and extract it there (tar xzf {spec['archive']} -C {data_dir}), "
+        f"or point --data-dir at a folder with train/ and test/, one folder of images per class"
+    )
+
+
+def _load_pickles(name: str, root: str):
+    spec = _CIFAR[name]
     meta_path = os.path.join(root, spec["meta"])
     try:
         names = [n.decode() if isinstance(n, bytes) else str(n) for n in _get(_unpickle(meta_path, name), spec["names"])]
@@ -233,3 +274,40 @@ def load_cifar(name: str, data_dir: str):
                 f"{meta_path}; re-download {spec['archive']} from {CIFAR_URL}"
             )
     return train, val, names
+
+
+def cifar_class_order(name: str, folders: list[str], train_dir: str) -> tuple[list[str], list[str], str]:
+    """``(folder order, class names, note)`` for the class folders of a CIFAR tree: the folder of
+    label ``i`` is ``order[i]``.
+
+    * torchvision's class names: sorted order, which is torchvision's label order (note "").
+    * The decimal numbers 0..C-1 (an export by label index): label = the number, read
+      numerically (sorted text would put 10 before 2), named with torchvision's names.
+    * Other names: sorted order (ImageFolder's rule), named by the folders.
+
+    Another number of class folders than the data set's classes is a DataError: a partial copy
+    would train a classifier of other classes under CIFAR's name and statistics.
+    """
+    expected = list(CIFAR_CLASSES[name])
+    title = CIFAR_TITLE[name]
+    if len(folders) != len(expected):
+        raise DataError(f"{name}: {train_dir} holds {len(folders)} class folders, {title} has {len(expected)}; "
+                        f"point --data-dir at the whole {title}, or train on these classes with --dataset folder")
+    if sorted(folders) == sorted(expected):
+        return sorted(folders), expected, ""
+    if all(f.isdigit() for f in folders) and sorted(int(f) for f in folders) == list(range(len(expected))):
+        return sorted(folders, key=int), expected, f"numbered class folders read as {title} label indices"
+    return sorted(folders), sorted(folders), "own class names, indices in sorted order"
+
+
+def _scan_cifar_tree(name: str, data_dir: str):
+    train_dir = os.path.join(data_dir, "train")
+    val_dir = find_eval_split(data_dir, name)
+    order, names, note = cifar_class_order(name, _class_folders(train_dir), train_dir)
+    class_to_idx = {c: i for i, c in enumerate(order)}
+    train = _scan(train_dir, class_to_idx)
+    val = _scan_val(val_dir, train_dir, class_to_idx)
+    layout = f"class folders train/ + {os.path.basename(val_dir)}/ ({tree_formats(train + val)})"
+    if note:
+        layout += f", {note}"
+    return FolderSplit(train), FolderSplit(val), names, layout, "cifar"

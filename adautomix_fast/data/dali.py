@@ -33,7 +33,7 @@ Image folders (imagenet, tiny-imagenet, folder)
     longer side truncated like torchvision; centre crop rounded like torchvision), no flip;
     ``pad_last_batch`` + ``stick_to_shard`` + ``LastBatchPolicy.PARTIAL`` so every image of the
     shard is yielded exactly once per pass, in order, and the pipeline is reused across epochs.
-In-memory arrays (digits, cifar10, cifar100)
+In-memory arrays (digits, cifar10 and cifar100 in either layout, ``folder`` of small images)
     ``fn.external_source`` (batch mode) feeds the uint8 HWC images of the torch backend's
     batches (same samplers: same order and sharding) plus per-sample crop offsets and flip
     flags drawn from ``(seed, epoch)`` and indexed by dataset index, so an image's augmentation
@@ -665,7 +665,9 @@ class DaliArrayLoader(_LoaderBase):
         super().__init__(sampler, **kw)
         self.source = _BatchSource(images, labels)
         self.num_images = len(labels)
-        self.native = NATIVE_SIZE[self.name]
+        # The arrays' own side: a ``folder`` data set of small images is held at its size, not
+        # at the 224 px of NATIVE_SIZE.
+        self.native = int(images.shape[1]) if images.ndim == 4 else NATIVE_SIZE[self.name]
         self.pad = max(1, self.size // 8)  # the torch backend's RandomCrop padding
         self.flip = self.augment and self.name != "digits"  # a mirrored digit is another glyph
 

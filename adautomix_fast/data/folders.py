@@ -1,11 +1,13 @@
 """Image-folder data sets: ``tiny-imagenet``, ``imagenet`` and ``folder``.
 
-Layout: ``<root>/train/<class>/**/<image>`` and ``<root>/val/<class>/**/<image>``. Class indices
-are torchvision ``ImageFolder(root/"train")``'s (sorted class folder names; we call its own
-``find_classes``/``make_dataset`` so the two cannot drift), and val folders map to the same
-indices. For tiny-imagenet the raw ``tiny-imagenet-200`` layout is accepted as well: its
-``train/<wnid>/images/*.JPEG`` already is ImageFolder-compatible, and ``val/images/*`` is labelled
-by ``val/val_annotations.txt``.
+Layout: ``<root>/train/<class>/**/<image>`` and ``<root>/<eval>/<class>/**/<image>``, where the
+evaluation split ``<eval>`` is whichever one of ``val``, ``valid``, ``validation`` or ``test``
+exists (:func:`find_eval_split`; tiny-imagenet: ``val``, since its archive also holds an unlabelled
+``test/``). Class indices are torchvision ``ImageFolder(root/"train")``'s (sorted class folder
+names; we call its own ``find_classes``/``make_dataset`` so the two cannot drift), and the
+evaluation folders map to the same indices. For tiny-imagenet the raw ``tiny-imagenet-200``
+layout is accepted as well: its ``train/<wnid>/images/*.JPEG`` already is ImageFolder-compatible,
+and ``val/images/*`` is labelled by ``val/val_annotations.txt``.
 
 Everything is scanned and checked when the loaders are built (before any training); only a
 corrupt image is found late, when it is decoded, and it is then reported by path.
@@ -169,6 +171,11 @@ def _class_folders(split_dir: str) -> list[str]:
     return classes
 
 
+# The names an evaluation split goes by: torchvision/ImageNet say val, Kaggle and fastai exports
+# of CIFAR say test, Hugging Face exports valid or validation.
+EVAL_SPLITS = ("val", "valid", "validation", "test")
+
+
 def _split_dir(root: str, split: str, name: str) -> str:
     path = os.path.join(root, split)
     if not os.path.isdir(path):
@@ -177,6 +184,59 @@ def _split_dir(root: str, split: str, name: str) -> str:
             f"folder of images per class"
         )
     return path
+
+
+def find_eval_split(root: str, name: str, names: tuple[str, ...] = EVAL_SPLITS) -> str:
+    """The evaluation split folder of ``root``: the one of ``names`` that exists. Several that
+    hold class folders are ambiguous (which one is the benchmark's?): a DataError naming them. A
+    folder without class folders beside a labelled one is not a split (ImageNet's unlabelled
+    ``test/``) and is passed over."""
+    present = [n for n in names if os.path.isdir(os.path.join(root, n))]
+    if not present:
+        alternatives = ", ".join(f"{n}/" for n in names[1:-1]) + f" or {names[-1]}/"
+        raise DataError(f"{name}: no evaluation split in {root}: add {os.path.join(root, names[0])} "
+                        f"(or {alternatives}) with one folder of images per class, beside train/")
+    if len(present) > 1:
+        labelled = [n for n in present if _any_subdir(os.path.join(root, n))]
+        if len(labelled) != 1:
+            listed = " and ".join(f"{n}/" for n in (labelled or present))
+            raise DataError(f"{name}: {root} holds several evaluation splits ({listed}); keep one of them "
+                            f"(move or rename the others) so that the run is evaluated on a known split")
+        present = labelled
+    return os.path.join(root, present[0])
+
+
+def scan_tree(train_dir: str, val_dir: str) -> tuple[list[tuple[str, int]], list[tuple[str, int]], list[str]]:
+    """``(train samples, val samples, classes)`` of a class-folder tree, validated: at least two
+    class folders, none empty, every val class also a train class."""
+    classes = _class_folders(train_dir)
+    if len(classes) < 2:
+        # One class trains to a meaningless 100% top-1: every prediction is right.
+        raise DataError(f"{train_dir} holds one class folder ({classes[0]}) and a classifier needs at least two; "
+                        f"put each class's images in a folder of its own under {train_dir}/ (ImageFolder layout)")
+    class_to_idx = {c: i for i, c in enumerate(classes)}  # == ImageFolder(train_dir).class_to_idx
+    return _scan(train_dir, class_to_idx), _scan_val(val_dir, train_dir, class_to_idx), classes
+
+
+def _scan_val(val_dir: str, train_dir: str, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    val_classes = _class_folders(val_dir)
+    unknown = [c for c in val_classes if c not in class_to_idx]
+    if unknown:
+        raise DataError(
+            f"{os.path.basename(val_dir)} class folder {os.path.join(val_dir, unknown[0])} has no counterpart in "
+            f"{train_dir}; rename it to a training class or remove it"
+        )
+    return _scan(val_dir, {c: class_to_idx[c] for c in val_classes})
+
+
+def tree_formats(samples: list[tuple[str, int]]) -> str:
+    """The image formats of a file list as its extensions say, e.g. "JPEG" or "JPEG, PNG" (for
+    the run summary; nothing is read)."""
+    names = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".webp": "WebP", ".tif": "TIFF",
+             ".tiff": "TIFF", ".ppm": "PPM", ".pgm": "PGM", ".pbm": "PBM"}
+    found = {names.get(os.path.splitext(p)[1].lower(), os.path.splitext(p)[1].lstrip(".").upper())
+             for p, _ in samples}
+    return ", ".join(sorted(found))
 
 
 def _tiny_raw_val(val_dir: str, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
@@ -205,33 +265,35 @@ def _tiny_raw_val(val_dir: str, class_to_idx: dict[str, int]) -> list[tuple[str,
     return samples
 
 
-def load_folder(name: str, data_dir: str):
-    """Scan and validate ``data_dir``; return ``(train, val, class_names)`` as FolderSplits."""
-    root = data_dir
-    if name == "tiny-imagenet" and not os.path.isdir(os.path.join(root, "train")):
-        nested = os.path.join(root, "tiny-imagenet-200")
+def tree_root(name: str, data_dir: str) -> str:
+    """The folder holding ``train/`` (tiny-imagenet: also the parent of the extracted zip)."""
+    if name == "tiny-imagenet" and not os.path.isdir(os.path.join(data_dir, "train")):
+        nested = os.path.join(data_dir, "tiny-imagenet-200")
         if os.path.isdir(os.path.join(nested, "train")):
-            root = nested  # accept the parent of the extracted zip too
-    train_dir = _split_dir(root, "train", name)
-    val_dir = _split_dir(root, "val", name)
+            return nested  # accept the parent of the extracted zip too
+    return data_dir
 
-    classes = _class_folders(train_dir)
-    if len(classes) < 2:
-        # One class trains to a meaningless 100% top-1: every prediction is right.
-        raise DataError(f"{train_dir} holds one class folder ({classes[0]}) and a classifier needs at least two; "
-                        f"put each class's images in a folder of its own under {train_dir}/ (ImageFolder layout)")
-    class_to_idx = {c: i for i, c in enumerate(classes)}  # == ImageFolder(train_dir).class_to_idx
-    train = _scan(train_dir, class_to_idx)
+
+def load_folder(name: str, data_dir: str):
+    """Scan and validate ``data_dir``; return ``(train, val, class_names, layout)``: FolderSplits
+    and the layout read, for the run summary (e.g. "class folders train/ + val/ (JPEG)")."""
+    root = tree_root(name, data_dir)
+    train_dir = _split_dir(root, "train", name)
+    if name == "tiny-imagenet":
+        val_dir = _split_dir(root, "val", name)
+    else:
+        val_dir = find_eval_split(root, name)
 
     if name == "tiny-imagenet" and os.path.isfile(os.path.join(val_dir, "val_annotations.txt")):
+        classes = _class_folders(train_dir)
+        if len(classes) < 2:
+            raise DataError(f"{train_dir} holds one class folder ({classes[0]}) and a classifier needs at least two; "
+                            f"put each class's images in a folder of its own under {train_dir}/ (ImageFolder layout)")
+        class_to_idx = {c: i for i, c in enumerate(classes)}
+        train = _scan(train_dir, class_to_idx)
         val = _tiny_raw_val(val_dir, class_to_idx)
+        layout = "tiny-imagenet-200 as extracted (val/val_annotations.txt)"
     else:
-        val_classes = _class_folders(val_dir)
-        unknown = [c for c in val_classes if c not in class_to_idx]
-        if unknown:
-            raise DataError(
-                f"val class folder {os.path.join(val_dir, unknown[0])} has no counterpart in {train_dir}; "
-                f"rename it to a training class or remove it"
-            )
-        val = _scan(val_dir, {c: class_to_idx[c] for c in val_classes})
-    return FolderSplit(train), FolderSplit(val), classes
+        train, val, classes = scan_tree(train_dir, val_dir)
+        layout = f"class folders train/ + {os.path.basename(val_dir)}/ ({tree_formats(train + val)})"
+    return FolderSplit(train), FolderSplit(val), classes, layout

@@ -93,18 +93,22 @@ def _recipe_crop(recipe: AugmentRecipe, size: int, native: int, default_scale: f
     return resize + [v2.RandomCrop(size, padding=max(1, size // 8), padding_mode=mode)]
 
 
-def build_transforms(name: str, image_size: int | None = None, recipe: Optional[AugmentRecipe] = None):
+def build_transforms(name: str, image_size: int | None = None, recipe: Optional[AugmentRecipe] = None,
+                     small_native: Optional[int] = None):
     """Return ``(train_transform, eval_transform, size)`` for data set ``name``.
 
     ``image_size`` overrides the native training size (32, 64 or 224); ``recipe`` applies an
     architecture recipe's crop, interpolation and RandAugment (default: the data set's own).
+    ``small_native``: the side of a ``folder`` data set of small images held in memory, which
+    then gets the small-image recipe at that native size (pad crop + flip, evaluation as is)
+    instead of the ImageNet one.
     """
-    native = NATIVE_SIZE[name]
+    native = NATIVE_SIZE[name] if small_native is None else int(small_native)
     size = native if image_size is None else int(image_size)
     recipe = recipe or AugmentRecipe()
     if not recipe.is_default:
-        return _recipe_transforms(name, size, native, recipe)
-    if name in ("digits", "cifar10", "cifar100"):
+        return _recipe_transforms(name, size, native, recipe, small=small_native is not None)
+    if name in ("digits", "cifar10", "cifar100") or small_native is not None:
         # Small images: pad-4 random crop (padding scaled if the size is overridden).
         resize = [] if size == native else [v2.Resize(size, antialias=True)]
         crop = v2.RandomCrop(size, padding=max(1, size // 8))
@@ -130,12 +134,12 @@ def build_transforms(name: str, image_size: int | None = None, recipe: Optional[
     return v2.Compose(train + _finish(name)), v2.Compose(evaluate + _finish(name)), size
 
 
-def _recipe_transforms(name: str, size: int, native: int, recipe: AugmentRecipe):
+def _recipe_transforms(name: str, size: int, native: int, recipe: AugmentRecipe, small: bool = False):
     """The data set's pipeline with the recipe's changes (released ``sz224_randaug`` /
     ``sz32_randaug`` pipelines for CIFAR-100: RRC 224 scale 0.8 bicubic or reflect-padded crop,
     flip, RandAugment; evaluation: resize to the size)."""
     mode = recipe.mode
-    small = name in ("digits", "cifar10", "cifar100")
+    small = small or name in ("digits", "cifar10", "cifar100")
     if small:
         default_crop = AugmentRecipe("pad", interpolation=recipe.interpolation)
         evaluate = [] if size == native else [v2.Resize(size, interpolation=mode, antialias=True)]
