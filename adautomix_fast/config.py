@@ -63,6 +63,9 @@ class RunSettings:
     train_crop: Optional[str] = setting(None, DATA, identity=True)      # pad | pad-reflect | rrc (None: the data set's)
     crop_scale: Optional[float] = setting(None, DATA, identity=True)    # RandomResizedCrop's minimum area
     interpolation: Optional[str] = setting(None, DATA, identity=True)   # bilinear | bicubic (None: the data set's)
+    # train on a fixed class-balanced subset of this many training images (None: all), the same
+    # images for every seed and method (data/subset.py)
+    train_subset: Optional[int] = setting(None, DATA, identity=True)
     # --- model
     arch: str = setting("r18", MODEL, identity=True)       # or timm/<name>, tv/<name>
     tap: Optional[int] = setting(None, MODEL, identity=True)   # timm/tv: the stage G reads (None: stride 16)
@@ -205,6 +208,9 @@ class RunSettings:
                       "--teacher-bn-stats must be exact or single (got {value!r})")
         if self.run_name is not None:
             check_single_folder_name(self.run_name, "--run-name", "--output")
+        if self.train_subset is not None and self.train_subset < 2:
+            raise UsageError(f"--train-subset must be at least 2 images (got {self.train_subset}): a classifier "
+                             "needs two classes; leave it out to train on every image")
         if self.img_size is not None and self.img_size < 8:
             raise UsageError(f"--img-size must be at least 8 (got {self.img_size})")
         self._validate_method()
