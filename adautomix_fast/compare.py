@@ -1,28 +1,46 @@
-"""``python -m adautomix_fast.compare``: train several methods on the same data, seed and budget,
+"""``python -m adautomix_fast.compare``: train several methods on the same data, seeds and budget,
 and put them side by side (the paper's Table 1 in miniature, on any data set).
 
     python -m adautomix_fast.compare --methods vanilla,mixup,cutmix,automix,adautomix --dataset digits
-    python -m adautomix_fast.compare --methods mixup,adautomix --dataset folder --data-dir /data/flowers \\
-        --arch r18 --epochs 50 --output runs --name flowers-r18
+    python -m adautomix_fast.compare --methods vanilla,mixup,adautomix --dataset cifar10 --data-dir cifar10-jpeg \\
+        --arch resnet20 --epochs 30 --seeds 0,1 --subset 5000 --name cifar10-r20
 
-Every flag other than ``--methods``, ``--name`` and ``--output`` is a training flag, given to each
-run unchanged (``python -m adautomix_fast.train --help``); each method keeps its own published
-options for the data set's family (its lambda concentration, ...). Each method trains in its own
-process (so its peak memory is its own), into ``<output>/<name>/runs/<method>``; a method whose
-run already finished is not trained again and an interrupted one resumes, so the command can be
-re-run after a stop. The folder then holds:
+Every flag other than ``--methods``, ``--seeds``, ``--subset``, ``--name`` and ``--output`` is a
+training flag, given to each run unchanged (``python -m adautomix_fast.train --help``); each method
+keeps its own published options for the data set's family (its lambda concentration, ...). Each
+run trains in its own process (so its peak memory is its own). Without ``--seeds`` every method
+trains once (with ``--seed``, default 0) into ``<output>/<name>/runs/<method>``; with ``--seeds
+0,1,2`` every method trains once per seed into ``runs/<method>-s<seed>``, seed after seed (all
+methods of the first seed, then the next), so that a comparison cut short still compares every
+method. ``--subset N`` trains every run on the same class-balanced N training images
+(``--train-subset N``: a function of the data alone, not of the seed).
 
-* ``comparison.md`` and ``comparison.csv``: per method the teacher's and the student's top-1 (last
-  epoch, and the median of the last 10 epochs: the paper's statistic), the headline (the
-  teacher's one-hot head where the method has a teacher), train images/s and peak memory;
-* ``comparison.json``: the same, machine-readable, with the runs' folders;
-* ``accuracy_curves.png``: the headline top-1 of every method per epoch;
+A run that already finished is not trained again and an interrupted one resumes, so the same
+command continues a comparison after a stop, and adding a method or a seed trains only what is
+new. A comparison folder whose runs were trained with other settings (another ``--epochs``,
+``--subset``, ``--arch``, ... : anything a checkpoint could not be resumed with) is refused in one
+line before anything runs. The folder then holds:
+
+* ``comparison.md``: the protocol (data, subset, network, budget, seeds, versions, device,
+  precision, the command), then per method the teacher's and the student's top-1 (last epoch, and
+  the median of the last 10 epochs: the paper's statistic), the headline (the teacher's one-hot
+  head where the method has a teacher), train images/s, seconds per epoch and peak memory; with
+  several seeds each is the mean ± the sample standard deviation over the seeds (n - 1), and a
+  second table gives every seed's values;
+* ``comparison.csv``: one row per method, the same statistics (with several seeds: the mean, the
+  ``_std`` and every seed's ``_s<seed>`` value);
+* ``comparison.json``: the settings, the protocol, every run's row (with its folder) and every
+  method's means and standard deviations (with the masks' last-epoch diagnostics where the runs
+  logged them);
+* ``accuracy_curves.png``: the headline top-1 of every method per epoch (the mean over the seeds,
+  with the band between the lowest and the highest seed);
 * ``efficiency.png``: what a method costs for what it gives (the AdAutoMix paper's Fig. 9):
-  headline top-1 against training time per epoch, and against peak memory, one point per method.
+  headline top-1 against training time per epoch, and against peak memory, one point per method
+  (means, with the seeds' standard deviations as error bars).
 
 Stop signals (SIGTERM, SIGUSR1, Ctrl-C) are passed on to the training in progress, which stops as
 it would alone (SIGTERM/SIGUSR1: a checkpoint at the batch it reached); compare then starts no
-further method and exits with the training's code (143, 138, 130), so that a requeue script sees
+further run and exits with the training's code (143, 138, 130), so that a requeue script sees
 what it would see from the training itself. The same command run again continues.
 """
 
@@ -33,13 +51,17 @@ import csv
 import datetime
 import json
 import os
+import platform
+import re
 import secrets
+import shlex
 import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from typing import Any, Optional
 
 import yaml
@@ -51,20 +73,30 @@ from .config import check_single_folder_name
 from .stopsignals import SIGNALS_FORWARDED_ENV, exit_status
 
 LAST = "checkpoint-last.pt"
+PROG = "python -m adautomix_fast.compare"
+# The training flag that --subset sets in every run.
+SUBSET_FLAG = "--train-subset"
 
 
 def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(prog="python -m adautomix_fast.compare", description=__doc__.split("\n\n")[0],
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
                                 allow_abbrev=False,  # --method must not pass for --methods
                                 epilog="Any other flag is passed to every training run (see python -m "
                                        "adautomix_fast.train --help).")
     p.add_argument("--methods", default="vanilla,mixup,cutmix,automix,adautomix",
                    help=f"comma list of {', '.join(METHODS)} (default: vanilla,mixup,cutmix,automix,adautomix)")
+    p.add_argument("--seeds", metavar="LIST",
+                   help="comma list of seeds, e.g. 0,1,2: every method trains once per seed, into runs/<method>-s<seed>, "
+                        "and the report gives the mean and standard deviation over the seeds (default: one run per "
+                        "method, with --seed, into runs/<method>)")
+    p.add_argument("--subset", metavar="N",
+                   help=f"train every run on the same class-balanced N training images (passes {SUBSET_FLAG} N; "
+                        "default: the whole training set)")
     p.add_argument("--output", default="runs", help="parent folder of the comparison folder (default: runs)")
     p.add_argument("--name", help="comparison folder name (default: compare-<dataset>-<arch>-<date-time>)")
     args, train_argv = p.parse_known_args(argv)
     for flag in ("--method", "--run-name", "--resume", "--eval-only", "--export"):
-        if any(a == flag or a.startswith(flag + "=") for a in train_argv):
+        if _has_flag(train_argv, flag):
             raise UsageError(f"{flag} is set by compare itself (one run per method); drop it")
     args.methods = [m for m in args.methods.split(",") if m]
     unknown = [m for m in args.methods if m not in METHODS]
@@ -72,16 +104,122 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
         raise UsageError(f"--methods: unknown {unknown or 'empty list'}; choose from {', '.join(METHODS)}")
     if len(set(args.methods)) != len(args.methods):
         raise UsageError("--methods lists a method twice")
+    args.seeds = None if args.seeds is None else parse_seeds(args.seeds)
+    if args.seeds is not None and _has_flag(train_argv, "--seed"):
+        raise UsageError("--seed and --seeds both given: --seeds 0,1,2 trains each method once per seed; drop --seed")
+    if args.subset is not None:
+        args.subset = parse_subset(args.subset)
+        if _has_flag(train_argv, SUBSET_FLAG):
+            raise UsageError(f"--subset and {SUBSET_FLAG} both given: --subset N passes {SUBSET_FLAG} N to every "
+                             f"run; drop {SUBSET_FLAG}")
     return args, train_argv
 
 
-def _flag_value(argv: list[str], flag: str, default: str) -> str:
-    for i, a in enumerate(argv):
-        if a == flag and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith(flag + "="):
-            return a.split("=", 1)[1]
-    return default
+def parse_seeds(text: str) -> list[int]:
+    parts = text.split(",")
+    if not all(re.fullmatch(r"\d+", p.strip()) for p in parts):
+        raise UsageError(f"--seeds {text!r}: expected a comma list of non-negative whole numbers, e.g. --seeds 0,1,2")
+    seeds = [int(p) for p in parts]
+    if any(s >= 2 ** 63 for s in seeds):
+        raise UsageError(f"--seeds {text!r}: a seed must be below 2**63")
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"--seeds {text!r} lists a seed twice; each seed trains every method once")
+    return seeds
+
+
+def parse_subset(text: str) -> int:
+    if not re.fullmatch(r"\d+", text.strip()) or int(text) < 1:
+        raise UsageError(f"--subset {text!r}: expected a number of training images, 1 or more (e.g. --subset 5000)")
+    return int(text)
+
+
+def _has_flag(argv: list[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+# ---------------------------------------------------------------------------- the runs
+@dataclass
+class PlannedRun:
+    method: str
+    seed: int                 # the seed the run trains with (--seed's, or the default, without --seeds)
+    name: str                 # its folder's name in runs/
+    flags: list[str]          # the training flags of a fresh start: the user's and compare's
+    cfg: Any                  # the configuration those flags resolve to
+
+
+def run_name(method: str, seed: Optional[int]) -> str:
+    """runs/<method> for a comparison without --seeds (the layout from before there were seeds),
+    runs/<method>-s<seed> with them."""
+    return method if seed is None else f"{method}-s{seed}"
+
+
+def plan_runs(args: argparse.Namespace, train_argv: list[str]) -> list[PlannedRun]:
+    """Every (method, seed) run, seed-major, with its resolved configuration: a bad training flag
+    is one line here, before any folder is made."""
+    from .train import build_config, get_args_parser   # the training's own resolution, imported on use
+
+    def resolve(flags: list[str]):
+        return build_config(get_args_parser().parse_args(flags), None)
+
+    extra = [SUBSET_FLAG, str(args.subset)] if args.subset is not None else []
+    planned = []
+    for seed in (args.seeds if args.seeds is not None else [None]):
+        for method in args.methods:
+            flags = train_argv + extra + ["--method", method] + ([] if seed is None else ["--seed", str(seed)])
+            cfg = resolve(flags)
+            planned.append(PlannedRun(method, cfg.seed, run_name(method, seed), flags, cfg))
+    return planned
+
+
+def check_folder(folder: str, planned: list[PlannedRun], seeds: Optional[list[int]]) -> None:
+    """Refuse, in one line, a comparison folder this command would mix other runs into: runs of
+    the other layout (single seed, or per seed), or a run of this comparison's name trained with
+    other settings (finished, it would be reported as if trained with these; interrupted, resumed
+    with its own)."""
+    runs = os.path.join(folder, "runs")
+    if not os.path.isdir(runs):
+        return
+    present = sorted(os.listdir(runs))
+    methods = "|".join(re.escape(m) for m in METHODS)
+    single = [d for d in present if re.fullmatch(f"({methods})", d)]
+    seeded = [d for d in present if re.fullmatch(rf"({methods})-s\d+", d)]
+    if seeds is not None and single:
+        raise UsageError(f"{folder} holds a comparison without --seeds (runs/{single[0]}); with --seeds its runs go to "
+                         "runs/<method>-s<seed> and these would not be used: give another --name, or drop --seeds")
+    if seeds is None and seeded:
+        raise UsageError(f"{folder} holds a comparison over seeds (runs/{seeded[0]}): give --seeds as it was made, "
+                         "or another --name")
+    for p in planned:
+        diff = settings_difference(os.path.join(runs, p.name), p.cfg)
+        if diff:
+            raise UsageError(f"{os.path.join(runs, p.name)} was trained with other settings ({diff}): give the "
+                             "training flags it was made with, or another --name for these settings")
+
+
+RESOLVED_BY_TRAINING = ("cifar_stem", "img_size")
+
+
+def settings_difference(run_folder: str, cfg) -> str:
+    """The identity settings (those a checkpoint cannot be resumed with) in which the run in
+    ``run_folder`` differs from ``cfg``, in words ("epochs 2, not 1"); "" when none or no run."""
+    path = os.path.join(run_folder, "config.yaml")
+    if not os.path.exists(path):
+        return ""
+    try:
+        with open(path) as f:
+            theirs = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        theirs = None
+    if not isinstance(theirs, dict):
+        return "config.yaml does not hold a run's settings"
+    fields = type(cfg).__dataclass_fields__
+    # A setting added after the run was made was then at its default. The stem and the image
+    # size left automatic (None) are recorded as the training resolved them from the data, so any
+    # value matches them.
+    diffs = [(k, theirs.get(k, fields[k].default), v) for k, v in cfg.identity().items()
+             if not (v is None and k in RESOLVED_BY_TRAINING) and theirs.get(k, fields[k].default) != v]
+    words = [f"{k} {a!r}, not {b!r}" for k, a, b in diffs[:3]]
+    return "; ".join(words) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
 
 
 def read_log(folder: str) -> list[dict]:
@@ -102,19 +240,25 @@ def run_state(folder: str) -> str:
     return "done" if epochs and target is not None and epochs[-1]["epoch"] >= target else "partial"
 
 
-def summarize_run(method: str, folder: str) -> dict[str, Any]:
+# Per-epoch diagnostics of the generator's masks (AdAutoMix, AutoMix), reported at the last epoch
+# when the runs log them.
+MASK_KEYS = ("mask_spread", "mask_lambda_gap")
+
+
+def summarize_run(method: str, folder: str, seed: Optional[int] = None) -> dict[str, Any]:
     """The comparison row of one finished run, from its log."""
     records = read_log(folder)
     epochs = [r for r in records if r.get("type") == "epoch"]
     if not epochs:
-        return {"method": method, "folder": folder, "error": "no epoch finished"}
-    start = next((r for r in records if r.get("type") == "start"), {})
+        return {"method": method, "seed": seed, "folder": folder, "error": "no epoch finished"}
+    starts = [r for r in records if r.get("type") == "start"]
+    start = starts[0] if starts else {}
     last = epochs[-1]
     has_teacher = "teacher_one_top1" in last
     headline = "teacher_one" if has_teacher else "student_one"
     tail = [e[f"{headline}_top1"] for e in epochs[-10:]]
     row = {
-        "method": method, "epochs": last["epoch"], "headline_head": headline,
+        "method": method, "seed": seed, "epochs": last["epoch"], "headline_head": headline,
         "headline_top1": last[f"{headline}_top1"], "headline_top1_median_last10": statistics.median(tail),
         "teacher_top1": last.get("teacher_one_top1"), "student_top1": last.get("student_one_top1"),
         "student_top5": last.get("student_one_top5"),
@@ -123,31 +267,239 @@ def summarize_run(method: str, folder: str) -> dict[str, Any]:
         "train_time_s": sum(e.get("train_time_s", 0.0) for e in epochs),
         "train_s_per_epoch": statistics.mean(e.get("train_time_s", 0.0) for e in epochs),
         "precision": start.get("precision"), "impl": start.get("impl"), "device": start.get("device"),
+        # every invocation's (a resumed run may have run elsewhere): the protocol lists them all
+        "starts": [{k: s.get(k) for k in ("time", "device", "torch", "precision", "precision_reason", "impl")}
+                   for s in starts],
         "folder": folder, "curve": [(e["epoch"], e[f"{headline}_top1"]) for e in epochs], "error": None,
     }
+    for key in MASK_KEYS:
+        if key in last:
+            row[key] = last[key]
+    row.update(training_set(folder))
     return row
 
 
-COLUMNS = [("method", "method", "{}"), ("headline_top1", "top-1 (headline)", "{:.2f}"),
-           ("headline_top1_median_last10", "median last 10", "{:.2f}"), ("teacher_top1", "teacher top-1", "{:.2f}"),
-           ("student_top1", "student top-1", "{:.2f}"), ("train_img_per_s", "train img/s", "{:.1f}"),
-           ("train_s_per_epoch", "s/epoch", "{:.1f}"),
-           ("peak_memory_mib", "peak MiB", "{:.0f}"), ("epochs", "epochs", "{}")]
+def training_set(folder: str) -> dict[str, Any]:
+    """The training split's size and fingerprint that the run's last checkpoint records (the
+    protocol shows that every run saw the same images), or nothing where it cannot be read."""
+    path = os.path.join(folder, LAST)
+    try:
+        import torch
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: weights left unread
+    except Exception:   # a missing or foreign file only loses this line of the protocol
+        return {}
+    return {"train_size": ckpt.get("train_size"), "train_fingerprint": ckpt.get("train_fingerprint")}
+
+
+# ---------------------------------------------------------------------------- over seeds
+# The statistics averaged over seeds: (key, column title, format); None as title: JSON and CSV only.
+STATS = [("headline_top1", "top-1 (headline)", "{:.2f}"),
+         ("headline_top1_median_last10", "median last 10", "{:.2f}"),
+         ("teacher_top1", "teacher top-1", "{:.2f}"), ("student_top1", "student top-1", "{:.2f}"),
+         ("student_top5", None, "{:.2f}"),
+         ("train_img_per_s", "train img/s", "{:.1f}"), ("train_s_per_epoch", "s/epoch", "{:.1f}"),
+         ("peak_memory_mib", "peak MiB", "{:.0f}"), ("train_time_s", None, "{:.1f}"),
+         ("epochs", "epochs", "{:g}")] + [(k, None, "{:.4f}") for k in MASK_KEYS]
+TABLE_STATS = [s for s in STATS if s[1] is not None]
+
+
+def mean_std(values: list[Optional[float]]) -> tuple[Optional[float], Optional[float]]:
+    """The mean and the sample standard deviation (n - 1) of the values given; None for the
+    deviation of fewer than two values, and for both when there are none."""
+    present = [float(v) for v in values if v is not None]
+    if not present:
+        return None, None
+    return statistics.fmean(present), (statistics.stdev(present) if len(present) > 1 else None)
+
+
+def aggregate(rows: list[dict]) -> list[dict]:
+    """One entry per method (in the rows' order): the seeds that finished, the failed ones, and for
+    every statistic of ``STATS`` that a finished run has, its mean (``key``), sample standard
+    deviation (``key_std``, None with one seed) and the per-seed values (``key_values``, in the
+    order of ``seeds``)."""
+    out: dict[str, dict] = {}
+    for r in rows:
+        entry = out.setdefault(r["method"], {"method": r["method"], "seeds": [], "failed": [], "headline_head": None})
+        if r.get("error"):
+            entry["failed"].append({"seed": r.get("seed"), "error": r["error"]})
+            continue
+        entry["seeds"].append(r.get("seed"))
+        entry["headline_head"] = entry["headline_head"] or r.get("headline_head")
+    for entry in out.values():
+        done = [r for r in rows if r["method"] == entry["method"] and not r.get("error")]
+        entry["n_seeds"] = len(done)
+        for key, _, _ in STATS:
+            if not any(key in r for r in done):
+                continue
+            values = [r.get(key) for r in done]
+            entry[key], entry[f"{key}_std"] = mean_std(values)
+            entry[f"{key}_values"] = values
+    return list(out.values())
 
 
 def _cell(value: Any, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def markdown_table(rows: list[dict]) -> str:
-    head = "| " + " | ".join(h for _, h, _ in COLUMNS) + " |"
-    rule = "| " + " | ".join("---" for _ in COLUMNS) + " |"
-    body = ["| " + " | ".join(_cell(r.get(k), f) for k, _, f in COLUMNS) + " |" for r in rows if not r.get("error")]
-    failed = [f"| {r['method']} | failed: {r['error']} |" + " |" * (len(COLUMNS) - 2) for r in rows if r.get("error")]
-    return "\n".join([head, rule] + body + failed)
+def _mean_cell(entry: dict, key: str, fmt: str) -> str:
+    if key == "epochs":   # the budget, not a measurement: a range where seeds differ
+        values = [v for v in entry.get("epochs_values", []) if v is not None]
+        return "-" if not values else (f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}")
+    mean, std = entry.get(key), entry.get(f"{key}_std")
+    if mean is None:
+        return "-"
+    return fmt.format(mean) + ("" if std is None else " ± " + fmt.format(std))
 
 
-def write_outputs(folder: str, rows: list[dict], settings: dict) -> None:
+COLUMNS = [("method", "method", "{}")] + [(k, h, f) for k, h, f in TABLE_STATS]
+
+
+def markdown_table(rows: list[dict], seeded: bool = False) -> str:
+    """One row per run (a comparison with one seed: its table; with several, ``seeded``: the per-seed one)."""
+    cols = COLUMNS[:1] + ([("seed", "seed", "{}")] if seeded else []) + COLUMNS[1:]
+    head = "| " + " | ".join(h for _, h, _ in cols) + " |"
+    rule = "| " + " | ".join("---" for _ in cols) + " |"
+    lines = [head, rule]
+    for r in rows:
+        if r.get("error"):
+            lead = [r["method"]] + ([str(r.get("seed"))] if seeded else [])
+            lines.append("| " + " | ".join(lead) + f" | failed: {r['error']} |" + " |" * (len(cols) - len(lead) - 1))
+        else:
+            lines.append("| " + " | ".join(_cell(r.get(k), f) for k, _, f in cols) + " |")
+    return "\n".join(lines)
+
+
+def mean_table(entries: list[dict]) -> str:
+    """One row per method: the mean ± sample standard deviation over its seeds."""
+    head = "| method | seeds | " + " | ".join(h for _, h, _ in TABLE_STATS) + " |"
+    rule = "| " + " | ".join("---" for _ in range(len(TABLE_STATS) + 2)) + " |"
+    lines = [head, rule]
+    for e in entries:
+        seeds = ", ".join(str(s) for s in e["seeds"]) or "none"
+        if e["failed"]:
+            seeds += f" ({', '.join(str(f['seed']) for f in e['failed'])} failed)"
+        lines.append(f"| {e['method']} | {seeds} | " + " | ".join(_mean_cell(e, k, f) for k, _, f in TABLE_STATS) + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------- the protocol
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def describe_device(device: str) -> str:
+    """A run's device ("cpu", "cuda:0") with the name of this machine's CPU or GPU."""
+    if device.startswith("cuda"):
+        try:
+            import torch
+            index = int(device.split(":", 1)[1]) if ":" in device else 0
+            return f"GPU {torch.cuda.get_device_name(index)} ({device})"
+        except Exception:   # no CUDA in this process: the run's own word for it
+            return f"GPU ({device})"
+    if device == "cpu":
+        return f"CPU ({cpu_model()}, {os.cpu_count()} logical cores)"
+    return device
+
+
+def versions(rows: list[dict]) -> dict[str, str]:
+    import torch
+    try:
+        import torchvision
+        tv = torchvision.__version__
+    except Exception:
+        tv = "not installed"
+    from . import __version__
+    # the torch of every training invocation (a resumed run may have run under another)
+    run_torch = sorted({s.get("torch") for r in rows for s in r.get("starts", []) if s.get("torch")})
+    return {"python": platform.python_version(), "torch": ", ".join(run_torch) or str(torch.__version__),
+            "torchvision": str(tv), "adautomix_fast": __version__}
+
+
+def _distinct(values) -> list:
+    out = []
+    for v in values:
+        if v is not None and v not in out:
+            out.append(v)
+    return out
+
+
+def build_protocol(planned: list[PlannedRun], rows: list[dict], args: argparse.Namespace, train_argv: list[str],
+                   command: str) -> dict[str, Any]:
+    """What the numbers were measured on: data, subset, network, budget, seeds, versions, device,
+    precision (as the runs' logs record it), dates and the command that reproduces the table."""
+    from .data import DATA_ENV
+    cfg = planned[0].cfg
+    done = [r for r in rows if not r.get("error")]
+    starts = [s for r in rows for s in r.get("starts", [])]
+    if cfg.dataset == "digits":
+        data_dir = "bundled with scikit-learn"
+    elif cfg.data_dir:
+        data_dir = os.path.basename(os.path.normpath(cfg.data_dir))
+    else:
+        data_dir = f"${DATA_ENV}/{cfg.dataset}"
+    first_start = min((s["time"] for s in starts if s.get("time")), default=None)
+    return {
+        "dataset": cfg.dataset, "data_dir": data_dir, "subset": args.subset,
+        "train_images": _distinct(r.get("train_size") for r in done),
+        "train_fingerprints": _distinct(r.get("train_fingerprint") for r in done),
+        "arch": cfg.arch, "img_size": cfg.img_size, "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+        "training_flags": shlex.join(train_argv),
+        "seeds": args.seeds if args.seeds is not None else [cfg.seed],
+        "versions": versions(rows),
+        "devices": [describe_device(d) for d in _distinct(s.get("device") for s in starts)],
+        "precision": _distinct(f"{s['precision']} ({s['precision_reason']})" if s.get("precision_reason")
+                               else s.get("precision") for s in starts),
+        "impl": _distinct(s.get("impl") for s in starts),
+        "train_time_s": sum(r.get("train_time_s") or 0.0 for r in done), "runs": len(done),
+        "first_start": (datetime.datetime.fromtimestamp(first_start).astimezone().isoformat(timespec="minutes")
+                        if first_start else None),
+        "written": datetime.datetime.now().astimezone().isoformat(timespec="minutes"),
+        "command": command,
+    }
+
+
+def protocol_markdown(p: dict) -> list[str]:
+    sizes, prints = p["train_images"], p["train_fingerprints"]
+    images = (f"{sizes[0]} training images" if len(sizes) == 1 else
+              f"training sets of {', '.join(map(str, sizes))} images" if sizes else "training images not recorded")
+    if p["subset"] is not None:
+        images = f"a class-balanced subset of {p['subset']} training images (--subset), " + (
+            f"{sizes[0]} read" if len(sizes) == 1 else images)
+    if len(prints) == 1:
+        images += f", fingerprint {prints[0]}, the same in every run"
+    elif len(prints) > 1:
+        images += f"; THE RUNS SAW DIFFERENT TRAINING SETS (fingerprints {', '.join(prints)})"
+    seeds = ", ".join(map(str, p["seeds"]))
+    v = p["versions"]
+    minutes = p["train_time_s"] / 60
+    return [
+        "## Protocol", "",
+        f"- Data: {p['dataset']} ({p['data_dir']}); {images}",
+        f"- Network: {p['arch']}, image size {p['img_size'] or 'of the data set'}",
+        f"- Budget per run: {p['epochs']} epoch{'s' * (p['epochs'] != 1)} of batch size {p['batch_size']}; {minutes:.1f} min of training "
+        f"(evaluation excluded) over {p['runs']} runs",
+        f"- Training flags: `{p['training_flags'] or '(defaults)'}`",
+        f"- Seeds: {seeds}" + (" (tables: the mean ± the sample standard deviation over the seeds, n - 1)"
+                               if len(p["seeds"]) > 1 else ""),
+        f"- Versions: Python {v['python']}, torch {v['torch']}, torchvision {v['torchvision']}, "
+        f"adautomix_fast {v['adautomix_fast']}",
+        f"- Device: {'; '.join(p['devices']) or 'not recorded'}",
+        f"- Precision: {'; '.join(p['precision']) or 'not recorded'}; step implementation: "
+        f"{', '.join(p['impl']) or 'not recorded'}",
+        f"- Date: first run started {p['first_start'] or 'unknown'}, report written {p['written']}",
+        f"- Command: `{p['command']}`", "",
+    ]
+
+
+# ---------------------------------------------------------------------------- the report
+def write_outputs(folder: str, rows: list[dict], settings: dict, protocol: Optional[dict] = None) -> None:
     """comparison.md/.csv/.json, accuracy_curves.png and efficiency.png, each written atomically."""
     def atomic_text(name: str, text: str) -> None:
         tmp = os.path.join(folder, f".{name}.tmp")
@@ -155,26 +507,55 @@ def write_outputs(folder: str, rows: list[dict], settings: dict) -> None:
             f.write(text)
         os.replace(tmp, os.path.join(folder, name))
 
-    md = [f"# Comparison: {', '.join(r['method'] for r in rows)}", "",
-          f"Data set {settings['dataset']}, arch {settings['arch']}, training flags: "
-          f"`{' '.join(settings['train_argv']) or '(defaults)'}`.", "",
-          markdown_table(rows), "",
-          "top-1 (headline): the teacher's one-hot head for methods with an EMA teacher (AdAutoMix, "
-          "AutoMix), the classifier's head otherwise; last epoch, and the median of the last 10 epochs "
-          "(the paper's statistic). Peak memory: GPU memory allocated on CUDA, the process's peak "
-          "resident memory on a CPU.", ""]
+    entries = aggregate(rows)
+    seeds = settings.get("seeds") or []
+    several = len(seeds) > 1
+    md = [f"# Comparison: {', '.join(e['method'] for e in entries)}", ""]
+    md += protocol_markdown(protocol) if protocol else []
+    if several:
+        md += ["## Mean over seeds", "", mean_table(entries), "", "## Per seed", "",
+               markdown_table(rows, seeded=True), ""]
+    else:
+        md += [markdown_table(rows), ""]
+    md += ["top-1 (headline): the teacher's one-hot head for methods with an EMA teacher (AdAutoMix, "
+           "AutoMix), the classifier's head otherwise; last epoch, and the median of the last 10 epochs "
+           "(the paper's statistic). Peak memory: GPU memory allocated on CUDA, the process's peak "
+           "resident memory on a CPU." + (" Mean ± sample standard deviation over the seeds that finished."
+                                          if several else ""), ""]
     atomic_text("comparison.md", "\n".join(md))
-    tmp = os.path.join(folder, ".comparison.csv.tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[k for k, _, _ in COLUMNS] + ["headline_head", "error", "folder"],
-                           extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow(r)
-    os.replace(tmp, os.path.join(folder, "comparison.csv"))
-    atomic_text("comparison.json", json.dumps({"settings": settings, "runs": rows}, indent=1) + "\n")
+    write_csv(os.path.join(folder, "comparison.csv"), entries, rows, seeds)
+    atomic_text("comparison.json", json.dumps({"settings": settings, "protocol": protocol, "runs": rows,
+                                               "methods": entries}, indent=1) + "\n")
     plot_curves(folder, rows)
-    plot_efficiency(folder, rows)
+    plot_efficiency(folder, entries)
+
+
+def write_csv(path: str, entries: list[dict], rows: list[dict], seeds: list[int]) -> None:
+    """One row per method: each statistic (the mean over seeds), and with several seeds its sample
+    standard deviation (``_std``) and every seed's value (``_s<seed>``)."""
+    several = len(seeds) > 1
+    keys = [k for k, _, _ in STATS if any(k in e for e in entries)]
+    fields = ["method", "seeds", "n_seeds"]
+    for k in keys:
+        fields += [k] + ([f"{k}_std"] + [f"{k}_s{s}" for s in seeds] if several else [])
+    fields += ["headline_head", "error"] + ([] if several else ["folder"])
+    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp"
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        for e in entries:
+            out = {"method": e["method"], "seeds": " ".join(map(str, e["seeds"])), "n_seeds": e["n_seeds"],
+                   "headline_head": e["headline_head"],
+                   "error": "; ".join(f"seed {x['seed']}: {x['error']}" for x in e["failed"]) or None}
+            for k in keys:
+                out[k] = e.get(k)
+                if several:
+                    out[f"{k}_std"] = e.get(f"{k}_std")
+                    out.update({f"{k}_s{s}": v for s, v in zip(e["seeds"], e.get(f"{k}_values", []))})
+            if not several:
+                out["folder"] = next((r["folder"] for r in rows if r["method"] == e["method"]), None)
+            w.writerow(out)
+    os.replace(tmp, path)
 
 
 def _pyplot():
@@ -190,16 +571,37 @@ def _save_png(fig, folder: str, name: str) -> None:
     os.replace(tmp, os.path.join(folder, name))
 
 
+def mean_curves(rows: list[dict]) -> list[dict]:
+    """Per method: the epochs, the mean headline top-1 over the seeds at each epoch, and the
+    lowest and highest seed there (the band)."""
+    out = []
+    for e in aggregate(rows):
+        curves = [dict(r["curve"]) for r in rows if r["method"] == e["method"] and r.get("curve")]
+        if not curves:
+            continue
+        epochs = sorted({ep for c in curves for ep in c})
+        at = [[c[ep] for c in curves if ep in c] for ep in epochs]
+        out.append({"method": e["method"], "head": e["headline_head"], "n": len(curves), "epochs": epochs,
+                    "mean": [statistics.fmean(v) for v in at], "low": [min(v) for v in at],
+                    "high": [max(v) for v in at]})
+    return out
+
+
 def plot_curves(folder: str, rows: list[dict]) -> None:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
-    for r in rows:
-        if r.get("curve"):
-            epochs, top1 = zip(*r["curve"])
-            ax.plot(epochs, top1, marker="o" if len(epochs) < 30 else None, label=f"{r['method']} ({r['headline_head']})")
+    several = False
+    for i, c in enumerate(mean_curves(rows)):
+        color = f"C{i % 10}"
+        seeds = f", mean of {c['n']} seeds" if c["n"] > 1 else ""
+        ax.plot(c["epochs"], c["mean"], color=color, marker="o" if len(c["epochs"]) < 30 else None,
+                label=f"{c['method']} ({c['head']}{seeds})")
+        if c["n"] > 1:
+            several = True
+            ax.fill_between(c["epochs"], c["low"], c["high"], color=color, alpha=0.2, linewidth=0)
     ax.set_xlabel("epoch")
     ax.set_ylabel("top-1 (%)")
-    ax.set_title("headline top-1 per epoch")
+    ax.set_title("headline top-1 per epoch" + (" (band: lowest to highest seed)" if several else ""))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -210,22 +612,24 @@ def plot_curves(folder: str, rows: list[dict]) -> None:
 EFFICIENCY_AXES = (("train_s_per_epoch", "training time per epoch (s)"), ("peak_memory_mib", "peak memory (MiB)"))
 
 
-def plot_efficiency(folder: str, rows: list[dict]) -> None:
-    """Headline top-1 against each cost in ``EFFICIENCY_AXES``, one labelled point per method."""
+def plot_efficiency(folder: str, entries: list[dict]) -> None:
+    """Headline top-1 against each cost in ``EFFICIENCY_AXES``, one labelled point per method
+    (its means over seeds, the standard deviations as error bars)."""
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(EFFICIENCY_AXES), figsize=(10.0, 4.2), dpi=120, sharey=True)
-    done = [r for r in rows if not r.get("error")]
+    done = [e for e in entries if e["n_seeds"]]
     for ax, (key, label) in zip(axes, EFFICIENCY_AXES):
-        for i, r in enumerate(done):
-            if r.get(key) is None:
+        for i, e in enumerate(done):
+            if e.get(key) is None:
                 continue
-            ax.scatter(r[key], r["headline_top1"], s=36, color=f"C{i % 10}")   # one colour per method
-            ax.annotate(r["method"], (r[key], r["headline_top1"]), textcoords="offset points", xytext=(4, 4),
+            ax.errorbar(e[key], e["headline_top1"], xerr=e.get(f"{key}_std"), yerr=e.get("headline_top1_std"),
+                        fmt="o", markersize=6, capsize=3, color=f"C{i % 10}")   # one colour per method
+            ax.annotate(e["method"], (e[key], e["headline_top1"]), textcoords="offset points", xytext=(4, 4),
                         fontsize=8)
         ax.set_xlabel(label)
         ax.margins(0.15)          # room for the labels
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("top-1 (%), headline head")
+    axes[0].set_ylabel("top-1 (%), headline head" + (", mean over seeds" if any(e["n_seeds"] > 1 for e in done) else ""))
     fig.suptitle("accuracy against cost")
     fig.tight_layout()
     _save_png(fig, folder, "efficiency.png")
@@ -321,51 +725,64 @@ class Trainings:
 
 
 def run(argv: Optional[list[str]] = None) -> int:
-    args, train_argv = parse_args(argv)
-    dataset = _flag_value(train_argv, "--dataset", "digits")
-    arch = _flag_value(train_argv, "--arch", "r18")
+    given = list(sys.argv[1:] if argv is None else argv)
+    args, train_argv = parse_args(given)
     if args.name is not None:
         check_single_folder_name(args.name, "--name", "--output")
+    planned = plan_runs(args, train_argv)
+    cfg = planned[0].cfg
     # The seconds and a random suffix: two comparisons started together get folders of their own.
-    name = args.name or (f"compare-{dataset}-{arch.replace('/', '-')}-{datetime.datetime.now():%Y%m%d-%H%M%S}-"
+    name = args.name or (f"compare-{cfg.dataset}-{cfg.arch.replace('/', '-')}-{datetime.datetime.now():%Y%m%d-%H%M%S}-"
                          f"{secrets.token_hex(3)}")
     folder = os.path.join(args.output, name)
+    check_folder(folder, planned, args.seeds)
+    # With the folder's name, so that the same command continues this comparison.
+    command = f"{PROG} {shlex.join(given + ([] if args.name else ['--name', name]))}"
     runs = os.path.join(folder, "runs")
     created = not os.path.exists(folder)
     os.makedirs(runs, exist_ok=True)
-    rows = []
+    rows: list[dict] = []
+    total = len(planned)
     with Trainings() as trainings:
-        for i, method in enumerate(args.methods):
-            where = f"{method} ({i + 1} of {len(args.methods)} methods)"
+        for i, p in enumerate(planned):
+            if args.seeds is None:
+                label, where = p.method, f"{p.method} ({i + 1} of {total} methods)"
+            else:
+                label = f"{p.method} seed {p.seed}"
+                where = f"{label} ({i + 1} of {total} runs)"
             if trainings.signum is not None:
                 return _stopped(trainings.signum, None, f" before {where}")
-            run_folder = os.path.join(runs, method)
+            run_folder = os.path.join(runs, p.name)
             state = run_state(run_folder)
-            print(f"[{i + 1}/{len(args.methods)}] {method}: "
+            print(f"[{i + 1}/{total}] {label}: "
                   + {"done": "already trained", "partial": "resuming", "new": "training"}[state], flush=True)
             if state != "done":
                 cmd = [sys.executable, "-m", "adautomix_fast.train"]
                 cmd += (["--resume", run_folder] if state == "partial"
-                        else train_argv + ["--method", method, "--output", runs, "--run-name", method])
+                        else p.flags + ["--output", runs, "--run-name", p.name])
                 code = trainings.run(cmd)
                 if trainings.signum is not None:
                     return _stopped(trainings.signum, code, f" while training {where}")
                 if code == 2 and not rows:
-                    # A usage error (the train command printed it) would repeat for every method;
+                    # A usage error (the train command printed it) would repeat for every run;
                     # the train command wrote nothing, so neither has compare.
                     if created:
                         shutil.rmtree(folder, ignore_errors=True)
                     return 2
                 if code != 0:
-                    rows.append({"method": method, "folder": run_folder, "error": f"training exited with {code}"})
+                    rows.append({"method": p.method, "seed": p.seed, "folder": run_folder,
+                                 "error": f"training exited with {code}"})
                     continue
-            rows.append(summarize_run(method, run_folder))
+            rows.append(summarize_run(p.method, run_folder, p.seed))
         if trainings.signum is not None:
             return _stopped(trainings.signum, None, "")
-    settings = {"dataset": dataset, "arch": arch, "methods": args.methods, "train_argv": train_argv}
-    write_outputs(folder, rows, settings)
+    seeds = args.seeds if args.seeds is not None else [cfg.seed]
+    settings = {"dataset": cfg.dataset, "arch": cfg.arch, "methods": args.methods, "seeds": seeds,
+                "subset": args.subset, "train_argv": train_argv}
+    protocol = build_protocol(planned, rows, args, train_argv, command)
+    write_outputs(folder, rows, settings, protocol)
     print()
-    print(markdown_table(rows))
+    print(mean_table(aggregate(rows)) if len(seeds) > 1 else markdown_table(rows))
     print(f"\ncomparison written to {folder} (comparison.md, comparison.csv, comparison.json, accuracy_curves.png, "
           "efficiency.png)")
     return 0 if all(not r.get("error") for r in rows) else 1
