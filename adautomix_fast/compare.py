@@ -478,13 +478,14 @@ def protocol_markdown(p: dict) -> list[str]:
         images += f"; THE RUNS SAW DIFFERENT TRAINING SETS (fingerprints {', '.join(prints)})"
     seeds = ", ".join(map(str, p["seeds"]))
     v = p["versions"]
-    minutes = p["train_time_s"] / 60
+    seconds = p["train_time_s"]
+    spent = f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
     return [
         "## Protocol", "",
         f"- Data: {p['dataset']} ({p['data_dir']}); {images}",
         f"- Network: {p['arch']}, image size {p['img_size'] or 'of the data set'}",
-        f"- Budget per run: {p['epochs']} epoch{'s' * (p['epochs'] != 1)} of batch size {p['batch_size']}; {minutes:.1f} min of training "
-        f"(evaluation excluded) over {p['runs']} runs",
+        f"- Budget: {p['epochs']} epoch{'s' * (p['epochs'] != 1)} of batch size {p['batch_size']} per run; {spent} of "
+        f"training in all ({p['runs']} runs, evaluation excluded)",
         f"- Training flags: `{p['training_flags'] or '(defaults)'}`",
         f"- Seeds: {seeds}" + (" (tables: the mean ± the sample standard deviation over the seeds, n - 1)"
                                if len(p["seeds"]) > 1 else ""),
@@ -598,7 +599,10 @@ def plot_curves(folder: str, rows: list[dict]) -> None:
                 label=f"{c['method']} ({c['head']}{seeds})")
         if c["n"] > 1:
             several = True
-            ax.fill_between(c["epochs"], c["low"], c["high"], color=color, alpha=0.2, linewidth=0)
+            if len(c["epochs"]) > 1:
+                ax.fill_between(c["epochs"], c["low"], c["high"], color=color, alpha=0.2, linewidth=0)
+            else:   # one epoch: a band of no width would not show
+                ax.vlines(c["epochs"], c["low"], c["high"], color=color, alpha=0.3, linewidth=8)
     ax.set_xlabel("epoch")
     ax.set_ylabel("top-1 (%)")
     ax.set_title("headline top-1 per epoch" + (" (band: lowest to highest seed)" if several else ""))

@@ -194,7 +194,7 @@ def test_seeds_train_every_method_once_per_seed_and_report_means_per_seed_values
     precision = starts_of(folder / "runs" / "mixup-s1")[0]["precision"]
     for words in ("- Data: digits (bundled with scikit-learn); "
                   f"{ckpt['train_size']} training images, fingerprint {ckpt['train_fingerprint']}, the same in every run",
-                  "- Network: tiny", "- Budget per run: 1 epoch of batch size 100", "over 4 runs", "- Seeds: 0, 1",
+                  "- Network: tiny", "- Budget: 1 epoch of batch size 100 per run", "in all (4 runs,", "- Seeds: 0, 1",
                   f"Python {platform.python_version()}, torch {torch.__version__}, torchvision ",
                   f"- Device: CPU ({compare.cpu_model()}", f"- Precision: {precision} (",
                   "- Training flags: `--dataset digits --arch tiny -j 0 --vis-every 0 --batch-size 100 --epochs 1`"):
