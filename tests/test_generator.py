@@ -152,3 +152,98 @@ def test_upsample_softmax_mix_reference_returns_masks_on_request(cpu_generator):
     # every slot takes the same image: the mix is that image
     torch.testing.assert_close(out, x)
     assert math.isclose(float(masks.sum(1).mean()), 1.0, rel_tol=1e-6)
+
+
+@pytest.mark.parametrize("n,lam_concat,norm,mode", [(2, False, False, "bilinear"), (2, True, True, "bilinear"),
+                                                    (3, False, False, "bilinear"), (3, True, True, "nearest"),
+                                                    (4, False, False, "bilinear")])
+def test_generator_equals_the_released_mix_block_from_the_same_weights(n, lam_concat, norm, mode, cpu_generator):
+    """The engine's G and a line-by-line transcription of the released AdaptiveMask (with its
+    callers' mixing, tests/released_mixblock.py), loaded with the same weights and run in float64 on
+    the same features, images, tuple and ratios: the same masks, the same mixed images, the same
+    gradient of every generator parameter and the same BatchNorm running statistics."""
+    from released_mixblock import AdaptiveMask, released_generator_mix
+
+    b, c, h, scale = 6, 16, 4, 4
+    gen = MaskGenerator(c, lam_concat=lam_concat, norm=norm, upsample=mode).double()
+    with torch.no_grad():     # weights of a trained generator's size, so attention is far from uniform
+        for p in gen.parameters():
+            p.copy_(torch.randn(p.shape, generator=cpu_generator, dtype=torch.float64) * 0.3)
+    released = AdaptiveMask(c, lam_concat=lam_concat, unsampling_mode=mode, scale_factor=scale,
+                            norm=norm).double().load_from_engine(gen)
+    feats = torch.randn(b, c, h, h, generator=cpu_generator, dtype=torch.float64).relu()
+    x = torch.randn(b, 3, h * scale, h * scale, generator=cpu_generator, dtype=torch.float64)
+    if n == 2:
+        index = torch.stack([torch.arange(b), torch.randperm(b, generator=cpu_generator)])
+        u = torch.rand((), generator=cpu_generator, dtype=torch.float64)
+        lam = torch.stack([u, 1 - u])
+    else:
+        index = torch.stack([torch.randperm(b, generator=cpu_generator) for _ in range(n)])
+        lam = torch.rand(n, generator=cpu_generator, dtype=torch.float64)
+        lam = lam / lam.sum()
+    weight = torch.randn(x.shape, generator=cpu_generator, dtype=torch.float64)
+
+    x_ours, masks_ours = gen(feats, x, index, lam, return_masks=True)
+    (x_ours * weight).sum().backward()
+    x_rel, masks_rel = released_generator_mix(released, feats, x, index, lam)
+    (x_rel * weight).sum().backward()
+
+    torch.testing.assert_close(masks_ours, masks_rel, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x_ours, x_rel, rtol=1e-12, atol=1e-12)
+    pairs = [(gen.query, released.conv_q), (gen.key, released.conv_k)]
+    for ours, theirs in pairs:
+        for (name, p), (_, r) in zip(ours.named_parameters(), theirs.named_parameters()):
+            torch.testing.assert_close(p.grad, r.grad, rtol=1e-10, atol=1e-12, msg=name)
+        for (name, t), (_, r) in zip(ours.named_buffers(), theirs.named_buffers()):
+            torch.testing.assert_close(t, r, rtol=1e-12, atol=1e-12, msg=name)
+    for p, r in zip(gen.value.parameters(), released.conv_v.parameters()):
+        torch.testing.assert_close(p.grad, r.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("adversarial", [True, False])
+def test_step_gives_the_generator_the_released_objectives_gradient(n, adversarial, cpu_generator):
+    """The gradient that reaches every generator weight in one reference step equals the released
+    classifier's: its mix block (transcribed) fed the teacher's stage-3 features, its generator-side
+    mix through the teacher (train mode), L_k as ``co_loss`` and, on adversarial steps,
+    -beta L_k + (1 - beta) cos with the sources' logits. Nothing else of the step (the student's
+    losses, the detached classifier-side masks) may reach the generator."""
+    import copy
+
+    import torch.nn.functional as F
+    from released_mixblock import AdaptiveMask, released_generator_mix
+
+    from adautomix_fast import AdAutoMix
+
+    torch.manual_seed(0)
+    model = AdAutoMix("tiny", 10, cifar_stem=True, mix_samples=n).double().train()
+    with torch.no_grad():     # a generator whose attention is not uniform, so q and k matter
+        for p in model.generator.parameters():
+            p.copy_(torch.randn(p.shape, generator=cpu_generator, dtype=torch.float64) * 0.1)
+    model.num_updates.fill_(0 if adversarial else 1)
+    teacher = copy.deepcopy(model.teacher)
+    x = torch.randn(8, 3, 32, 32, generator=cpu_generator, dtype=torch.float64)
+    y = torch.randint(0, 10, (8,), generator=cpu_generator)
+    plan = model.sample_plan(8, generator=torch.Generator().manual_seed(3))
+    plan = plan._replace(use_mixup=torch.tensor(False))     # the classifier side uses G's masks too
+    model.step_losses(x, y, plan)["loss"].backward()
+
+    feature = teacher.stem_to_stage3(x)
+    block = AdaptiveMask(feature.shape[1], lam_concat=False, unsampling_mode="bilinear",
+                         scale_factor=32 // feature.shape[-1]).double().load_from_engine(model.generator)
+    x_mix, _ = released_generator_mix(block, feature, x, plan.index_gen, plan.lam_gen)
+    pred = teacher.head_mix(teacher.pooled(x_mix))
+    loss_k = sum(F.cross_entropy(pred, y[plan.index_gen[i]]) * plan.lam_gen[i] for i in range(n))
+    with torch.no_grad():
+        sources = [teacher.head_mix(teacher.pooled(x[plan.index_gen[i]])) for i in range(n)]
+    cos = torch.mean(sum(F.cosine_similarity(pred, sources[i], dim=-1) * plan.lam_gen[i] for i in range(n)))
+    (-0.3 * loss_k + 0.7 * cos if adversarial else loss_k).backward()
+
+    theirs = {"query": block.conv_q, "key": block.conv_k, "value": block.conv_v}
+    for name, p in model.generator.named_parameters():
+        module, rest = name.split(".", 1)
+        ref = dict(theirs[module].named_parameters())[rest]
+        # The value's bias adds the same constant to every slot's logits, which the softmax over
+        # the slots cancels: its gradient is 0 in both.
+        assert name == "value.bias" or float(p.grad.norm()) > 0, name
+        torch.testing.assert_close(p.grad, ref.grad, rtol=1e-9, atol=1e-12, msg=name)
