@@ -279,17 +279,18 @@ def build_loaders(
     if train_subset is not None:
         # Chosen before decoding: a subset run decodes only its own training images.
         train_split = _take(train_split, balanced_subset(train_split.targets, train_subset, name, where))
-    if not skip_corrupt and hasattr(val_split, "samples"):
-        check_headers(val_split.samples, "validation")
     skipped = SkipLog()
     small_native = None
     if decode is not None:
+        # Decoding reads every file whole and checks its end marker: what check_headers does.
         decoded = _decode(name, decode, train_split, val_split, workers=workers, skip_corrupt=skip_corrupt,
                           skipped=skipped)
         if decoded is not None:
             train_split, val_split, side, note = decoded
             layout = f"{layout}, {note}"
             small_native = side if decode == "small" else None
+    if not skip_corrupt and hasattr(val_split, "samples"):
+        check_headers(val_split.samples, "validation")
     train_tf, eval_tf, size = build_transforms(name, image_size, recipe, small_native)
     if small_native is not None:
         how = f"--train-crop {recipe.train_crop}" if recipe.train_crop else "pad crop + flip"

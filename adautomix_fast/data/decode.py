@@ -13,11 +13,11 @@ pool barely helps) of ``workers`` processes, each decoding chunks of files in li
 
 from __future__ import annotations
 
+import io
 import multiprocessing
-import os
 import signal
 from concurrent.futures import ProcessPoolExecutor
-from typing import Iterator, NamedTuple, Optional
+from typing import Any, Iterator, NamedTuple, Optional
 
 import numpy as np
 from PIL import Image
@@ -48,29 +48,56 @@ def _ignore_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _truncated(data: bytes) -> Optional[str]:
+    """:func:`~.folders.header_problem`'s end-marker test on a file's bytes: a JPEG without its
+    end-of-image marker or a PNG without its IEND chunk is a truncated copy (PIL may decode the
+    part that is there without a word)."""
+    tail = data[-32:]
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in tail:
+        return "truncated JPEG: no end-of-image marker"
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and b"IEND" not in tail:
+        return "truncated PNG: no IEND chunk"
+    return None
+
+
 def decode_chunk(paths: list[str], exact: Optional[tuple[int, int]], max_side: Optional[int]):
-    """Decode ``paths`` as RGB: a list of items, each an HWC uint8 array, or
-    ``("bad", reason)`` for a file PIL cannot read, or ``("size", (w, h))`` for one that is not
-    ``exact``; a file larger than ``max_side`` ends the chunk with a :class:`_Large` (the data set
-    is not small: nothing more to decode). Errors are returned, not raised, so that they cross
-    the process boundary whatever their class."""
-    items: list = []
-    for path in paths:
+    """Decode ``paths`` as RGB: ``(images, problems, count)``. ``images``: the decoded HWC uint8
+    arrays in order, stacked into one ``[n, H, W, 3]`` array when they share a shape (one
+    transfer back from a worker instead of one per image), else a list; ``problems``: {position:
+    item} for the files that gave no image: ``("bad", reason)`` (unreadable or truncated),
+    ``("size", (w, h))`` (not ``exact``) or a :class:`_Large` (longer side above ``max_side``:
+    the set is not small, the chunk stops there); ``count``: the files looked at. Problems are
+    returned, not raised, so that they cross the process boundary whatever their class."""
+    images: list[np.ndarray] = []
+    problems: dict[int, Any] = {}
+    count = 0
+    for k, path in enumerate(paths):
+        count = k + 1
+        data = b""
         try:
-            with Image.open(path) as img:
+            with open(path, "rb") as f:
+                data = f.read()
+            with Image.open(io.BytesIO(data)) as img:
                 size = img.size
                 if exact is not None and size != exact:
-                    items.append(("size", size))
+                    problems[k] = ("size", size)
                     continue
                 if max_side is not None and max(size) > max_side:
-                    items.append(_Large(path, size))
-                    return items
-                items.append(np.asarray(img.convert("RGB")))   # convert() forces the whole decode
+                    problems[k] = _Large(path, size)
+                    break
+                array = np.asarray(img.convert("RGB"))   # convert() forces the whole decode
+            reason = _truncated(data)
+            if reason is not None:
+                problems[k] = ("bad", reason)
+                continue
+            images.append(array)
         except FileNotFoundError:
-            items.append(("bad", "file disappeared"))
+            problems[k] = ("bad", "file disappeared")
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            items.append(("bad", f"PIL: {_clean(exc)}"))
-    return items
+            problems[k] = ("bad", _truncated(data) or f"PIL: {_clean(exc)}")
+    if images and len({a.shape for a in images}) == 1:
+        return np.stack(images), problems, count
+    return images, problems, count
 
 
 def _chunks(paths: list[str]) -> list[list[str]]:
@@ -122,9 +149,9 @@ def decode_split(samples: list[tuple[str, int]], *, split: str, dataset: str, wo
 
     exact: the size (w, h) every image must have (CIFAR: 32x32), else a one-line DataError naming
     the first file of another size. max_side: return None instead at the first image larger
-    than that (the data set is not small). An unreadable file is a one-line :class:`UnreadableImage`, or with
-    ``skip_corrupt`` is recorded in ``skipped`` and left out. Returns ``(arrays, labels)``
-    (arrays: one HWC uint8 array per kept file), or None (``max_side``).
+    than that (the data set is not small). An unreadable or truncated file is a one-line
+    :class:`UnreadableImage`, or with ``skip_corrupt`` is recorded in ``skipped`` and left out.
+    Returns ``(arrays, labels)`` (one HWC uint8 array per kept file), or None (``max_side``).
     """
     paths = [p for p, _ in samples]
     arrays: list[np.ndarray] = []
@@ -132,12 +159,14 @@ def decode_split(samples: list[tuple[str, int]], *, split: str, dataset: str, wo
     position = 0
     results = _results(paths, exact, max_side, workers)
     try:
-        for items in results:
-            for item in items:
+        for images, problems, count in results:
+            decoded = iter(images)
+            for k in range(count):
                 path, label = samples[position]
                 position += 1
-                if isinstance(item, np.ndarray):
-                    arrays.append(item)
+                item = problems.get(k)
+                if item is None:
+                    arrays.append(next(decoded))
                     labels.append(label)
                 elif isinstance(item, _Large):
                     return None
