@@ -40,7 +40,8 @@ def _jpeg(path, rng, size):
 
 @pytest.fixture
 def folder(tmp_path):
-    """ImageFolder tree of noise JPEGs of random sizes: train 3 classes x 4, val 3 x (3, 2, 2)."""
+    """ImageFolder tree of noise JPEGs of random sizes: train 3 classes x 4, val 3 x (3, 2, 2).
+    Two are larger than 64 px (67x63, 68x62), so the tree stays files for DALI's reader."""
     rng = np.random.default_rng(2)
     root = tmp_path / "folder"
     for c in ("cat", "ant", "bee"):  # not created in sorted order on purpose
@@ -55,7 +56,8 @@ def folder(tmp_path):
 
 @pytest.fixture
 def ids(tmp_path):
-    """Lossless solid-colour PNGs whose red value identifies the image: train 12 (2 classes), val 7."""
+    """Lossless solid-colour PNGs whose red value identifies the image: train 12 (2 classes), val 7.
+    Larger than 64 px, so that they stay files (DALI's file reader) and are not decoded into memory."""
     root = tmp_path / "ids"
     value = 10
     for split, counts in (("train", (5, 7)), ("val", (4, 3))):
@@ -63,7 +65,7 @@ def ids(tmp_path):
             d = root / split / c
             d.mkdir(parents=True)
             for i in range(n):
-                Image.new("RGB", (int(20 + 3 * i), 24), (value, 0, 0)).save(d / f"{i}.png")
+                Image.new("RGB", (int(70 + 3 * i), 74), (value, 0, 0)).save(d / f"{i}.png")
                 value += 10
     return root
 
@@ -247,9 +249,10 @@ def _expected_train(loader, images, indices, epoch, mean, std, flip):
     pad = loader.pad
     out = []
     for i in indices:
+        side = images[i].shape[0]
         padded = np.pad(images[i], ((pad, pad), (pad, pad), (0, 0)))
         y, x = start[i] + pad
-        crop = padded[y:y + 32, x:x + 32]
+        crop = padded[y:y + side, x:x + side]
         if flip and flips[i]:
             crop = crop[:, ::-1]
         out.append(torch.from_numpy(crop.astype(np.float32) / 255).permute(2, 0, 1))
@@ -305,6 +308,49 @@ def test_array_shards_cover_evaluation_once(cifar10):
         labels += [y for _, y in va]
     with open(cifar10 / "test_batch", "rb") as f:
         assert torch.cat(labels).tolist() == pickle.load(f, encoding="bytes")[b"labels"]
+
+
+@needs_dali
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_cifar_class_folders_through_dali_equal_the_pickles(tmp_path, fmt):
+    """The class-folder layout decodes into the pickles' arrays: DALI's batches are the same."""
+    from test_cifar_folders import make_cifar_pair
+
+    pickles, tree = make_cifar_pair(tmp_path, fmt=fmt, eval_name="val")
+    kw = dict(eval_batch_size=7, workers=0, seed=4, backend="dali")
+    ptr, pva, _ = build_loaders("cifar10", str(pickles), 8, **kw)
+    ttr, tva, info = build_loaders("cifar10", str(tree), 8, **kw)
+    assert info.backend == "dali" and info.layout.endswith("decoded into memory")
+    for epoch in (0, 1):
+        ptr.set_epoch(epoch), ttr.set_epoch(epoch)
+        for (xa, ya), (xb, yb) in zip(_all(ttr), _all(ptr), strict=True):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    for (xa, ya), (xb, yb) in zip(_all(tva), _all(pva), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+@needs_dali
+def test_small_folder_through_dali_trains_at_its_size(tmp_path):
+    """A folder of 24-px images: DALI's array pipeline at 24 px (pad 3 crop + flip), not its
+    224-px file pipeline; evaluation equals the torch backend's."""
+    from adautomix_fast.data.transforms import IMAGENET_MEAN
+    from test_cifar_folders import make_small_folder
+
+    root = make_small_folder(tmp_path / "d", size=(24, 24))
+    kw = dict(eval_batch_size=3, workers=0, seed=1)
+    _, tva, tinfo = build_loaders("folder", str(root), 4, backend="torch", **kw)
+    dtr, dva, dinfo = build_loaders("folder", str(root), 4, backend="dali", **kw)
+    assert dinfo.image_size == tinfo.image_size == 24 and dinfo.layout == tinfo.layout
+    assert isinstance(dtr, dali_mod.DaliArrayLoader) and dtr.pad == 3 and dtr.flip
+    for (xt, yt), (xd, yd) in zip(_all(tva), _all(dva), strict=True):
+        torch.testing.assert_close(xd, xt, rtol=0, atol=1e-5)
+        assert torch.equal(yd, yt)
+    dtr.set_epoch(0)
+    order = dtr.batch_sampler.shard_indices()
+    for b, (x, _) in enumerate(_all(dtr)):
+        expect = _expected_train(dtr, dtr.source.images, order[4 * b:4 * (b + 1)], 0, IMAGENET_MEAN, IMAGENET_STD,
+                                 True)
+        torch.testing.assert_close(x, expect, rtol=0, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- per-image augmentation, resuming

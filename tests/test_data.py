@@ -63,23 +63,24 @@ def cifar100(tmp_path):
     return root
 
 
-def _jpeg(path, rng, size=None):
-    w, h = size or (int(rng.integers(30, 60)), int(rng.integers(30, 60)))
+def _jpeg(path, rng, size=None, sides=(30, 60)):
+    w, h = size or (int(rng.integers(*sides)), int(rng.integers(*sides)))
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path, quality=80)
 
 
 @pytest.fixture
 def folder(tmp_path):
-    """ImageFolder tree: train 3 classes x 5 JPEGs, val 3 classes x (3, 2, 2) JPEGs; random sizes."""
+    """ImageFolder tree: train 3 classes x 5 JPEGs, val 3 classes x (3, 2, 2) JPEGs; random sizes
+    above 64 px (smaller images would be decoded into memory: test_cifar_folders.py)."""
     rng = np.random.default_rng(2)
     root = tmp_path / "folder"
     for c in ("cat", "ant", "bee"):  # not created in sorted order on purpose
         for i in range(5):
-            _jpeg(root / "train" / c / f"{i}.jpg", rng)
+            _jpeg(root / "train" / c / f"{i}.jpg", rng, sides=(65, 100))
     for c, n in (("ant", 3), ("bee", 2), ("cat", 2)):
         for i in range(n):
-            _jpeg(root / "val" / c / f"v{i}.JPEG", rng)
+            _jpeg(root / "val" / c / f"v{i}.JPEG", rng, sides=(65, 100))
     (root / "train" / "cat" / "notes.txt").write_text("not an image, ignored like ImageFolder does")
     return root
 
