@@ -268,7 +268,8 @@ def summarize_run(method: str, folder: str, seed: Optional[int] = None) -> dict[
         "train_s_per_epoch": statistics.mean(e.get("train_time_s", 0.0) for e in epochs),
         "precision": start.get("precision"), "impl": start.get("impl"), "device": start.get("device"),
         # every invocation's (a resumed run may have run elsewhere): the protocol lists them all
-        "starts": [{k: s.get(k) for k in ("time", "device", "torch", "precision", "precision_reason", "impl")}
+        "starts": [{k: s.get(k) for k in ("time", "device", "torch", "precision", "precision_reason", "impl",
+                                                  "cpu_threads")}
                    for s in starts],
         "folder": folder, "curve": [(e["epoch"], e[f"{headline}_top1"]) for e in epochs], "error": None,
     }
@@ -454,6 +455,7 @@ def build_protocol(planned: list[PlannedRun], rows: list[dict], args: argparse.N
         "seeds": args.seeds if args.seeds is not None else [cfg.seed],
         "versions": versions(rows),
         "devices": [describe_device(d) for d in _distinct(s.get("device") for s in starts)],
+        "cpu_threads": _distinct(s.get("cpu_threads") for s in starts),
         "precision": _distinct(f"{s['precision']} ({s['precision_reason']})" if s.get("precision_reason")
                                else s.get("precision") for s in starts),
         "impl": _distinct(s.get("impl") for s in starts),
@@ -491,7 +493,8 @@ def protocol_markdown(p: dict) -> list[str]:
                                if len(p["seeds"]) > 1 else ""),
         f"- Versions: Python {v['python']}, torch {v['torch']}, torchvision {v['torchvision']}, "
         f"adautomix_fast {v['adautomix_fast']}",
-        f"- Device: {'; '.join(p['devices']) or 'not recorded'}",
+        f"- Device: {'; '.join(p['devices']) or 'not recorded'}"
+        + (f"; CPU threads per run: {' or '.join(map(str, p['cpu_threads']))}" if p.get("cpu_threads") else ""),
         f"- Precision: {'; '.join(p['precision']) or 'not recorded'}; step implementation: "
         f"{', '.join(p['impl']) or 'not recorded'}",
         f"- Date: first run started {p['first_start'] or 'unknown'}, report written {p['written']}",
