@@ -116,6 +116,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="data pipeline (default: auto: DALI when it imports and the device is CUDA, else torch)")
     g.add_argument("--skip-corrupt", action=BOOL,
                    help="skip unreadable image files, counting them, instead of stopping (default: off)")
+    g.add_argument("--train-subset", type=int, metavar="N",
+                   help="train on a fixed class-balanced subset of N training images, the same for every --seed "
+                        "and --method; evaluation uses the whole split (default: every image)")
 
     g = p.add_argument_group("model")
     g.add_argument("--arch", help=f"one of {', '.join(ARCHS)}, timm/<timm model> or tv/<torchvision model> "
@@ -373,7 +376,7 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
             workers=cfg.workers, seed=cfg.seed, image_size=cfg.img_size, pin_memory=device.type == "cuda",
             rank=ctx.rank, world_size=ctx.world_size,
             backend=cfg.data_backend, device=device, skip_corrupt=cfg.skip_corrupt,
-            channels_last=cfg.channels_last, recipe=AugmentRecipe.from_config(cfg))
+            channels_last=cfg.channels_last, recipe=AugmentRecipe.from_config(cfg), train_subset=cfg.train_subset)
 
     # Data first: a missing or broken data set fails here, before anything is written.
     train_loader, val_loader, info = loaders()
@@ -443,7 +446,7 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
 
     global_batch = cfg.batch_size * ctx.world_size
     parts = [f"{info.train_size} train / {info.val_size} val images, {info.num_classes} classes, "
-             f"{info.image_size}px{', CIFAR stem' if cifar_stem else ''}"]
+             f"{info.image_size}px{', CIFAR stem' if cifar_stem else ''}{', ' + info.describe() if info.describe() else ''}"]
     method = METHODS[cfg.method]
     details = [method.describe(cfg, image_side(cfg)), recipe_settings(cfg), f"device {device}", f"data {info.backend}",
                precision.reason, f"impl {impl}"]
@@ -564,6 +567,7 @@ def _train(cfg, args, trainer: Trainer, summary: str, impl: str, stop_after, res
                 "restart": distributed.restart_count(), "world_size": ctx.world_size,
                 "device": str(trainer.device), "torch": str(torch.__version__),
                 "steps_per_epoch": len(trainer.train_loader), "impl": impl, "data_backend": trainer.info.backend,
+                "data_layout": trainer.info.describe(),
                 "gen_kernels": getattr(getattr(trainer.model, "generator", None), "kernels", None),
                 "method": trainer.cfg.method, "precision": trainer.precision.describe(),
                 "precision_reason": trainer.precision.reason, **precision_facts(trainer.device),

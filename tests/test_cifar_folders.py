@@ -357,7 +357,7 @@ def test_cli_trains_one_epoch_on_a_small_folder_at_its_size(tmp_path, capsys):
                               "--vis-every", "0", "--impl", "reference", "--epochs", "1", "--batch-size", "4",
                               "--output", str(tmp_path / "runs"), "--run-name", "r"], capsys)
     assert code == 0, err
-    assert "(12 train / 4 val images, 2 classes, 16px, CIFAR stem)" in out
+    assert "(12 train / 4 val images, 2 classes, 16px, CIFAR stem, class folders" in out
 
 
 # --------------------------------------------------------------------------- --train-subset

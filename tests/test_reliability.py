@@ -195,12 +195,14 @@ def test_two_runs_in_one_folder_the_second_refuses_and_a_dead_holder_is_taken_ov
     finally:
         first.kill()
         first.communicate()
-    # The holder was killed: its lock went with it, and the folder can be used again.
-    third = subprocess.run([sys.executable, "-m", "adautomix_fast.train", *TINY, "--epochs", "1", "--output",
-                            str(tmp_path), "--run-name", "shared"], cwd=ROOT, capture_output=True, text=True,
-                           timeout=300)
+    # The holder was killed: its lock went with it, and the folder can be used again, by the same
+    # run (another configuration would be refused: the folder holds the first one's config.yaml).
+    folder = tmp_path / "shared"
+    again = ["--resume", str(folder)] if (folder / "checkpoint-last.pt").exists() else args
+    third = subprocess.run([sys.executable, "-m", "adautomix_fast.train", *again], cwd=ROOT, capture_output=True,
+                           text=True, timeout=300)
     assert third.returncode == 0, third.stderr
-    assert epoch_records(tmp_path / "shared") == [1] and summary_epochs(tmp_path / "shared") == ["1"]
+    assert epoch_records(folder) == [1, 2, 3] and summary_epochs(folder) == ["1", "2", "3"]
 
 
 # ---------------------------------------------------------------------------- data folders
