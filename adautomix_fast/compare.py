@@ -64,13 +64,18 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Optional
 
+import torch
+import torchvision
 import yaml
 
+from . import __version__
+from .data import DATA_ENV
 from .errors import UsageError
 from .registry import METHODS
 from .records import read_jsonl
 from .config import check_single_folder_name
 from .stopsignals import SIGNALS_FORWARDED_ENV, exit_status
+from .train import build_config, get_args_parser
 
 LAST = "checkpoint-last.pt"
 PROG = "python -m adautomix_fast.compare"
@@ -156,7 +161,6 @@ def run_name(method: str, seed: Optional[int]) -> str:
 def plan_runs(args: argparse.Namespace, train_argv: list[str]) -> list[PlannedRun]:
     """Every (method, seed) run, seed-major, with its resolved configuration: a bad training flag
     is one line here, before any folder is made."""
-    from .train import build_config, get_args_parser   # the training's own resolution, imported on use
 
     def resolve(flags: list[str]):
         return build_config(get_args_parser().parse_args(flags), None)
@@ -285,7 +289,6 @@ def training_set(folder: str) -> dict[str, Any]:
     protocol shows that every run saw the same images), or nothing where it cannot be read."""
     path = os.path.join(folder, LAST)
     try:
-        import torch
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # mmap: weights left unread
     except Exception:   # a missing or foreign file only loses this line of the protocol
         return {}
@@ -399,7 +402,6 @@ def describe_device(device: str) -> str:
     """A run's device ("cpu", "cuda:0") with the name of this machine's CPU or GPU."""
     if device.startswith("cuda"):
         try:
-            import torch
             index = int(device.split(":", 1)[1]) if ":" in device else 0
             return f"GPU {torch.cuda.get_device_name(index)} ({device})"
         except Exception:   # no CUDA in this process: the run's own word for it
@@ -410,13 +412,7 @@ def describe_device(device: str) -> str:
 
 
 def versions(rows: list[dict]) -> dict[str, str]:
-    import torch
-    try:
-        import torchvision
-        tv = torchvision.__version__
-    except Exception:
-        tv = "not installed"
-    from . import __version__
+    tv = torchvision.__version__
     # the torch of every training invocation (a resumed run may have run under another)
     run_torch = sorted({s.get("torch") for r in rows for s in r.get("starts", []) if s.get("torch")})
     return {"python": platform.python_version(), "torch": ", ".join(run_torch) or str(torch.__version__),
@@ -435,7 +431,6 @@ def build_protocol(planned: list[PlannedRun], rows: list[dict], args: argparse.N
                    command: str) -> dict[str, Any]:
     """What the numbers were measured on: data, subset, network, budget, seeds, versions, device,
     precision (as the runs' logs record it), dates and the command that reproduces the table."""
-    from .data import DATA_ENV
     cfg = planned[0].cfg
     done = [r for r in rows if not r.get("error")]
     starts = [s for r in rows for s in r.get("starts", [])]

@@ -24,6 +24,7 @@ from PIL import Image
 
 from ..errors import DataError
 from .folders import UnreadableImage, _clean
+from .sampling import worker_start_method
 
 # "Small": at most this many pixels on the longer side (Tiny ImageNet's 64 px included), the
 # sizes at which the CIFAR stem and the pad-crop recipe apply (models.specs.default_cifar_stem).
@@ -106,7 +107,6 @@ def _chunks(paths: list[str]) -> list[list[str]]:
 
 def _pool_context(workers: int):
     # A process that has run DALI must not fork beside its threads (sampling.worker_start_method).
-    from .sampling import worker_start_method
     method = worker_start_method(workers)
     return multiprocessing.get_context(method) if method else None
 
