@@ -119,3 +119,19 @@ def test_measuring_leaves_the_training_state_alone():
     assert model.training and model.teacher.training and model.generator.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_a_run_trains_the_same_with_and_without_the_measurement(adautomix_run, tmp_path, monkeypatch):
+    """The measurement draws no number from the training's random streams and changes no buffer:
+    the same run with it switched off ends with the same weights and buffers, bit for bit."""
+    from adautomix_fast.trainer import Trainer
+
+    monkeypatch.setattr(Trainer, "mask_diagnostics", lambda self: {})
+    assert main(ONE_EPOCH + ["--method", "adautomix", "--output", str(tmp_path), "--run-name", "off"]) == 0
+    assert "mask_spread" not in _epoch_records(tmp_path / "off")[0]
+    with_it = torch.load(adautomix_run / "checkpoint-last.pt", weights_only=True)
+    without = torch.load(tmp_path / "off" / "checkpoint-last.pt", weights_only=True)
+    for k, v in with_it["model"].items():
+        assert torch.equal(v, without["model"][k]), k
+    for k, v in with_it["rng"]["ranks"][0].items():      # the random streams, where the next step starts
+        assert torch.equal(v, without["rng"]["ranks"][0][k]), k
