@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import pkgutil
-from typing import Any
+from typing import Any, Optional
 
 from . import methods as _methods_package
 from .data.randaugment import parse_randaugment
@@ -91,14 +91,15 @@ def method_defaults(method: str, dataset: str, arch: str) -> dict[str, Any]:
     return method_class(method).published_defaults(data_family(dataset, arch), arch)
 
 
-def image_side(cfg) -> int:
-    """The run's training image side in pixels (``--img-size`` or the data set's native size)."""
-    return cfg.img_size or NATIVE_SIZE[cfg.dataset]
+def image_side(cfg, data_side: Optional[int] = None) -> int:
+    """The run's training image side in pixels: ``--img-size``, else the side the data was read at
+    (``data_side``: a folder of small images trains at theirs), else the data set's native size."""
+    return cfg.img_size or data_side or NATIVE_SIZE[cfg.dataset]
 
 
-def data_facts(cfg) -> DataFacts:
+def data_facts(cfg, data_side: Optional[int] = None) -> DataFacts:
     mean, std = NORMALIZATION[cfg.dataset]
-    return DataFacts(image_side(cfg), tuple(mean), tuple(std))
+    return DataFacts(image_side(cfg, data_side), tuple(mean), tuple(std))
 
 
 def check_method(cfg) -> None:
@@ -132,11 +133,12 @@ class _WithBackbone:
         return getattr(self._cfg, name)
 
 
-def build_model(cfg, num_classes: int, cifar_stem: bool) -> MixModel:
-    """The model of the run's method (``cfg.method``), on the CPU, freshly initialised."""
+def build_model(cfg, num_classes: int, cifar_stem: bool, data_side: Optional[int] = None) -> MixModel:
+    """The model of the run's method (``cfg.method``), on the CPU, freshly initialised;
+    ``data_side``: the side the training images were read at, where the data decided it."""
     if getattr(cfg, "tap", None) is not None:
         cfg = _WithBackbone(cfg, BackboneChoice(cfg.arch, tap=cfg.tap))
-    return method_class(cfg.method).from_config(cfg, num_classes, cifar_stem, data=data_facts(cfg))
+    return method_class(cfg.method).from_config(cfg, num_classes, cifar_stem, data=data_facts(cfg, data_side))
 
 
 def registry_problems() -> list[str]:

@@ -73,7 +73,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--run-name", help="run folder name (default: <dataset>-<arch>-<date-time>)")
     g.add_argument("--resume", metavar="CKPT", help="checkpoint file or run folder to continue exactly (default: none)")
     g.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint and exit")
-    g.add_argument("--export", metavar="PATH", help="after training (or with --eval-only), write the teacher as a torchvision state dict")
+    g.add_argument("--export", metavar="PATH", help="after training (or with --eval-only), write the teacher as the state dict of its library's model "
+                   "(torchvision, timm, or this package's CIFAR networks)")
     g.add_argument("--override-lr", action="store_true",
                    help="with --resume: let --lr, --min-lr, --gen-lr and --gen-min-lr change the schedule from the "
                         "resumed step on (e.g. a lower lr after a divergence); recorded in log.jsonl")
@@ -393,7 +394,8 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
                                       allow=getattr(args, "allow_data_change", False)):
             say(f"note: {note}", file=sys.stderr)
 
-    model = build_model(cfg, info.num_classes, cifar_stem)
+    model = build_model(cfg, info.num_classes, cifar_stem, info.image_size)
+    METHODS[cfg.method].check_config(cfg, image_side(cfg, info.image_size))   # at the size the data decided
     # A library backbone's limits are read from the built model: still before anything is written.
     # Without --img-size, a data set too small for it (digits for a stride-16 tap) is resized
     # to the smallest size it takes (over the preset's size); a size the user chose is only checked.
@@ -448,7 +450,7 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
     parts = [f"{info.train_size} train / {info.val_size} val images, {info.num_classes} classes, "
              f"{info.image_size}px{', CIFAR stem' if cifar_stem else ''}{', ' + info.describe() if info.describe() else ''}"]
     method = METHODS[cfg.method]
-    details = [method.describe(cfg, image_side(cfg)), recipe_settings(cfg), f"device {device}", f"data {info.backend}",
+    details = [method.describe(cfg, image_side(cfg, info.image_size)), recipe_settings(cfg), f"device {device}", f"data {info.backend}",
                precision.reason, f"impl {impl}"]
     if device.type == "cpu":
         threads = cputhreads.describe()
@@ -478,7 +480,7 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
         say(f"evaluation of {resume_path} (epoch {trainer.epoch}) on {metrics['images']} images:")
         say(format_metrics(metrics, model.HEADS, model.HEADLINE))
         if getattr(args, "export", None) and ctx.primary:
-            export(model, args.export)
+            export(model, args.export, cfg.arch)
         return 0
 
     folder = _open_run_folder(folder_path, cfg.fingerprint(), resumed, resume_path, ctx)
@@ -582,7 +584,7 @@ def _train(cfg, args, trainer: Trainer, summary: str, impl: str, stop_after, res
     if trainer.epoch < cfg.epochs:
         say(f"stopped after epoch {trainer.epoch} of {cfg.epochs}; continue with --resume {folder.path}")
     if getattr(args, "export", None) and ctx.primary:
-        export(trainer.model, args.export)
+        export(trainer.model, args.export, cfg.arch)
     return 0
 
 
@@ -593,14 +595,16 @@ def precision_facts(device: torch.device) -> dict:
     return {"cpu_" + k: v for k, v in precision_lib.cpu_facts().items()}
 
 
-def export(model, path: str) -> None:
+def export(model, path: str, arch: str) -> None:
     sd = ckpt_lib.export_torchvision(model)
     bad = ckpt_lib.nonfinite_tensors(sd.items())
     if bad:
         raise UsageError(f"--export {path}: the model holds inf/NaN values ({len(bad)} tensors, e.g. {bad[0]}); "
                          "nothing was exported: export a checkpoint from before the divergence")
     ckpt_lib.atomic_save(sd, path)
-    print(f"teacher exported as a torchvision state dict: {path}")
+    spec = arch_spec(arch)
+    # the CIFAR networks have no torchvision twin: their state dict is the package's own constructor's
+    print(f"teacher exported as a state dict for {spec.constructor}: {path}")
 
 
 def main(argv: Optional[list[str]] = None) -> int:

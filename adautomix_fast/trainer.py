@@ -133,6 +133,7 @@ class Trainer:
             "format": "adautomix_fast", "version": ckpt_lib.FORMAT_VERSION,
             "config": self.cfg.to_dict(), "fingerprint": self.cfg.fingerprint(),
             "num_classes": self.info.num_classes, "cifar_stem": self.cifar_stem,
+            "image_size": self.info.image_size,
             # The training set's identity: a resume on other data is refused (train.py).
             "train_size": self.info.train_size,
             "train_fingerprint": getattr(self.info, "train_fingerprint", None),

@@ -360,6 +360,25 @@ def test_cli_trains_one_epoch_on_a_small_folder_at_its_size(tmp_path, capsys):
     assert "(12 train / 4 val images, 2 classes, 16px, CIFAR stem, class folders" in out
 
 
+
+def test_a_small_folder_gives_methods_its_image_size_in_training_and_in_evaluation(tmp_path, capsys):
+    """PuzzleMix's grids follow the image side: a folder of 32-px images gets the CIFAR grids
+    (2-16, 4-px transport cells), not the 224-px ones, in the run, its summary and the model
+    `evaluate` rebuilds from the checkpoint."""
+    pytest.importorskip("gco")
+    from adautomix_fast.evaluate.context import load_run
+
+    root = make_small_folder(tmp_path / "d", size=(32, 32), per_class=(4, 2))
+    code, out, err = run_cli(["--dataset", "folder", "--data-dir", str(root), "--arch", "tiny", "-j", "0",
+                              "--method", "puzzlemix", "--vis-every", "0", "--impl", "reference", "--epochs", "1",
+                              "--batch-size", "4", "--output", str(tmp_path / "runs"), "--run-name", "r"], capsys)
+    assert code == 0, err
+    assert "32px" in out and "grids 2-16, transport" in out and "4 px cells" in out
+    ckpt = torch.load(tmp_path / "runs" / "r" / "checkpoint-last.pt", weights_only=True)
+    assert ckpt["image_size"] == 32
+    model = load_run(str(tmp_path / "runs" / "r")).model
+    assert (model.block_num, model.t_size) == (5, 4)
+
 # --------------------------------------------------------------------------- --train-subset
 
 

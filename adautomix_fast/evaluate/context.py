@@ -110,7 +110,8 @@ def load_run(path: str, which: str = "last") -> LoadedRun:
     config = dict(ckpt["config"])
     cfg = Config.from_dict(config)
     num_classes, cifar_stem = int(ckpt["num_classes"]), bool(ckpt["cifar_stem"])
-    model = build_model(cfg, num_classes, cifar_stem)
+    # the side the run's data was read at (older checkpoints: the configured one)
+    model = build_model(cfg, num_classes, cifar_stem, ckpt.get("image_size"))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
