@@ -36,6 +36,23 @@ def cpu_generator():
     return torch.Generator().manual_seed(1234)
 
 
+# The real data sets a machine holds ($ADAUTOMIX_DATA/<dataset>; .ci/run extracts CIFAR-10 there
+# where it can), read before any test runs: the fixture below hides the variable from the tests.
+REAL_DATA = os.environ.get("ADAUTOMIX_DATA")
+
+
+@pytest.fixture
+def real_data():
+    """``real_data("cifar10")``: the folder of a real data set, or a skip saying how to provide it."""
+    def folder(name: str) -> str:
+        path = os.path.join(REAL_DATA, name) if REAL_DATA else None
+        if path is None or not os.path.isdir(path):
+            pytest.skip(f"no real {name}: set ADAUTOMIX_DATA to a folder holding {name}/ (any layout the "
+                        f"engine reads; .ci/run extracts CIFAR-10 there when the machine has it)")
+        return path
+    return folder
+
+
 @pytest.fixture(autouse=True)
 def no_data_env(monkeypatch):
     """Tests name their data explicitly: a user's $ADAUTOMIX_DATA must not change what they read."""
