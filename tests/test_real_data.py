@@ -27,7 +27,7 @@ from adautomix_fast.train import main as train
 
 from cli_helpers import read_log
 
-pytestmark = pytest.mark.slow   # about 2 minutes on 2 cores
+pytestmark = pytest.mark.slow   # about 1 minute on 2 quiet cores
 
 ARCH = "tiny"   # the test network: AdAutoMix's resnet20 teacher was at 14-20% after 100-200 steps (docs/results.md)
 SUBSET = 2000            # class-balanced training images (--train-subset)
