@@ -128,7 +128,7 @@ def test_the_subset_is_passed_to_every_run(monkeypatch):
                 flags = flags[:i] + flags[i + 2:]
             return real().parse_args(flags)
 
-    monkeypatch.setattr(train, "get_args_parser", Recording)
+    monkeypatch.setattr(compare, "get_args_parser", Recording)   # the name compare resolves with
     args, train_argv = compare.parse_args(["--methods", "vanilla,mixup", "--seeds", "0,1", "--subset", "300"] + TRAIN)
     planned = compare.plan_runs(args, train_argv)
     assert [(p.method, p.seed, p.name) for p in planned] == [
