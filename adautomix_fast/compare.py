@@ -412,11 +412,10 @@ def describe_device(device: str) -> str:
 
 
 def versions(rows: list[dict]) -> dict[str, str]:
-    tv = torchvision.__version__
     # the torch of every training invocation (a resumed run may have run under another)
     run_torch = sorted({s.get("torch") for r in rows for s in r.get("starts", []) if s.get("torch")})
     return {"python": platform.python_version(), "torch": ", ".join(run_torch) or str(torch.__version__),
-            "torchvision": str(tv), "adautomix_fast": __version__}
+            "torchvision": str(torchvision.__version__), "adautomix_fast": __version__}
 
 
 def _distinct(values) -> list:

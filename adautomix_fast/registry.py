@@ -102,13 +102,13 @@ def data_facts(cfg, data_side: Optional[int] = None) -> DataFacts:
     return DataFacts(image_side(cfg, data_side), tuple(mean), tuple(std))
 
 
-def check_method(cfg) -> None:
+def check_method(cfg, data_side: Optional[int] = None) -> None:
     """One-line UsageErrors for the run's method settings: every option's range (every method's,
     so that a config file cannot hold an impossible value for later) and the method's own
     combination checks."""
     for option in OPTIONS.values():
         option.check(getattr(cfg, option.name))
-    method_class(cfg.method).check_config(cfg, image_side(cfg))
+    method_class(cfg.method).check_config(cfg, image_side(cfg, data_side))
 
 
 def check_foreign_options(method: str, settings: dict[str, Any]) -> None:

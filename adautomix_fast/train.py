@@ -395,7 +395,7 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
             say(f"note: {note}", file=sys.stderr)
 
     model = build_model(cfg, info.num_classes, cifar_stem, info.image_size)
-    METHODS[cfg.method].check_config(cfg, image_side(cfg, info.image_size))   # at the size the data decided
+    registry.check_method(cfg, info.image_size)   # again, at the size the data decided
     # A library backbone's limits are read from the built model: still before anything is written.
     # Without --img-size, a data set too small for it (digits for a stride-16 tap) is resized
     # to the smallest size it takes (over the preset's size); a size the user chose is only checked.
