@@ -1,6 +1,7 @@
 """AdAutoMix (or any method of the registry) inside one's own training loop (docs/library.md).
 
-    model = mix_model("adautomix", backbone, num_classes=10)      # any nn.Module, "timm/<name>", "tv/<name>"
+    model = mix_model("adautomix", backbone, num_classes=10)      # any nn.Module, "timm/<name>", "tv/<name>";
+                                                                    # family="imagenet" etc.: that family's settings
     optimizer = torch.optim.SGD(param_groups(model), lr=0.1, momentum=0.9, weight_decay=5e-4)
     step = train_step(model, optimizer, total_steps=epochs * len(loader))   # impl="fused": compiled
     for x, y in loader:
@@ -24,7 +25,9 @@ import torch
 import torch.nn as nn
 
 from .fused import FusedStep
-from .methods.base import MixModel
+from .config import Config
+from .methods.base import DataFacts, MixModel
+from .methods.options import FAMILIES
 from .models.library import BackboneChoice
 from .models.pretrained import export_state_dict
 from .optim import group_role
@@ -37,18 +40,56 @@ from .trainstep import TrainStep, make_plan_generator
 Backbone = Union[str, nn.Module]
 
 
-def mix_model(method: str, backbone: Backbone, num_classes: int, *, tap: Optional[int] = None,
-              **options) -> MixModel:
+# The training image side of each family's published recipes, for the settings that depend on
+# it (PuzzleMix's grids) when the caller does not say (``image_size``).
+FAMILY_IMAGE_SIDE = {"cifar": 32, "cifar-transformer": 224, "imagenet": 224, "fine-grained": 224}
+
+
+def published_settings(method: str, family: str = "cifar", backbone: Backbone = None, *,
+                       image_size: Optional[int] = None) -> dict:
+    """The constructor settings of ``method`` as the engine's CLI resolves them for a data set
+    of ``family`` (``cifar``, ``cifar-transformer``, ``imagenet``, ``fine-grained``): the
+    method's published values (docs/methods.md), the trunk's own rules where ``backbone`` is an
+    engine architecture name (Swin's nearest upsampling, ImageNet R50's generator BatchNorm ...),
+    everything else at its declared default."""
+    cls = _method(method)
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    arch = backbone if isinstance(backbone, str) else None
+    values = cls.published_defaults(family, arch)
+    cfg = Config(method=method, arch=arch or Config.arch, **values)
+    side = image_size or FAMILY_IMAGE_SIDE[family]
+    return cls.settings_from_config(cfg, DataFacts(side))
+
+
+def _method(method: str) -> type[MixModel]:
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    return method_class(method)
+
+
+def mix_model(method: str, backbone: Backbone, num_classes: int, *, family: str = "cifar",
+              tap: Optional[int] = None, image_size: Optional[int] = None, **options) -> MixModel:
     """A method's model (student, its heads, and the method's own parts: AdAutoMix's generator and
     EMA teacher) around ``backbone``: an ``nn.Module`` (a timm or torchvision model, or one's own
     of that shape: modules run in order, a global pooling, a last ``nn.Linear`` that the two heads
     replace), a name ``timm/<name>`` / ``tv/<name>``, or one of the engine's ``--arch`` names.
-    ``tap``: the stage the generator reads (default: the one at stride 16). ``options``: the
-    method's constructor settings (AdAutoMix: ``mix_samples``, ``mix_alpha``, ``beta``, ...)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+
+    Its settings are the method's published ones for ``family`` (``published_settings``: the same
+    values the CLI resolves for a data set of that family); ``options`` override any of them by
+    constructor keyword (AdAutoMix: ``mix_samples``, ``mix_alpha``, ``beta``, ...; PuzzleMix's
+    ``block_num``, ``mean``, ``std``), ``cifar_stem`` chooses the stem. ``tap``: the stage the
+    generator reads (default: the one at stride 16). ``image_size``: the training images' side
+    (default: the family's, 32 or 224), for the settings that depend on it."""
+    cls = _method(method)
+    settings = published_settings(method, family, backbone, image_size=image_size)
+    unknown = set(options) - set(settings) - {"cifar_stem"}
+    if unknown:
+        raise TypeError(f"mix_model({method!r}): unknown settings {sorted(unknown)}; {method} takes "
+                        f"{', '.join(sorted(settings))} and cifar_stem")
+    settings.update(options)
     arch = BackboneChoice(backbone, tap=tap) if tap is not None else backbone
-    return method_class(method)(arch, num_classes, cifar_stem=options.pop("cifar_stem", False), **options)
+    return cls(arch, num_classes, cifar_stem=settings.pop("cifar_stem", False), **settings)
 
 
 def param_groups(model: MixModel, gen_lr: Optional[float] = None) -> list[dict]:
@@ -133,4 +174,5 @@ def classifier(model: MixModel) -> PlainClassifier:
     return PlainClassifier(model.teacher if model.has_teacher else model.student)
 
 
-__all__ = ["LoopSchedule", "PlainClassifier", "classifier", "mix_model", "param_groups", "train_step"]
+__all__ = ["FAMILY_IMAGE_SIDE", "LoopSchedule", "PlainClassifier", "classifier", "mix_model", "param_groups",
+           "published_settings", "train_step"]

@@ -61,6 +61,10 @@ def fused_losses(model, x: torch.Tensor, y: torch.Tensor, plan, *, batched_stude
     return model.fused_losses(x, y, plan, batched_student=batched_student, teacher_bn_stats=teacher_bn_stats)
 
 
+# The fused step's choices (--student-passes, --teacher-bn-stats; module docstring).
+STUDENT_PASSES = ("batched", "separate")
+TEACHER_BN_STATS = ("exact", "single")
+
 class FusedStep(TrainStep):
     """The fused train step of any method. Same call signature and state API as
     `reference.ReferenceStep`; the host-side bookkeeping is theirs (`trainstep.TrainStep`).
@@ -88,7 +92,7 @@ class FusedStep(TrainStep):
                  backend: str = "inductor", batched_student: bool = True, teacher_bn_stats: str = "exact",
                  plan_generator: Optional[torch.Generator] = None, grad_sync=None,
                  max_grad_norm: Optional[float] = None):
-        if teacher_bn_stats not in ("exact", "single"):
+        if teacher_bn_stats not in TEACHER_BN_STATS:
             raise ValueError(f"teacher_bn_stats must be 'exact' or 'single', got {teacher_bn_stats!r}")
         student, gen = model.trainable_parameters()
         trained = {id(p) for p in student + gen}

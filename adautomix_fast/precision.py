@@ -107,6 +107,8 @@ def cpu_native(dtype: torch.dtype, facts: Optional[dict[str, Any]] = None) -> tu
 
 # ---------------------------------------------------------------------------- the decision
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# The autocast dtypes a run may ask for (--amp-dtype).
+AMP_DTYPES = tuple(_DTYPES)
 
 
 def resolve_precision(amp: Optional[bool], amp_dtype: str, device: torch.device | str,

@@ -86,9 +86,14 @@ def data_family(dataset: str, arch: str) -> str:
 
 
 def method_defaults(method: str, dataset: str, arch: str) -> dict[str, Any]:
-    """The published settings of ``method`` for the data set's family, applied after the data
-    set's defaults and before a preset."""
+    """The published settings of ``method`` for the data set's family and the architecture,
+    applied after the data set's engine defaults and before a preset."""
     return method_class(method).published_defaults(data_family(dataset, arch), arch)
+
+
+def takers(key: str) -> list[str]:
+    """The methods whose options include ``key`` (the declaring one and those built on it)."""
+    return [name for name, cls in METHODS.items() if key in {o.name for o in cls.all_options()}]
 
 
 def image_side(cfg, data_side: Optional[int] = None) -> int:
@@ -112,14 +117,15 @@ def check_method(cfg, data_side: Optional[int] = None) -> None:
 
 
 def check_foreign_options(method: str, settings: dict[str, Any]) -> None:
-    """A one-line UsageError when ``settings`` (what the user typed or wrote in a config file)
-    give an option of another method a value other than its default: it would be ignored."""
+    """A one-line UsageError when ``settings`` (the flags the user typed) hold an option that
+    ``method`` does not take: it would be ignored without a word."""
     own = method_options(method)
-    for key, value in settings.items():
+    for key in settings:
         option = OPTIONS.get(key)
-        if option is not None and key not in own and value != option.default:
-            raise UsageError(f"{option.flag} applies to {option.owner} only (and methods built on it); "
-                             f"--method {method} does not use it")
+        if option is not None and key not in own:
+            names = takers(key)
+            which = names[0] + " only" if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+            raise UsageError(f"{option.flag} applies to {which}; --method {method} does not use it: drop the flag")
 
 
 class _WithBackbone:
@@ -134,8 +140,9 @@ class _WithBackbone:
 
 
 def build_model(cfg, num_classes: int, cifar_stem: bool, data_side: Optional[int] = None) -> MixModel:
-    """The model of the run's method (``cfg.method``), on the CPU, freshly initialised;
-    ``data_side``: the side the training images were read at, where the data decided it."""
+    """The model of the run's method (``cfg.method``), on the CPU, freshly initialised, every
+    declared option handed to its constructor (``MixModel.settings_from_config``); ``data_side``:
+    the side the training images were read at, where the data decided it."""
     if getattr(cfg, "tap", None) is not None:
         cfg = _WithBackbone(cfg, BackboneChoice(cfg.arch, tap=cfg.tap))
     return method_class(cfg.method).from_config(cfg, num_classes, cifar_stem, data=data_facts(cfg, data_side))

@@ -11,6 +11,9 @@ from .reference import ReferenceStep
 from .schedules import Schedule
 from .trainstep import make_plan_generator
 
+# --impl: the eager reference step, the compiled fused one, or auto (resolve_impl).
+IMPLS = ("auto", "reference", "fused")
+
 
 def resolve_impl(choice: str, device: torch.device) -> str:
     """auto: the fused, compiled step on CUDA; the eager reference step on a CPU (compiling the

@@ -12,6 +12,7 @@ trained (architecture, data set, schedule, ...) is refused.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import errno
 import logging
 import os
@@ -26,7 +27,7 @@ from . import checkpoint as ckpt_lib
 from . import cputhreads
 from . import distributed
 from . import precision as precision_lib
-from .config import ARCHS, DATA_BACKENDS, DATASETS, GEN_KERNELS, IMPLS, PRESETS, Config, resolve
+from .config import Config, resolve
 from .data import DATA_ENV, AugmentRecipe, build_loaders, check_resume_data
 from .devices import pick_device
 from .optim import build_optimizer
@@ -41,11 +42,12 @@ from .registry import METHODS, build_model, image_side
 from .models import arch_spec, default_cifar_stem, drop_path_rate, load_pretrained_model
 from .models.library import check_backbone_image_size, fitting_image_size
 from .models.specs import is_library_arch
-from .optim import OPTIMIZERS, wd_exclude
+from .optim import wd_exclude
+from .presets import PRESETS, engine_default_text, method_default_text, preset_help
+from .settings import GROUPS, METHOD, RUN, SETTINGS
 from .trainer import Trainer, format_metrics
 
 log = logging.getLogger("adautomix_fast")
-D = Config()  # defaults shown in --help
 
 
 # ---------------------------------------------------------------------------- arguments
@@ -57,24 +59,21 @@ class _Parser(argparse.ArgumentParser):
 
 
 def get_args_parser() -> argparse.ArgumentParser:
+    """The training CLI: the run's actions (resume, evaluate, export ...) written here, then one
+    flag per declared setting (``settings.SETTINGS``) and per method option, by section."""
     p = _Parser(
         prog="python -m adautomix_fast.train",
         description="Train an image classifier with AdAutoMix (adversarial automatic mixup).",
-        epilog="Published settings: --preset " + ", ".join(PRESETS) + ". Data sets other than the "
+        epilog="Published settings: --preset " + preset_help() + ". Data sets other than the "
                f"bundled digits read --data-dir, or ${DATA_ENV}/<dataset> when it is not given.",
         argument_default=argparse.SUPPRESS,  # so that we know which flags were typed
     )
-    BOOL = argparse.BooleanOptionalAction
-
-    g = p.add_argument_group("run")
-    g.add_argument("--preset", choices=list(PRESETS), help="published setting to start from (default: none)")
+    g = p.add_argument_group(RUN)
     g.add_argument("--config", metavar="FILE", help="YAML file of settings (config keys); flags override it")
-    g.add_argument("--output", metavar="DIR", help=f"folder for run folders (default: {D.output})")
-    g.add_argument("--run-name", help="run folder name (default: <dataset>-<arch>-<date-time>)")
     g.add_argument("--resume", metavar="CKPT", help="checkpoint file or run folder to continue exactly (default: none)")
     g.add_argument("--eval-only", action="store_true", help="evaluate the --resume checkpoint and exit")
-    g.add_argument("--export", metavar="PATH", help="after training (or with --eval-only), write the teacher as the state dict of its library's model "
-                   "(torchvision, timm, or this package's CIFAR networks)")
+    g.add_argument("--export", metavar="PATH", help="after training (or with --eval-only), write the teacher as the "
+                   "state dict of its library's model (torchvision, timm, or this package's CIFAR networks)")
     g.add_argument("--override-lr", action="store_true",
                    help="with --resume: let --lr, --min-lr, --gen-lr and --gen-min-lr change the schedule from the "
                         "resumed step on (e.g. a lower lr after a divergence); recorded in log.jsonl")
@@ -82,168 +81,60 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="with --resume: continue on a training set other than the checkpoint's (files added, "
                         "removed or replaced); not bit for bit, and an interrupted epoch that no longer fits "
                         "restarts (default: such a resume is refused)")
-    g.add_argument("--stop-after", type=int, metavar="EPOCHS", help="stop after this many epochs of this invocation (resume later with --resume)")
-    g.add_argument("--save-every-steps", type=int, metavar="N",
-                   help="also write checkpoint-last.pt every N steps, mid-epoch; a resumed or restarted run "
-                        "continues from that batch (default: 0, at epoch ends only)")
-    g.add_argument("--vis-every", type=int, metavar="EPOCHS",
-                   help="save a picture of the method's mixed samples (and the training curves) every N epochs "
-                        "(default: about 10 per run and the last epoch; 0: never)")
-    g.add_argument("--tensorboard", action=BOOL,
-                   help="also write every logged scalar to <run folder>/tensorboard (default: off)")
-    g.add_argument("--sync-bn", action=BOOL, help="SyncBatchNorm across torchrun processes (reference impl on CUDA; default: off)")
-    g.add_argument("--seed", type=int, help=f"random seed of model init, data order and mixing (default: {D.seed})")
-    g.add_argument("--log-interval", type=int, help=f"steps between training log records (default: {D.log_interval})")
-    g.add_argument("--device", help=f"auto, cpu, cuda or cuda:N (default: {D.device}: the GPU when present)")
-    g.add_argument("--impl", choices=list(IMPLS),
-                   help="step implementation: fused (one compiled, CUDA-graph step) or reference (eager) "
-                        "(default: auto: fused on CUDA, reference on CPU)")
-    g.add_argument("--student-passes", choices=["batched", "separate"],
-                   help="fused impl: student passes as one [3B] batch with segmented BatchNorm, or separate (default: batched)")
-    g.add_argument("--teacher-bn-stats", choices=["exact", "single"],
-                   help="fused impl: replay the reference's teacher BN running-stat updates (exact) or keep one per "
-                        "real pass (single) (default: exact)")
-    g.add_argument("--compile-mode", help="fused impl: torch.compile mode (default: reduce-overhead on CUDA, default on CPU)")
-    g.add_argument("--compile-backend",
-                   help="fused impl: torch.compile backend; aot_eager traces the one-graph step without generating "
-                        f"code, to check a setup quickly (default: {D.compile_backend})")
-
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", help=f"one of {', '.join(DATASETS)} (default: {D.dataset}, bundled)")
-    g.add_argument("--data-dir", metavar="DIR", help=f"data set folder (default: ${DATA_ENV}/<dataset>)")
-    g.add_argument("--img-size", type=int, help="training image size (default: the data set's: 32, 64 or 224)")
-    g.add_argument("-j", "--workers", type=int, help=f"data loading processes (default: {D.workers})")
-    g.add_argument("--data-backend", choices=list(DATA_BACKENDS),
-                   help="data pipeline (default: auto: DALI when it imports and the device is CUDA, else torch)")
-    g.add_argument("--skip-corrupt", action=BOOL,
-                   help="skip unreadable image files, counting them, instead of stopping (default: off)")
-    g.add_argument("--train-subset", type=int, metavar="N",
-                   help="train on a fixed class-balanced subset of N training images, the same for every --seed "
-                        "and --method; evaluation uses the whole split (default: every image)")
-
-    g = p.add_argument_group("model")
-    g.add_argument("--arch", help=f"one of {', '.join(ARCHS)}, timm/<timm model> or tv/<torchvision model> "
-                                  f"(default: {D.arch}; docs/archs.md)")
-    g.add_argument("--tap", type=int, metavar="STAGE",
-                   help="timm/ and tv/ archs: the stage whose output the generator reads (default: the one at stride 16)")
-    g.add_argument("--cifar-stem", action=BOOL, help="3x3 stride-1 stem without max-pool (default: automatic, images <= 64 px)")
-
-    g = p.add_argument_group("method (AdAutoMix or a baseline; docs/methods.md)")
-    g.add_argument("--method", help=f"training method, one of {', '.join(METHODS)} (default: {D.method})")
-    g.add_argument("--mix-alpha", type=float,
-                   help="lambda's Beta(a, a) concentration (default: the method's published value for the data set's "
-                        "family: adautomix 1; mixup 1 (CIFAR) / 0.2 (ImageNet); cutmix 0.2 / 1; automix 2; ...)")
-    g.add_argument("--label-smoothing", type=float, help=f"label smoothing of every cross-entropy (default: {D.label_smoothing})")
+    g.add_argument("--stop-after", type=int, metavar="EPOCHS",
+                   help="stop after this many epochs of this invocation (resume later with --resume)")
+    groups = {RUN: g}
+    for name in GROUPS:
+        if name not in groups:
+            groups[name] = p.add_argument_group(name)
+    for option in SETTINGS:
+        add_setting(groups[option.group], option, engine_default_text(option),
+                    choices=list(PRESETS) if option.name == "preset" else None)
     for cls in METHODS.values():
         add_method_options(p, cls)
-
-    g = p.add_argument_group("generator (AdAutoMix and AutoMix)")
-    g.add_argument("--mix-samples", type=int, help="N, images mixed per sample, 2..5 (default: 3; ImageNet: 2)")
-    g.add_argument("--beta", type=float, help="weight of the adversarial teacher loss (default: 0.3; Tiny 0.4; ImageNet 0.1)")
-    g.add_argument("--alpha", type=float, help="weight of the pixel-mixup loss in L_re, N >= 3 (default: 0.5)")
-    g.add_argument("--lam-margin", type=float, help=f"margin rule: plain mixup when a ratio is this close to 0 or 1 (default: {D.lam_margin})")
-    g.add_argument("--lam-concat", action=BOOL, help="feed lambda to the generator as a channel (default: off; ImageNet: on)")
-    g.add_argument("--gen-norm", action=BOOL, help="BatchNorm in the generator's query/key projections (default: off; ImageNet: on)")
-    g.add_argument("--upsample", choices=["bilinear", "nearest"], help=f"mask upsampling (default: {D.upsample})")
-    g.add_argument("--gen-kernels", choices=list(GEN_KERNELS),
-                   help="generator ops (default: auto: Triton kernels with the fused impl on CUDA, else PyTorch)")
-
-    g = p.add_argument_group("optimization")
-    g.add_argument("--epochs", type=int, help="epochs (default: digits 3, CIFAR 800, Tiny 400, ImageNet 100)")
-    g.add_argument("-b", "--batch-size", type=int, help="images per step (default: 100; ImageNet: 256)")
-    g.add_argument("--eval-batch-size", type=int, help="images per evaluation batch (default: --batch-size)")
-    g.add_argument("--lr", type=float, help="peak learning rate (default: 0.1; Tiny: 0.2)")
-    g.add_argument("--min-lr", type=float, help="final learning rate of the cosine schedule (default: 0; CIFAR: 0.05)")
-    g.add_argument("--momentum", type=float, help=f"SGD momentum (default: {D.momentum})")
-    g.add_argument("--weight-decay", "--wd", type=float, help=f"weight decay (default: {D.weight_decay})")
-    g.add_argument("--gen-lr", type=float, help="generator's own learning rate (default: the student's; ImageNet: 0.1)")
-    g.add_argument("--gen-min-lr", type=float, help="generator's final learning rate (default: --min-lr; ImageNet: 0.001)")
-    g.add_argument("--lr-per-step", action=BOOL, help="anneal every step instead of every epoch (default: per epoch, as released)")
-    g.add_argument("--ema-start", type=float, help=f"teacher EMA momentum at the start (default: {D.ema_start}; digits 0.9)")
-    g.add_argument("--ema-end", type=float, help="teacher EMA momentum at the end (default: 0.999999; ImageNet 0.99999; digits 0.99)")
-    g.add_argument("--ema-warmup", type=float, help=f"fraction of training at constant --ema-start (default: {D.ema_warmup})")
-
-    g = p.add_argument_group("architecture recipes (AdamW, warm-up, clipping, drop path, augmentation, "
-                             "pretrained weights; the cifar100-swin_t/convnext_t/deit_s presets set them)")
-    g.add_argument("--opt", dest="optimizer", choices=list(OPTIMIZERS),
-                   help=f"optimizer: sgd (momentum --momentum) or adamw (default: {D.optimizer}; the transformer "
-                        "and ConvNeXt presets: adamw)")
-    g.add_argument("--adam-beta1", type=float, help=f"AdamW beta1 (default: {D.adam_beta1})")
-    g.add_argument("--adam-beta2", type=float, help=f"AdamW beta2 (default: {D.adam_beta2})")
-    g.add_argument("--adam-eps", type=float, help=f"AdamW epsilon (default: {D.adam_eps:g})")
-    g.add_argument("--wd-exclude", action=BOOL,
-                   help="no weight decay on norms, biases, position tables and layer scales (default: on with "
-                        "adamw, off with sgd, as released)")
-    g.add_argument("--warmup-epochs", type=float,
-                   help="linear learning-rate warm-up over this many epochs, then the cosine (default: 0; Swin-T and "
-                        "ConvNeXt-T presets 20, DeiT-S 5)")
-    g.add_argument("--warmup-ratio", type=float,
-                   help=f"the warm-up starts at this fraction of the scheduled lr (mmcv's ratio) (default: {D.warmup_ratio:g})")
-    g.add_argument("--clip-grad", type=_optional_float, metavar="NORM",
-                   help="clip the total L2 norm of the gradients to NORM; 'none' for no clipping (default: none; "
-                        "Swin-T and DeiT-S presets 10)")
-    g.add_argument("--drop-path", type=float,
-                   help="stochastic depth rate of Swin, ConvNeXt and DeiT trunks (default: the architecture's "
-                        "published rate: swin_t 0.2, convnext_t 0.3, deit_s 0.1; test variants 0)")
-    g.add_argument("--randaugment", "--aa", dest="randaugment", type=_optional_str, metavar="SPEC",
-                   help="RandAugment in timm notation, e.g. rand-m7-n2-mstd0.5; 'none' for none (default: none; the "
-                        "transformer presets rand-m7-n2-mstd0.5)")
-    g.add_argument("--train-crop", choices=["pad", "pad-reflect", "rrc"],
-                   help="training crop: pad (random crop after zero padding), pad-reflect, rrc (RandomResizedCrop) "
-                        "(default: the data set's)")
-    g.add_argument("--crop-scale", type=float, help="RandomResizedCrop's minimum area (default: 0.08; fine-grained 0.5; "
-                                                    "Swin-T/DeiT-S presets 0.8)")
-    g.add_argument("--interpolation", choices=["bilinear", "bicubic"],
-                   help="resizing interpolation (default: bilinear; Swin-T/DeiT-S presets bicubic)")
-    g.add_argument("--pretrained", type=_optional_str, metavar="WEIGHTS",
-                   help="initial weights of the student (the teacher copies them; the generator starts fresh): a "
-                        "state dict file (torchvision/timm .pth or .safetensors, an --export of this engine, one of "
-                        "its checkpoints), 'imagenet' (the architecture's library weights, from the local cache "
-                        "only) or a torchvision weight name; 'none' for none (default: none; fine-grained presets "
-                        "imagenet)")
-
-    g = p.add_argument_group("precision and layout")
-    g.add_argument("--amp", action=BOOL,
-                   help="mixed precision autocast (default: bf16 where the GPU or CPU computes bf16 natively, "
-                        "fp32 elsewhere; the choice and its reason are printed and logged)")
-    g.add_argument("--amp-dtype", choices=["bf16", "fp16"], help=f"autocast dtype; fp16 adds a GradScaler (default: {D.amp_dtype})")
-    g.add_argument("--channels-last", action=BOOL, help="channels-last memory format (default: on with CUDA, off on CPU)")
     return p
 
 
-def _optional_float(text: str) -> Optional[float]:
-    """A float, or None for 'none' (to switch off a preset's value)."""
-    if text.lower() == "none":
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+def add_setting(group, option, default_text: str, choices: Optional[list[str]] = None) -> None:
+    """The flag of one declared setting: its spellings, type or choices, and help ending with
+    the default (``default_text``: from the tables that apply it)."""
+    kwargs: dict[str, Any] = {"help": f"{option.help} (default: {default_text})", "dest": option.name}
+    if option.type is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    elif choices or (option.choices and option.cli_choices):
+        kwargs["choices"] = choices or list(option.choices)
+        kwargs["metavar"] = option.metavar
+    else:
+        if option.choices:     # checked by the config, which names the choices in its message
+            kwargs["help"] = f"{option.help}, one of {', '.join(option.choices)} (default: {default_text})"
+        kwargs["type"] = _none_or(option.type) if option.none_word else option.type
+        kwargs["metavar"] = option.metavar or option.name.split("_")[-1].upper()
+    group.add_argument(*option.flags, **kwargs)
 
 
-def _optional_str(text: str) -> Optional[str]:
-    return None if text.lower() == "none" else text
+def _none_or(kind: type):
+    """A parser of ``kind`` that reads 'none' as None (to switch off a preset's value)."""
+    def parse(text: str):
+        if text.lower() == "none":
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def add_method_options(parser: argparse.ArgumentParser, cls) -> None:
-    """One flag per option a method declares (methods/options.py), in a group of its own."""
+    """One flag per option a method declares (methods/options.py), in a group of its own; the
+    help names every method that takes it."""
     own = vars(cls).get("options", ())
     if not own:
         return
     g = parser.add_argument_group(f"{cls.title} options (--method {cls.name})")
     for option in own:
-        help_text = f"{cls.name}: {option.help}"
-        if "(default:" not in option.help:
-            help_text += f" (default: {option.default_text()})"
-        kwargs: dict[str, Any] = {"help": help_text, "dest": option.name}
-        if option.type is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif option.choices:
-            kwargs["choices"] = list(option.choices)
-        else:
-            kwargs["type"] = option.type
-            kwargs["metavar"] = option.metavar or option.name.split("_")[-1].upper()
-        g.add_argument(option.flag, **kwargs)
+        who = ", ".join(registry.takers(option.name))
+        add_setting(g, dataclasses.replace(option, help=f"{who}: {option.help}"), method_default_text(option, cls))
 
 
 def recipe_settings(cfg: Config) -> str:

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 
 from adautomix_fast import AdAutoMix
 from adautomix_fast.checkpoint import export_torchvision
-from adautomix_fast.config import ARCHS, resolve
+from adautomix_fast.config import resolve
+from adautomix_fast.models.specs import ARCH_NAMES as ARCHS
 from adautomix_fast.errors import UsageError
 from adautomix_fast.fused import FusedStep, fused_losses
 from adautomix_fast.models import (ARCH_SPECS, build_classifier, check_image_size, cifar_resnet, default_cifar_stem,

@@ -49,11 +49,14 @@ def test_an_option_out_of_range_is_one_line_naming_the_flag():
 
 
 def test_another_methods_flag_is_refused_but_a_presets_value_is_left_out():
-    with pytest.raises(UsageError, match="applies to adautomix only"):
+    with pytest.raises(UsageError, match="--gen-train-prob applies to adautomix and automix; "
+                                         "--method mixup does not use it"):
         registry.check_foreign_options("mixup", {"gen_train_prob": 0.5})
-    registry.check_foreign_options("mixup", {"gen_train_prob": 1.0})   # the default: harmless
-    cfg = resolve({"method": "mixup"}, "cifar100-swin_t")                # the preset trains G on 80% of steps
-    assert PRESETS["cifar100-swin_t"]["gen_train_prob"] == 0.8 and cfg.gen_train_prob == 1.0
+    with pytest.raises(UsageError, match="applies to adautomix and automix"):              # typed at its default: refused too
+        registry.check_foreign_options("mixup", {"gen_train_prob": 1.0})
+    cfg = resolve({"method": "mixup"}, "cifar100-swin_t")                # the family trains G on 80% of steps
+    assert resolve({}, "cifar100-swin_t").gen_train_prob == 0.8 and cfg.gen_train_prob == 1.0
+    assert resolve({"method": "mixup"}, "cub-r18").random_mix_samples is False   # the preset's AdAutoMix value
 
 
 def test_comparison_presets_exist_for_every_baseline():

@@ -42,6 +42,9 @@ NORMALIZATION = {
 NATIVE_SIZE = {"digits": 32, "cifar10": 32, "cifar100": 32, "tiny-imagenet": 64, "imagenet": 224, "folder": 224,
                "cub200": 224, "aircraft": 224, "cars": 224}
 FINEGRAINED = ("cub200", "aircraft", "cars")
+# The training crops and resizing interpolations a recipe may choose (AugmentRecipe).
+TRAIN_CROPS = ("pad", "pad-reflect", "rrc")
+INTERPOLATIONS = ("bilinear", "bicubic")
 # The released fine-grained pipeline: Resize(256) (shorter side), RandomResizedCrop(224, scale
 # (0.5, 1)), flip; evaluation Resize(256) + CenterCrop(224).
 FINEGRAINED_CROP_SCALE = 0.5

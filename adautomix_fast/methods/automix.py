@@ -34,7 +34,6 @@ import torch.nn as nn
 
 from ..errors import UsageError
 from .adautomix import AdAutoMix, MixPlan, mixed_cross_entropy
-from .base import DataFacts
 from .options import FAMILIES, Option
 from .generator import MaskGenerator, _kernel_ops, cross_attention_mask_reference
 
@@ -112,16 +111,21 @@ class AutoMix(AdAutoMix):
     # OpenMixup AutoMix: N = 2, Beta(2, 2), margin 0.08, nearest upsampling, cooperative generator
     # without a cosine term, L1 mask loss 0.1 (margin 0.1): constant in the released CIFAR config,
     # annealed in the ImageNet one.
+    # The lambda channel as AdAutoMix's generator on each family (the trunk's own rule on top);
+    # the objective AutoMix's step always uses, for the run's records (the options are excluded).
     defaults = {family: dict(mix_alpha=2.0, mix_samples=2, lam_margin=0.08, upsample="nearest", gen_norm=False,
-                             gen_objective="cooperative", loss_cos=False, mask_loss=0.1, mask_loss_margin=0.1,
-                             mask_loss_schedule="constant" if family == "cifar" else "cosine")
+                             lam_concat=family in ("imagenet", "fine-grained"), gen_objective="cooperative",
+                             loss_cos=False, mask_loss=0.1,
+                             mask_loss_margin=0.1, mask_loss_schedule="constant" if family == "cifar" else "cosine")
                 for family in FAMILIES}
+    # AutoMix's generator is trained cooperatively on two images, with no cosine term and no pixel
+    # mixup: AdAutoMix's settings of those are not AutoMix's.
+    excluded_options = ("beta", "alpha", "gen_objective", "loss_cos", "loss_mce", "random_mix_samples")
     options = (
-        Option("mask_loss", float, 0.0, low=0, help="weight of the L1 mask loss (default: 0.1, the published value)"),
+        Option("mask_loss", float, 0.0, low=0, help="weight of the L1 mask loss"),
         Option("mask_loss_margin", float, 0.1, low=0, help="margin of the L1 mask loss"),
         Option("mask_loss_schedule", str, "cosine", choices=("cosine", "constant"),
-               help="mask-loss weight annealed to 0 by cosine, or constant (default: constant for small-image "
-                    "data, as the released CIFAR config; cosine otherwise)"),
+               help="mask-loss weight annealed to 0 by cosine, or constant (the released CIFAR config)"),
     )
     cosine_sources = False
 
@@ -153,13 +157,11 @@ class AutoMix(AdAutoMix):
         return f"N=2, Beta({cfg.mix_alpha:g}), mask loss {cfg.mask_loss:g} ({cfg.mask_loss_schedule})"
 
     @classmethod
-    def from_config(cls, cfg, num_classes: int, cifar_stem: bool, data: Optional[DataFacts] = None) -> "AutoMix":
-        switches = {k: v for k, v in cls.switches_from_config(cfg).items()
-                    if k not in ("gen_objective", "loss_cos", "random_mix_samples")}
-        return cls(cfg.arch, num_classes, cifar_stem=cifar_stem, lam_margin=cfg.lam_margin,
-                   lam_concat=cfg.lam_concat, gen_norm=cfg.gen_norm, upsample=cfg.upsample,
-                   mask_loss=cfg.mask_loss, mask_loss_margin=cfg.mask_loss_margin,
-                   mask_loss_schedule=cfg.mask_loss_schedule, **switches)
+    def trunk_generator(cls, family: str, arch) -> dict:
+        """The trunk's lambda channel; AutoMix keeps its nearest upsampling and its mix block
+        without BatchNorm on every trunk."""
+        values = super().trunk_generator(family, arch)
+        return {k: v for k, v in values.items() if k == "lam_concat"}
 
     def schedule_values(self, step: int, total_steps: int) -> dict[str, float]:
         if self.mask_loss_schedule == "constant":

@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..models import Classifier
+from ..models import Classifier, drop_path_rate
 from ..numerics import at_least_fp32, fp32_region
 from .options import Option
 
@@ -112,6 +112,11 @@ class MixModel(nn.Module):
     summary = ""                    # one line for the methods table of the docs
     rank = 100                      # position in listings (the paper's order; new methods after)
     options: tuple[Option, ...] = ()            # the method's own settings (inherited ones too)
+    excluded_options: tuple[str, ...] = ()      # inherited options this method's step does not use
+    # The engine settings the constructor receives besides arch, num_classes and cifar_stem (and
+    # each option under its ``keyword``): lambda's concentration, label smoothing, the trunk's
+    # stochastic depth; a method that needs another (AdAutoMix: seed) adds it.
+    engine_settings: tuple[str, ...] = ("mix_alpha", "label_smoothing", "drop_path")
     defaults: dict[str, dict[str, Any]] = {}    # published settings per data-set family
     uses_mix_alpha = True           # lambda is drawn from Beta(mix_alpha, mix_alpha)
 
@@ -141,7 +146,30 @@ class MixModel(nn.Module):
         for klass in reversed(cls.__mro__):
             for option in vars(klass).get("options", ()):
                 seen[option.name] = option
-        return tuple(seen.values())
+        return tuple(o for name, o in seen.items() if name not in cls.excluded_options)
+
+    @classmethod
+    def from_config(cls, cfg, num_classes: int, cifar_stem: bool, data: Optional[DataFacts] = None) -> "MixModel":
+        """The model of a run config (``registry.build_model`` passes the run's ``data``)."""
+        return cls(cfg.arch, num_classes, cifar_stem=cifar_stem, **cls.settings_from_config(cfg, data))
+
+    @classmethod
+    def settings_from_config(cls, cfg, data: Optional[DataFacts] = None) -> dict[str, Any]:
+        """The constructor's keywords from a run config: ``engine_settings`` (lambda's
+        concentration as resolved for the method, the architecture's drop-path rate unless set)
+        and every option under its ``keyword``, completed by ``complete_settings``. Every method
+        is built through here: the CLI, ``api.mix_model`` (from the published settings) and the
+        evaluation."""
+        engine = {"mix_alpha": cls.run_mix_alpha(cfg), "drop_path": drop_path_rate(cfg.arch, cfg.drop_path)}
+        values = {name: engine[name] if name in engine else getattr(cfg, name) for name in cls.engine_settings}
+        values.update({o.keyword: getattr(cfg, o.name) for o in cls.all_options() if o.keyword})
+        return cls.complete_settings(values, data)
+
+    @classmethod
+    def complete_settings(cls, values: dict[str, Any], data: Optional[DataFacts]) -> dict[str, Any]:
+        """Fill in the settings that depend on the data (an option left unset meaning "the
+        published value for the image size"); most methods take them as they are."""
+        return values
 
     @classmethod
     def published_defaults(cls, family: str, arch: str) -> dict[str, Any]:

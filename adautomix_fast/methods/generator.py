@@ -23,6 +23,12 @@ import torch.nn.functional as F
 from ..numerics import at_least_fp32, fp32_region
 
 
+# The generator's mask upsampling modes and the implementations of its ops (--upsample,
+# --gen-kernels; resolve_gen_kernels).
+UPSAMPLES = ("bilinear", "nearest")
+GEN_KERNELS = ("auto", "torch", "triton")
+
+
 def cross_attention_mask_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                                    scale: Optional[float] = None) -> torch.Tensor:
     """m[i,b] = softmax_keys(q[i,b] @ (sum_{j!=i} k[j,b])^T * scale) @ v[i,b].
@@ -159,7 +165,7 @@ class MaskGenerator(nn.Module):
     def __init__(self, in_channels: int, lam_concat: bool = False, norm: bool = False,
                  upsample: str = "bilinear", reduction: int = 2):
         super().__init__()
-        if upsample not in ("bilinear", "nearest"):
+        if upsample not in UPSAMPLES:
             raise ValueError(f"upsample must be 'bilinear' or 'nearest', got {upsample!r}")
         self.in_channels = in_channels
         self.lam_concat = lam_concat

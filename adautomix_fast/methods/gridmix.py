@@ -33,8 +33,7 @@ from typing import NamedTuple, Optional
 import torch
 
 from ..errors import UsageError
-from ..models import drop_path_rate
-from .base import DataFacts, random_permutation, uniform_int
+from .base import random_permutation, uniform_int
 from .options import Option
 from .pairmix import PairMix, pair_defaults
 
@@ -104,13 +103,6 @@ class GridMix(PairMix):
                  grid_max_holes: int = 6, **kwargs):
         super().__init__(arch, num_classes, cifar_stem=cifar_stem, **kwargs)
         self.hole_range = (int(grid_min_holes), int(grid_max_holes))
-
-    @classmethod
-    def from_config(cls, cfg, num_classes: int, cifar_stem: bool, data: Optional[DataFacts] = None):
-        return cls(cfg.arch, num_classes, cifar_stem=cifar_stem, mix_alpha=cls.run_mix_alpha(cfg),
-                   label_smoothing=cfg.label_smoothing,
-                   drop_path=drop_path_rate(cfg.arch, getattr(cfg, "drop_path", None)),
-                   grid_min_holes=cfg.grid_min_holes, grid_max_holes=cfg.grid_max_holes)
 
     def sample_plan(self, batch_size: int, generator: Optional[torch.Generator] = None,
                     n: Optional[int] = None, image_size: Optional[tuple[int, int]] = None) -> GridPlan:

@@ -13,8 +13,8 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 
-from ..models import build_classifier, drop_path_rate
-from .base import DataFacts, MixModel, pair_mixed_cross_entropy, random_permutation, sample_beta
+from ..models import build_classifier
+from .base import MixModel, pair_mixed_cross_entropy, random_permutation, sample_beta
 
 
 class PairPlan(NamedTuple):
@@ -79,12 +79,6 @@ class PairMix(MixModel):
         self.label_smoothing = float(label_smoothing)
         # drop_path: the trunk's stochastic depth (Swin, ConvNeXt, DeiT recipes; 0 for ResNets).
         self.student = build_classifier(arch, num_classes, cifar_stem, drop_path=drop_path, mix_head=False)
-
-    @classmethod
-    def from_config(cls, cfg, num_classes: int, cifar_stem: bool, data: Optional[DataFacts] = None):
-        return cls(cfg.arch, num_classes, cifar_stem=cifar_stem, mix_alpha=cls.run_mix_alpha(cfg),
-                   label_smoothing=cfg.label_smoothing,
-                   drop_path=drop_path_rate(cfg.arch, getattr(cfg, "drop_path", None)))
 
     # ------------------------------------------------------------------ plan and mixing
     def sample_lam(self, generator: Optional[torch.Generator]) -> torch.Tensor:

@@ -379,23 +379,25 @@ class PuzzleMix(PairMix):
     # weight eta; the transport, its distance cost and cell side); None: the published value for
     # the image size (``default_settings``).
     options = (
-        Option("puzzle_block_num", int, None, optional=True, low=2, high=6,
+        Option("puzzle_block_num", int, None, optional=True, param="block_num", low=2, high=6,
                range_help="grids are 2^1 .. 2^(n-1) blocks a side",
-               help="grids of 2^1 .. 2^(n-1) blocks a side, one drawn per step (default: 5, grids 2-16, for "
-                    "images <= 32 px; else 4, grids 2-8: OpenMixup's configs)"),
-        Option("puzzle_beta", float, 1.2, low=0, help="label smoothness of the graph cut"),
-        Option("puzzle_gamma", float, 0.5, low=0, high=1,
+               help="grids of 2^1 .. 2^(n-1) blocks a side, one drawn per step",
+               none_means=f"{default_settings(32)[0]} for images of 32 px or less, else {default_settings(64)[0]} "
+                          "(OpenMixup's configs)"),
+        Option("puzzle_beta", float, 1.2, param="beta", low=0, help="label smoothness of the graph cut"),
+        Option("puzzle_gamma", float, 0.5, param="gamma", low=0, high=1,
                range_help="larger values can make the graph cut's edge weights negative",
                help="data smoothness across block edges, 0..1"),
-        Option("puzzle_eta", float, 0.2, low=0, help="weight of the mixing-ratio prior"),
-        Option("puzzle_transport", str, "approx", choices=TRANSPORTS,
+        Option("puzzle_eta", float, 0.2, param="eta", low=0, help="weight of the mixing-ratio prior"),
+        Option("puzzle_transport", str, "approx", param="transport", choices=TRANSPORTS,
                help="move salient blocks under the mask by OpenMixup's iterative assignment (approx), an exact "
                     "assignment, or not at all"),
-        Option("puzzle_t_eps", float, 0.8, low=0, help="transport distance cost"),
-        Option("puzzle_t_size", int, None, optional=True, low=1, extra=(-1,),
+        Option("puzzle_t_eps", float, 0.8, param="t_eps", low=0, help="transport distance cost"),
+        Option("puzzle_t_size", int, None, optional=True, param="t_size", low=1, extra=(-1,),
                range_help="a side in pixels or -1 for the graph-cut blocks",
-               help="transport cell side in px, -1 for the graph-cut blocks (default: 4 for images <= 32 px, "
-                    "else -1)"),
+               help="transport cell side in px, -1 for the graph-cut blocks",
+               none_means=f"{default_settings(32)[1]} for images of 32 px or less, else {default_settings(64)[1]} "
+                          "(OpenMixup's configs)"),
     )
 
     @classmethod
@@ -424,9 +426,10 @@ class PuzzleMix(PairMix):
     def __init__(self, arch: str, num_classes: int, *, cifar_stem: bool, mix_alpha: float = 1.0,
                  label_smoothing: float = 0.0, block_num: int = 5, beta: float = 1.2, gamma: float = 0.5,
                  eta: float = 0.2, transport: str = "approx", t_eps: float = 0.8, t_size: int = 4,
-                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)):
+                 mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), drop_path: float = 0.0):
         super().__init__(arch, num_classes, cifar_stem=cifar_stem, mix_alpha=mix_alpha,
-                         label_smoothing=label_smoothing)
+                         label_smoothing=label_smoothing, drop_path=drop_path)
+        _gco()                                       # a missing package stops the run before it starts
         if transport not in TRANSPORTS:
             raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
         self.block_num, self.beta, self.gamma, self.eta = int(block_num), float(beta), float(gamma), float(eta)
@@ -436,19 +439,20 @@ class PuzzleMix(PairMix):
         self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
 
     @classmethod
-    def from_config(cls, cfg, num_classes: int, cifar_stem: bool, data: Optional[DataFacts] = None):
-        """``data``: the training image side and the normalisation (the smoothness term compares
-        pixels in [0, 1]); the registry's ``build_model`` passes the run's."""
+    def complete_settings(cls, values: dict, data: Optional[DataFacts]) -> dict:
+        """The grid count and transport cell for the image side (``data``, which the registry's
+        ``build_model`` and ``api.mix_model`` pass) where they are left unset, and the data set's
+        normalisation (the smoothness term compares pixels in [0, 1])."""
         if data is None:
-            raise TypeError("PuzzleMix.from_config needs data=DataFacts(image_side, mean, std); "
+            raise TypeError("PuzzleMix needs data=DataFacts(image_side, mean, std) to be built from settings; "
                             "adautomix_fast.registry.build_model passes the run's")
-        _gco()                                       # a missing package stops the run before it starts
-        block_num, t_size = resolved_settings(cfg, data.image_side)
-        mean, std = data.mean, data.std
-        return cls(cfg.arch, num_classes, cifar_stem=cifar_stem, mix_alpha=cls.run_mix_alpha(cfg),
-                   label_smoothing=cfg.label_smoothing, block_num=block_num, beta=cfg.puzzle_beta,
-                   gamma=cfg.puzzle_gamma, eta=cfg.puzzle_eta, transport=cfg.puzzle_transport,
-                   t_eps=cfg.puzzle_t_eps, t_size=t_size, mean=mean, std=std)
+        block_num, t_size = default_settings(data.image_side)
+        values = dict(values, mean=data.mean, std=data.std)
+        if values.get("block_num") is None:
+            values["block_num"] = block_num
+        if values.get("t_size") is None:
+            values["t_size"] = t_size
+        return values
 
     # ------------------------------------------------------------------ plan
     def sample_plan(self, batch_size: int, generator: Optional[torch.Generator] = None,

@@ -146,6 +146,9 @@ ARCH_SPECS: dict[str, ArchSpec] = {
                             options=dict(blocks=(1, 1, 1, 1), widths=(8, 16, 32, 64)), test_only=True, **_PREACT),
 }
 
+# The hand-wired --arch names: the published architectures first, then the test variants.
+ARCH_NAMES = tuple(sorted(ARCH_SPECS, key=lambda arch: ARCH_SPECS[arch].test_only))
+
 
 PREFIXES = {"timm/": "timm", "tv/": "torchvision"}
 LIBRARY_IMAGE_SIZE = 224   # torchvision's models are defined at 224 px
