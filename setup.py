@@ -168,7 +168,8 @@ setup(
     description="A fast, faithful training engine for AdAutoMix (adversarial automatic mixup)",
     python_requires=">=3.10",
     packages=["adautomix_fast", "adautomix_fast.data", "adautomix_fast.evaluate", "adautomix_fast.methods",
-              "adautomix_fast.models", "adautomix_fast.kernels"],
+              "adautomix_fast.models", "adautomix_fast.run", "adautomix_fast.runtime", "adautomix_fast.step",
+              "adautomix_fast.kernels"],
     package_dir={"adautomix_fast.kernels": "kernels"},
     install_requires=[
         "torch>=2.11",

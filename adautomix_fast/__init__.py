@@ -10,13 +10,13 @@ Public API:
 Command line: ``python -m adautomix_fast.train --help``.
 """
 
-from . import cputhreads  # noqa: F401  (first: its start-up sample of the CPUs' load)
+from .runtime import cputhreads  # noqa: F401  (first: its start-up sample of the CPUs' load)
 from .methods.adautomix import AdAutoMix, MixPlan, mixed_cross_entropy
 from .config import PRESETS, Config, resolve
-from .optim import build_optimizer
-from .precision import Precision
-from .reference import ReferenceStep
-from .schedules import Schedule
+from .step.optim import build_optimizer
+from .step.precision import Precision
+from .step.reference import ReferenceStep
+from .step.schedules import Schedule
 from .errors import DataError, UsageError
 from .evaluate import evaluate
 from .methods.generator import MaskGenerator

@@ -72,9 +72,9 @@ from . import __version__
 from .data import DATA_ENV
 from .errors import UsageError
 from .registry import METHODS
-from .records import read_jsonl
+from .run.records import read_jsonl
 from .config import check_single_folder_name
-from .stopsignals import SIGNALS_FORWARDED_ENV, exit_status
+from .runtime.stopsignals import SIGNALS_FORWARDED_ENV, exit_status
 from .train import build_config, get_args_parser
 
 LAST = "checkpoint-last.pt"

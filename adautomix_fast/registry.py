@@ -24,7 +24,7 @@ from .errors import UsageError
 from .methods.base import DataFacts, MixModel
 from .methods.options import FAMILIES, Option, check_defaults
 from .models.library import BackboneChoice
-from .optim import OPTIMIZERS
+from .step.optim import OPTIMIZERS
 
 # The transformer/ConvNeXt recipes of the small-image data sets have their own published method
 # settings; the fine-grained sets and ImageNet-like data theirs.

@@ -35,7 +35,7 @@ from torch.distributed.elastic.multiprocessing import SignalException
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, record
 from torch.distributed.run import parse_args, run as torchrun
 
-from .stopsignals import exit_status
+from .runtime.stopsignals import exit_status
 
 
 def _stop_agent(signum, _frame) -> None:

@@ -23,29 +23,29 @@ from typing import Any, Optional
 import torch
 import yaml
 
-from . import checkpoint as ckpt_lib
-from . import cputhreads
-from . import distributed
-from . import precision as precision_lib
+from .run import checkpoint as ckpt_lib
+from .runtime import cputhreads
+from .runtime import distributed
+from .step import precision as precision_lib
 from .config import Config, resolve
 from .data import DATA_ENV, AugmentRecipe, build_loaders, check_resume_data
-from .devices import pick_device
-from .optim import build_optimizer
-from .precision import Precision
-from .schedules import Schedule
-from .steps import build_step, resolve_impl
+from .runtime.devices import pick_device
+from .step.optim import build_optimizer
+from .step.precision import Precision
+from .step.schedules import Schedule
+from .step.build import build_step, resolve_impl
 from .errors import CompiledStepError, RunDiverged, RunStopped, UsageError
-from .runfolder import LAST, RunFolder, SilentRunFolder, default_run_name, describe_checkpoint
+from .run.folder import LAST, RunFolder, SilentRunFolder, default_run_name, describe_checkpoint
 from .methods.generator import kernel_limit_problem, resolve_gen_kernels
 from . import registry
 from .registry import METHODS, build_model, image_side
 from .models import arch_spec, default_cifar_stem, drop_path_rate, load_pretrained_model
 from .models.library import check_backbone_image_size, fitting_image_size
 from .models.specs import is_library_arch
-from .optim import wd_exclude
+from .step.optim import wd_exclude
 from .presets import PRESETS, engine_default_text, method_default_text, preset_help
 from .settings import GROUPS, METHOD, RUN, SETTINGS
-from .trainer import Trainer, format_metrics
+from .run.trainer import Trainer, format_metrics
 
 log = logging.getLogger("adautomix_fast")
 

@@ -23,9 +23,9 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
-from adautomix_fast.devices import pick_device as engine_pick_device
+from adautomix_fast.runtime.devices import pick_device as engine_pick_device
 from adautomix_fast.errors import UsageError
-from adautomix_fast.precision import cpu_facts, cpu_native
+from adautomix_fast.step.precision import cpu_facts, cpu_native
 
 # 2: step/kernel statistics are pytest-benchmark's (median, q1, q3, ...) instead of p10/p90.
 SCHEMA = 2
@@ -80,7 +80,7 @@ def device_info(device: torch.device) -> dict[str, Any]:
         "platform": platform.platform(),
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
-        # What decides CPU speed and the default precision (adautomix_fast.precision): ATen's CPU
+        # What decides CPU speed and the default precision (adautomix_fast.step.precision): ATen's CPU
         # capability ("AVX2" vs "AVX512") and whether bf16 is native.
         "cpu_capability": facts["capability"],
         "cpu_native_bf16": cpu_native(torch.bfloat16, facts)[0],

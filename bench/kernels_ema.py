@@ -8,10 +8,10 @@ plus two 2048x1000 heads), fp32; the EMA copy is fp32 too. Impls, timed in one p
 same tensors (momentum 0.999):
   loop       the released code: ``k.data = k.data * m + q.data * (1 - m)`` per parameter
   foreach    ``torch._foreach_lerp_(ema, model, 1 - m)`` with a Python float (timm's ModelEmaV3)
-  reference  ``adautomix_fast.ema.ema_update_reference``: the shipped fallback (validation and
+  reference  ``adautomix_fast.step.ema.ema_update_reference``: the shipped fallback (validation and
              ``_foreach_lerp_`` with the weight as a 0-dim device tensor: no host sync)
   op         ``torch.ops.adautomix_fast.ema_update_`` (csrc/), the momentum a 0-dim device tensor
-  wrapper    ``adautomix_fast.ema.ema_update_``: the op behind the Python wrapper the engine calls
+  wrapper    ``adautomix_fast.step.ema.ema_update_``: the op behind the Python wrapper the engine calls
   copy       ``dst.copy_(src)`` moving as many bytes as one EMA update: the bandwidth yardstick
              (docs/benchmarks.md, Targets: op >= 0.8 of it on a GPU)
   add_       ``a.add_(b)`` over as many fp32 elements as there are parameters: the same access
@@ -39,7 +39,7 @@ if __package__ in (None, ""):  # `python bench/kernels_ema.py` as well as -m
 
 import torch
 
-from adautomix_fast import ema as ema_mod
+from adautomix_fast.step import ema as ema_mod
 from adautomix_fast.models import build_classifier
 from bench import common
 

@@ -15,7 +15,7 @@ if not torch.cuda.is_available():
 
 # Two cores in CI: keep intra-op threads at the core count and make runs deterministic. The
 # training processes tests start inherit the count through OMP_NUM_THREADS: CPU results depend on
-# the thread count, and the engine's own choice (adautomix_fast.cputhreads) follows the machine's
+# the thread count, and the engine's own choice (adautomix_fast.runtime.cputhreads) follows the machine's
 # load, which a test comparing two processes' weights must not.
 THREADS = max(1, min(2, os.cpu_count() or 1))
 os.environ.setdefault("OMP_NUM_THREADS", str(THREADS))

@@ -26,12 +26,12 @@ torch.use_deterministic_algorithms(True)
 
 from adautomix_fast.methods.adautomix import AdAutoMix  # noqa: E402
 from adautomix_fast.config import resolve  # noqa: E402
-from adautomix_fast.optim import build_optimizer  # noqa: E402
-from adautomix_fast.precision import Precision  # noqa: E402
-from adautomix_fast.reference import ReferenceStep  # noqa: E402
-from adautomix_fast.schedules import Schedule  # noqa: E402
-from adautomix_fast.trainstep import make_plan_generator  # noqa: E402
-from adautomix_fast.fused import FusedStep  # noqa: E402
+from adautomix_fast.step.optim import build_optimizer  # noqa: E402
+from adautomix_fast.step.precision import Precision  # noqa: E402
+from adautomix_fast.step.reference import ReferenceStep  # noqa: E402
+from adautomix_fast.step.schedules import Schedule  # noqa: E402
+from adautomix_fast.step.base import make_plan_generator  # noqa: E402
+from adautomix_fast.step.fused import FusedStep  # noqa: E402
 
 
 @torch.no_grad()

@@ -13,11 +13,11 @@ import torch
 
 from adautomix_fast.methods.adautomix import AdAutoMix
 from adautomix_fast.config import resolve
-from adautomix_fast.optim import build_optimizer
-from adautomix_fast.precision import Precision
-from adautomix_fast.reference import ReferenceStep
-from adautomix_fast.schedules import Schedule
-from adautomix_fast.trainstep import make_plan_generator
+from adautomix_fast.step.optim import build_optimizer
+from adautomix_fast.step.precision import Precision
+from adautomix_fast.step.reference import ReferenceStep
+from adautomix_fast.step.schedules import Schedule
+from adautomix_fast.step.base import make_plan_generator
 
 B, K = 8, 6
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from adautomix_fast import AdAutoMix
-from adautomix_fast.ema import ema_update_, ema_update_reference, momentum_tensor, teacher_pairs
+from adautomix_fast.step.ema import ema_update_, ema_update_reference, momentum_tensor, teacher_pairs
 from adautomix_fast.errors import UsageError
-from adautomix_fast.fused import fused_losses
+from adautomix_fast.step.fused import fused_losses
 from adautomix_fast.models import (ARCH_SPECS, build_classifier, default_cifar_stem, export_state_dict, library_model,
                                    load_pretrained, load_pretrained_model)
 from adautomix_fast.models.convnext import ConvNeXtClassifier
 from adautomix_fast.models.deit import DeiTClassifier
 from adautomix_fast.models.swin import SwinClassifier
-from adautomix_fast.segmented_bn import convert_batchnorm, set_segment_size
+from adautomix_fast.step.segmented_bn import convert_batchnorm, set_segment_size
 
 TINY = {"tiny_swin": False, "tiny_convnext": True, "tiny_deit": False}   # arch -> CIFAR stem
 SIZE = {"tiny_swin": 32, "tiny_convnext": 16, "tiny_deit": 32}            # DeiT: its fixed size
@@ -309,7 +309,7 @@ def test_export_loads_into_the_library_constructor(arch):
     with torch.no_grad():
         for p in model.teacher.parameters():
             p.add_(0.01 * torch.randn_like(p))
-    from adautomix_fast.checkpoint import export_torchvision
+    from adautomix_fast.run.checkpoint import export_torchvision
     sd = export_torchvision(model)
     lib = library_model(arch, CLASSES, cifar_stem=TINY[arch]).eval()
     lib.load_state_dict(sd)                                       # strict: every key, every shape
@@ -400,8 +400,8 @@ def test_compiled_fused_step_follows_reference_steps_for_swin():
     tiny Swin (window attention, shifted windows, patch merging, the LayerNorm'd tap), with no
     recompilation after warm-up. Opt-in: 6m20s with a cold Inductor cache on 2 EPYC cores."""
     from adautomix_fast import ReferenceStep, Schedule, build_optimizer, resolve
-    from adautomix_fast.precision import Precision
-    from adautomix_fast.fused import FusedStep
+    from adautomix_fast.step.precision import Precision
+    from adautomix_fast.step.fused import FusedStep
     cfg = resolve(dict(dataset="digits", arch="tiny_swin", mix_samples=3, batch_size=B, epochs=1, lam_concat=True,
                        upsample="nearest", amp=False))   # fp32 on every CPU: the tolerances are fp32's
     torch.manual_seed(0)

@@ -8,7 +8,7 @@ import torch.nn as nn
 import torchvision
 
 from adautomix_fast import AdAutoMix
-from adautomix_fast.checkpoint import atomic_save, export_torchvision, load
+from adautomix_fast.run.checkpoint import atomic_save, export_torchvision, load
 from adautomix_fast.errors import UsageError
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from adautomix_fast.config import Config, resolve
-from adautomix_fast.schedules import Schedule
+from adautomix_fast.step.schedules import Schedule
 from adautomix_fast.models import library_model
 from adautomix_fast.train import build_config, get_args_parser, main, recipe_settings
 
@@ -90,7 +90,7 @@ def test_one_epoch_of_each_architecture_with_its_recipe(runs, arch, impl):
 
 def test_summary_names_the_recipe_and_the_stem(tmp_path, capsys, monkeypatch):
     """The run summary (stdout, before training) names the optimizer and the recipe."""
-    from adautomix_fast import trainer
+    from adautomix_fast.run import trainer
     monkeypatch.setattr(trainer.Trainer, "fit", lambda self, end: {})
     code, out, _ = run_cli(["--arch", "tiny_convnext", *RECIPE, *COMMON, "--output", str(tmp_path)], capsys)
     assert code == 0
@@ -119,7 +119,7 @@ def test_cli_export_loads_into_the_library_constructor(runs, arch):
 # ---------------------------------------------------------------------------- pretrained weights
 def captured_model(monkeypatch):
     """Replace training by a capture of the model as the trainer receives it."""
-    from adautomix_fast import trainer
+    from adautomix_fast.run import trainer
     seen = {}
 
     def fit(self, end_epoch):
@@ -158,7 +158,7 @@ def test_pretrained_from_a_previous_run(runs, source, tmp_path, capsys, monkeypa
 def test_pretrained_is_not_reloaded_on_resume(tmp_path, capsys, monkeypatch):
     """A resumed run holds its weights: the --pretrained file may be gone. (Training is replaced
     by writing the checkpoint: what matters happens before it.)"""
-    from adautomix_fast import trainer
+    from adautomix_fast.run import trainer
     monkeypatch.setattr(trainer.Trainer, "fit", lambda self, end: (self.save(), {})[1])
     weights = tmp_path / "w.pth"
     torch.save(library_model("tiny", 10, cifar_stem=True).state_dict(), weights)

@@ -17,7 +17,9 @@ import sys
 import pytest
 import torch
 
-from adautomix_fast import compare, records
+from adautomix_fast import compare
+
+from adautomix_fast.run import records
 from adautomix_fast.train import get_args_parser
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

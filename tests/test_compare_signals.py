@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from adautomix_fast import records
+from adautomix_fast.run import records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 14 steps per digits epoch; two epochs, so that the signal lands in the first one.

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from adautomix_fast import cputhreads
-from adautomix_fast.cputhreads import CpuSample, others_busy
+from adautomix_fast.runtime import cputhreads
+from adautomix_fast.runtime.cputhreads import CpuSample, others_busy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -69,7 +69,7 @@ def test_the_quota_caps_the_usable_cpus(monkeypatch):
 CHOOSE = """
 import os, sys
 os.environ.pop("OMP_NUM_THREADS", None)
-from adautomix_fast import cputhreads
+from adautomix_fast.runtime import cputhreads
 choice = cputhreads.configure()
 import torch
 print(choice.threads, torch.get_num_threads(), choice.reason, sep="|")

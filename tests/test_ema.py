@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from adautomix_fast.ema import ema_update_, momentum_tensor
-from adautomix_fast.schedules import ema_momentum
+from adautomix_fast.step.ema import ema_update_, momentum_tensor
+from adautomix_fast.step.schedules import ema_momentum
 
 
 def test_schedule_key_steps():

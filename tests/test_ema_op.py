@@ -16,8 +16,8 @@ import warnings
 import pytest
 import torch
 
-import adautomix_fast.ema as E
-from adautomix_fast.ema import ema_update_, ema_update_reference, momentum_tensor
+import adautomix_fast.step.ema as E
+from adautomix_fast.step.ema import ema_update_, ema_update_reference, momentum_tensor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HAS_OP = E.extension_info()["cpu"]
@@ -248,7 +248,7 @@ BAD = {
                            r"momentum must be a 0-dim float64 tensor, got shape \[1\]"),
     "momentum fp32": (lambda: ([_t(2)], [_t(2)], torch.tensor(0.5, dtype=torch.float32)), TypeError,
                       r"momentum must be a 0-dim float64 tensor \(1 - m is formed in double\), got dtype float32 "
-                      r"\(use adautomix_fast.ema.momentum_tensor\)"),
+                      r"\(use adautomix_fast.step.ema.momentum_tensor\)"),
     "momentum fp16": (lambda: ([_t(2)], [_t(2)], torch.tensor(0.5, dtype=torch.float16)), TypeError,
                       r"got dtype float16"),
 }
@@ -324,7 +324,7 @@ def test_package_runs_without_the_extension():
         import warnings
         import torch
         import adautomix_fast
-        from adautomix_fast.ema import ema_update_, extension_info, momentum_tensor
+        from adautomix_fast.step.ema import ema_update_, extension_info, momentum_tensor
         assert not extension_info()["loaded"], extension_info()
         assert "adautomix_fast._C" not in __import__("sys").modules
         ema, model = [torch.zeros(5)], [torch.ones(5, dtype=torch.float16)]

@@ -19,7 +19,7 @@ from PIL import Image
 from adautomix_fast.evaluate.cli import main
 from adautomix_fast.evaluate.context import load_run
 from adautomix_fast.evaluate.plots import read_data
-from adautomix_fast.precision import resolve_precision
+from adautomix_fast.step.precision import resolve_precision
 
 from cli_helpers import read_log, single_error_line
 from optional import skip_without

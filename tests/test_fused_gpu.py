@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from adautomix_fast import AdAutoMix, ReferenceStep, Schedule, build_optimizer, resolve
-from adautomix_fast.precision import Precision
-from adautomix_fast.fused import FusedStep
+from adautomix_fast.step.precision import Precision
+from adautomix_fast.step.fused import FusedStep
 
 pytestmark = pytest.mark.gpu
 B = 16

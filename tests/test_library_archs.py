@@ -15,12 +15,12 @@ import torch
 
 from adautomix_fast import compare
 from adautomix_fast.api import mix_model
-from adautomix_fast.fused import fused_losses
+from adautomix_fast.step.fused import fused_losses
 from adautomix_fast.methods.generator import MaskGenerator, kernel_limit_problem
 from adautomix_fast.models import build_classifier, export_state_dict, library_model
 from adautomix_fast.models.library import check_backbone_image_size
 from adautomix_fast.models import specs
-from adautomix_fast.segmented_bn import SegmentedBatchNormAct2d, convert_batchnorm, set_segment_size
+from adautomix_fast.step.segmented_bn import SegmentedBatchNormAct2d, convert_batchnorm, set_segment_size
 from adautomix_fast.errors import UsageError
 from tests.cli_helpers import run_cli, single_error_line
 from tests.test_cli import make_folder_dataset
@@ -234,7 +234,7 @@ def test_without_img_size_a_too_small_data_set_is_resized_for_the_backbone(tmp_p
 
 def test_a_library_arch_names_one_run_folder():
     from adautomix_fast.config import resolve
-    from adautomix_fast.runfolder import default_run_name
+    from adautomix_fast.run.folder import default_run_name
     name = default_run_name(resolve({"arch": "timm/resnet18", "method": "mixup"}), run_id="r1")
     assert name == "digits-timm-resnet18-mixup-r1"
 
@@ -275,9 +275,9 @@ def test_pretrained_from_a_library_file_and_from_a_missing_cache(arch, tmp_path,
 @pytest.mark.parametrize("method", ["mixup", "cutmix", "adautomix"])
 def test_a_baseline_and_adautomix_take_the_same_fused_and_reference_step(method):
     from adautomix_fast.api import LoopSchedule, param_groups
-    from adautomix_fast.fused import FusedStep
-    from adautomix_fast.precision import Precision
-    from adautomix_fast.reference import ReferenceStep
+    from adautomix_fast.step.fused import FusedStep
+    from adautomix_fast.step.precision import Precision
+    from adautomix_fast.step.reference import ReferenceStep
     torch.manual_seed(0)
     ref_model = mix_model(method, "timm/resnet18", CLASSES)
     fused_model = copy.deepcopy(ref_model)

@@ -124,7 +124,7 @@ def test_measuring_leaves_the_training_state_alone():
 def test_a_run_trains_the_same_with_and_without_the_measurement(adautomix_run, tmp_path, monkeypatch):
     """The measurement draws no number from the training's random streams and changes no buffer:
     the same run with it switched off ends with the same weights and buffers, bit for bit."""
-    from adautomix_fast.trainer import Trainer
+    from adautomix_fast.run.trainer import Trainer
 
     monkeypatch.setattr(Trainer, "mask_diagnostics", lambda self: {})
     assert main(ONE_EPOCH + ["--method", "adautomix", "--output", str(tmp_path), "--run-name", "off"]) == 0

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from adautomix_fast.config import resolve
-from adautomix_fast.optim import build_optimizer
-from adautomix_fast.precision import Precision
-from adautomix_fast.reference import ReferenceStep
-from adautomix_fast.schedules import Schedule
-from adautomix_fast.trainstep import make_plan_generator
-from adautomix_fast.fused import FusedStep
+from adautomix_fast.step.optim import build_optimizer
+from adautomix_fast.step.precision import Precision
+from adautomix_fast.step.reference import ReferenceStep
+from adautomix_fast.step.schedules import Schedule
+from adautomix_fast.step.base import make_plan_generator
+from adautomix_fast.step.fused import FusedStep
 from adautomix_fast.registry import METHODS, build_model
 
 from optional import skip_without_requirements

@@ -10,18 +10,18 @@ import torch.nn.functional as F
 
 from adautomix_fast import AdAutoMix
 from adautomix_fast.config import Config, resolve
-from adautomix_fast.optim import set_group_lrs as set_lrs
-from adautomix_fast.precision import Precision
-from adautomix_fast.reference import ReferenceStep
-from adautomix_fast.schedules import Schedule
-from adautomix_fast.trainstep import make_plan_generator
+from adautomix_fast.step.optim import set_group_lrs as set_lrs
+from adautomix_fast.step.precision import Precision
+from adautomix_fast.step.reference import ReferenceStep
+from adautomix_fast.step.schedules import Schedule
+from adautomix_fast.step.base import make_plan_generator
 from adautomix_fast.errors import UsageError
-from adautomix_fast.fused import FusedStep
+from adautomix_fast.step.fused import FusedStep
 from adautomix_fast.registry import build_model
 from adautomix_fast.models import default_cifar_stem
-from adautomix_fast.optim import (InGraphOptimizer, build_optimizer, clip_grad_norm_, group_role, no_weight_decay,
+from adautomix_fast.step.optim import (InGraphOptimizer, build_optimizer, clip_grad_norm_, group_role, no_weight_decay,
                                   param_groups, unscale_and_check_)
-from adautomix_fast.schedules import warmup_cosine_lr
+from adautomix_fast.step.schedules import warmup_cosine_lr
 
 
 class Net(nn.Module):

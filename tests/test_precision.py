@@ -1,4 +1,4 @@
-"""Precision chosen by capability (adautomix_fast.precision): every (device, CPU, flag) case with
+"""Precision chosen by capability (adautomix_fast.step.precision): every (device, CPU, flag) case with
 the capability mocked, the real report under the AVX2 emulation variables, and the CLI's record."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import sys
 import pytest
 import torch
 
-from adautomix_fast.precision import cpu_facts, cpu_native, resolve_precision
+from adautomix_fast.step.precision import cpu_facts, cpu_native, resolve_precision
 
-# What torch reports on the CPUs users have (the values of adautomix_fast.precision.cpu_facts).
+# What torch reports on the CPUs users have (the values of adautomix_fast.step.precision.cpu_facts).
 CPUS = {
     # AMD EPYC / Intel with AVX-512 BF16 (Zen 4, Cooper Lake): native bf16.
     "avx512_bf16": dict(machine="x86_64", capability="AVX512", onednn_bf16=True, onednn_fp16=False,
@@ -102,7 +102,7 @@ def _child(code: str, **env) -> str:
 
 def test_avx2_emulation_variables_make_the_default_fp32():
     """The variables of the README make torch report an AVX2-only CPU; the default is then fp32."""
-    code = ("from adautomix_fast.precision import resolve_precision; import torch;"
+    code = ("from adautomix_fast.step.precision import resolve_precision; import torch;"
             "c = resolve_precision(None, 'bf16', 'cpu'); print(torch.backends.cpu.get_cpu_capability(), c.label)")
     capability, label = _child(code, ATEN_CPU_CAPABILITY="avx2", ONEDNN_MAX_CPU_ISA="AVX2").split(" ", 1)
     # The variables only lower the capability: a CPU without AVX2 reports DEFAULT under them.
@@ -111,7 +111,8 @@ def test_avx2_emulation_variables_make_the_default_fp32():
 
 
 def test_cli_records_the_choice_and_warns_for_amp_on_an_emulating_cpu(tmp_path, monkeypatch, capsys):
-    from adautomix_fast import precision, train
+    from adautomix_fast import train
+    from adautomix_fast.step import precision
 
     monkeypatch.setattr(precision, "cpu_facts", lambda: dict(CPUS["avx2"]))
     common = ["--arch", "tiny", "--img-size", "16", "--epochs", "1", "--batch-size", "200", "--workers", "0",

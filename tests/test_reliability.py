@@ -22,10 +22,10 @@ import pytest
 import torch
 from PIL import Image
 
-from adautomix_fast import checkpoint as ckpt_lib
-from adautomix_fast import records
+from adautomix_fast.run import checkpoint as ckpt_lib
+from adautomix_fast.run import records
 from adautomix_fast.errors import DataError, UsageError
-from adautomix_fast.runfolder import LOCK, RunLock
+from adautomix_fast.run.folder import LOCK, RunLock
 from adautomix_fast.train import main
 
 from cli_helpers import read_log, run_cli, single_error_line
@@ -296,7 +296,7 @@ def test_torchs_enforce_failure_on_a_full_disk_is_the_same_one_line(tmp_path, mo
 
 
 def test_death_between_checkpoint_and_records_is_completed_on_resume(tmp_path, monkeypatch, capsys):
-    from adautomix_fast.runfolder import RunFolder
+    from adautomix_fast.run.folder import RunFolder
     folder = tmp_path / "run"
     real = RunFolder.summary_row
 
@@ -348,7 +348,7 @@ def test_orphaned_temporary_checkpoints_are_removed_on_resume(tmp_path, capsys):
 
 
 def test_a_read_only_output_folder_is_one_line_and_exit_2(tmp_path, monkeypatch, capsys):
-    import adautomix_fast.runfolder as runfolder
+    import adautomix_fast.run.folder as runfolder
     real_open = os.open
 
     def read_only(path, flags, *args, **kwargs):   # what a read-only mount refuses: writing
@@ -542,7 +542,7 @@ def test_ctrl_c_while_python_runs_a_del_method_still_stops_the_loop():
     """Python runs a signal handler at the next bytecode of the main thread, wherever that is; a
     KeyboardInterrupt raised inside a ``__del__`` is printed as "Exception ignored" and lost. The
     training loop's Ctrl-C is a flag instead, which survives that."""
-    from adautomix_fast.stopsignals import StopRequest
+    from adautomix_fast.runtime.stopsignals import StopRequest
 
     class DroppedWhileCtrlC:
         def __del__(self):

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from adautomix_fast.segmented_bn import (SegmentedBatchNorm2d, convert_batchnorm, segmented_norms,
+from adautomix_fast.step.segmented_bn import (SegmentedBatchNorm2d, convert_batchnorm, segmented_norms,
                                          set_segment_size, snapshot_batch_stats)
 
 

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from adautomix_fast import records
+from adautomix_fast.run import records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 1437 // 2 // 50 = 14 steps per rank and epoch; the ranks agree on a stop every 3 steps.

@@ -53,7 +53,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
 from ..errors import DataError
-from ..stopsignals import STOP_SIGNALS
+from ..runtime.stopsignals import STOP_SIGNALS
 
 log = logging.getLogger("adautomix_fast")
 

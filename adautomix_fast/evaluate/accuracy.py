@@ -16,7 +16,7 @@ from typing import Iterable
 import torch
 from tqdm import tqdm
 
-from ..distributed import all_reduce_sum_
+from ..runtime.distributed import all_reduce_sum_
 
 # The AdAutoMix model's heads; a model lists its own in ``model.HEADS`` (its headline in
 # ``model.HEADLINE``), and evaluation reports exactly those.

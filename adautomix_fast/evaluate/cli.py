@@ -17,7 +17,7 @@ import logging
 import sys
 from typing import Optional
 
-from .. import cputhreads
+from ..runtime import cputhreads
 from ..errors import UsageError
 from .compare import compare
 from .context import PROTOCOLS, SUITES, EvalOptions

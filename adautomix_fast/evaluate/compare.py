@@ -16,10 +16,10 @@ import os
 import statistics
 from typing import Optional
 
-from ..devices import pick_device
+from ..runtime.devices import pick_device
 from ..errors import UsageError
-from ..precision import resolve_precision
-from ..records import read_csv_rows
+from ..step.precision import resolve_precision
+from ..run.records import read_csv_rows
 from . import plots
 from .context import SUITES, EvalOptions, load_run
 from .pipeline import default_folder, evaluate_checkpoint

@@ -19,12 +19,12 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .. import checkpoint as ckpt_lib
+from ..run import checkpoint as ckpt_lib
 from ..config import Config
 from ..data import build_loaders
-from ..devices import pick_device
+from ..runtime.devices import pick_device
 from ..errors import UsageError
-from ..precision import resolve_precision
+from ..step.precision import resolve_precision
 from ..registry import build_model
 
 # The suites, in the order they run and appear in the report. `all` runs every one of them.

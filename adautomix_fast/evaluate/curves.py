@@ -12,7 +12,7 @@ import math
 import os
 
 from ..errors import UsageError
-from ..records import read_csv_rows
+from ..run.records import read_csv_rows
 from . import plots
 
 # The generator's mask statistics (trainer.Trainer.mask_diagnostics): a fourth panel when present.

@@ -25,12 +25,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ema import ema_update_, teacher_pairs
+from ..step.ema import ema_update_, teacher_pairs
 from ..models import build_classifier
 from ..models.specs import ARCH_SPECS, arch_spec, is_library_arch
-from ..numerics import at_least_fp32, fp32_region
+from ..step.numerics import at_least_fp32, fp32_region
 from ..errors import UsageError
-from ..segmented_bn import segmented_norms, snapshot_batch_stats
+from ..step.segmented_bn import segmented_norms, snapshot_batch_stats
 from .base import MixModel, sample_beta
 from .generator import GEN_KERNELS, UPSAMPLES, MaskGenerator, mask_statistics, mix_images
 from .options import FAMILIES, Option
@@ -331,7 +331,7 @@ class AdAutoMix(MixModel):
 
     def fused_losses(self, x: torch.Tensor, y: torch.Tensor, plan: MixPlan, *, batched_student: bool = True,
                      teacher_bn_stats: str = "exact") -> dict[str, torch.Tensor]:
-        """Every loss term of one step, arranged as the fused step runs it (adautomix_fast.fused):
+        """Every loss term of one step, arranged as the fused step runs it (adautomix_fast.step.fused):
         one teacher pass on the clean batch gives G's features and every cosine-source logit
         (train-mode BatchNorm statistics do not depend on sample order), the N source passes'
         running-statistics updates are replayed (``teacher_bn_stats="exact"``), and the student's

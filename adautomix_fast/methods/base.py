@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..models import Classifier, drop_path_rate
-from ..numerics import at_least_fp32, fp32_region
+from ..step.numerics import at_least_fp32, fp32_region
 from .options import Option
 
 

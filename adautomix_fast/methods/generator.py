@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..numerics import at_least_fp32, fp32_region
+from ..step.numerics import at_least_fp32, fp32_region
 
 
 # The generator's mask upsampling modes and the implementations of its ops (--upsample,

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torchvision
 
 from ..errors import UsageError
-from ..torchfiles import load_failure
+from ..run.torchfiles import load_failure
 from .base import Classifier
 from .deit import import_timm
 from .specs import arch_spec

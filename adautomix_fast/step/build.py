@@ -9,7 +9,7 @@ from .fused import FusedStep
 from .precision import Precision
 from .reference import ReferenceStep
 from .schedules import Schedule
-from .trainstep import make_plan_generator
+from .base import make_plan_generator
 
 # --impl: the eager reference step, the compiled fused one, or auto (resolve_impl).
 IMPLS = ("auto", "reference", "fused")

@@ -42,12 +42,12 @@ from typing import Optional
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from . import fatal
+from ..runtime import fatal
 from .ema import MOMENTUM_DTYPE, ema_update_
-from .errors import CompiledStepError, UsageError
+from ..errors import CompiledStepError, UsageError
 from .optim import InGraphOptimizer, unscale_and_check_
 from .segmented_bn import SegmentedBatchNorm2d, convert_batchnorm, set_segment_size, unconverted_batchnorms
-from .trainstep import TrainStep
+from .base import TrainStep
 
 # fp16 loss scaling, as torch.amp.GradScaler's defaults.
 _SCALE_INIT, _GROWTH, _BACKOFF, _GROWTH_INTERVAL = 2.0 ** 16, 2.0, 0.5, 2000
@@ -110,7 +110,7 @@ class FusedStep(TrainStep):
         self.batched_student = batched_student
         self.teacher_bn_stats = teacher_bn_stats
         # Distributed: averages (gradients, loss) across ranks inside the graph
-        # (adautomix_fast.distributed.make_graph_grad_sync); None for one process.
+        # (adautomix_fast.runtime.distributed.make_graph_grad_sync); None for one process.
         self.grad_sync = grad_sync
         self.device = model.device
         if model.uses_segmented_bn:

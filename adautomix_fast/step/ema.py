@@ -61,7 +61,7 @@ def _same_layout(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _momentum_type_error(momentum: Any) -> TypeError:
     return TypeError(f"ema_update_: momentum must be a 0-dim float64 tensor, got {type(momentum).__name__} "
-                     "(use adautomix_fast.ema.momentum_tensor)")
+                     "(use adautomix_fast.step.ema.momentum_tensor)")
 
 
 def _validate(ema: Sequence[torch.Tensor], model: Sequence[torch.Tensor], momentum: torch.Tensor,
@@ -80,7 +80,7 @@ def _validate(ema: Sequence[torch.Tensor], model: Sequence[torch.Tensor], moment
         raise ValueError(f"ema_update_: momentum must be a 0-dim float64 tensor, got shape {list(momentum.shape)}")
     if momentum.dtype != MOMENTUM_DTYPE:
         raise TypeError(f"ema_update_: momentum must be a 0-dim float64 tensor (1 - m is formed in double), got "
-                        f"dtype {_dtype_name(momentum.dtype)} (use adautomix_fast.ema.momentum_tensor)")
+                        f"dtype {_dtype_name(momentum.dtype)} (use adautomix_fast.step.ema.momentum_tensor)")
     if not ema:
         return
     for name, tensors in (("ema", ema), ("model", model)):

@@ -25,14 +25,14 @@ import torch
 from tqdm import tqdm
 
 from . import checkpoint as ckpt_lib
-from .config import Config
-from .distributed import DistContext, average_buffers_, fault_injection_step, gather_objects, launched_by_torchrun
-from .errors import RunDiverged, RunStopped
-from .evaluate import HEADLINE, HEADS, evaluate
-from .evaluate.curves import render_training_curves
-from .evaluate.mixvis import render_mix_grid, vis_epochs
-from .runfolder import BEST, EPOCH_END, LAST, RunFolder, describe_checkpoint
-from .stopsignals import StopRequest, exit_status, repeats_are_copies
+from ..config import Config
+from ..runtime.distributed import DistContext, average_buffers_, fault_injection_step, gather_objects, launched_by_torchrun
+from ..errors import RunDiverged, RunStopped
+from ..evaluate import HEADLINE, HEADS, evaluate
+from ..evaluate.curves import render_training_curves
+from ..evaluate.mixvis import render_mix_grid, vis_epochs
+from .folder import BEST, EPOCH_END, LAST, RunFolder, describe_checkpoint
+from ..runtime.stopsignals import StopRequest, exit_status, repeats_are_copies
 
 
 def format_metrics(metrics: dict, heads=HEADS, headline: str = HEADLINE) -> str:

@@ -14,7 +14,7 @@ import contextlib
 
 import torch
 
-from . import ema  # noqa: F401  (imports adautomix_fast._C, which registers the ops)
+from ..step import ema  # noqa: F401  (imports adautomix_fast._C, which registers the ops)
 
 
 def available() -> bool:

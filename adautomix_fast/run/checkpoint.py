@@ -19,9 +19,9 @@ from typing import Any, Iterable, Optional
 
 import torch
 
-from .config import Config
-from .errors import UsageError
-from .models import export_state_dict
+from ..config import Config
+from ..errors import UsageError
+from ..models import export_state_dict
 from .torchfiles import load_failure
 
 FORMAT_VERSION = 1

@@ -31,7 +31,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .models.specs import arch_spec
+from ..models.specs import arch_spec
 
 OPTIMIZERS = ("sgd", "adamw")
 

@@ -33,7 +33,7 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 @dataclass

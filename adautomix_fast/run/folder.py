@@ -27,9 +27,9 @@ import yaml
 from . import records
 from .checkpoint import (DISK_FULL_ERRNOS, TMP_PREFIX, TMP_SUFFIX, NoSpaceError, atomic_save,
                          remove_orphaned_temporaries)
-from .config import Config
-from .errors import UsageError
-from .evaluate.tblog import ScalarLogger
+from ..config import Config
+from ..errors import UsageError
+from ..evaluate.tblog import ScalarLogger
 
 LAST, BEST = "checkpoint-last.pt", "checkpoint-best.pt"
 # The last epoch-end checkpoint, kept while mid-epoch checkpoints (--save-every-steps) replace

@@ -16,7 +16,7 @@ from .ema import momentum_tensor
 from .optim import set_group_lrs
 from .precision import Precision
 from .schedules import Schedule
-from .trainstep import TrainStep
+from .base import TrainStep
 
 
 class ReferenceStep(TrainStep):

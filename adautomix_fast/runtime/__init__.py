@@ -1,0 +1,1 @@
+"""The process a run lives in: devices, CPU threads, torchrun, stop signals, fatal errors."""
