@@ -71,7 +71,7 @@ import yaml
 from . import __version__
 from .data import DATA_ENV
 from .errors import UsageError
-from .registry import METHODS
+from .registry import METHODS, OPTIONS, method_options, takers
 from .run.records import read_jsonl
 from .config import check_single_folder_name
 from .runtime.stopsignals import SIGNALS_FORWARDED_ENV, exit_status
@@ -169,10 +169,44 @@ def plan_runs(args: argparse.Namespace, train_argv: list[str]) -> list[PlannedRu
     planned = []
     for seed in (args.seeds if args.seeds is not None else [None]):
         for method in args.methods:
-            flags = train_argv + extra + ["--method", method] + ([] if seed is None else ["--seed", str(seed)])
+            own = for_method(train_argv, method, args.methods)
+            flags = own + extra + ["--method", method] + ([] if seed is None else ["--seed", str(seed)])
             cfg = resolve(flags)
             planned.append(PlannedRun(method, cfg.seed, run_name(method, seed), flags, cfg))
     return planned
+
+
+def _option_of_flag(token: str):
+    """The method option a training flag sets (``--beta``, ``--beta=0.5``, ``--no-lam-concat``),
+    or None for an engine flag."""
+    name = token.split("=", 1)[0]
+    for option in OPTIONS.values():
+        if name == option.flag or (option.type is bool and name == "--no-" + option.flag[2:]):
+            return option
+    return None
+
+
+def for_method(train_argv: list[str], method: str, methods: list[str]) -> list[str]:
+    """The training flags ``method`` receives: all of them but the options of other methods
+    (``--beta 0.5`` goes to AdAutoMix, not to the baselines beside it); a method option that
+    no compared method takes is one line."""
+    own = method_options(method)
+    out: list[str] = []
+    skip_value = False
+    for token in train_argv:
+        if skip_value:
+            skip_value = False
+            continue
+        option = _option_of_flag(token) if token.startswith("--") else None
+        if option is not None and option.name not in own:
+            users = takers(option.name)
+            if not set(users) & set(methods):
+                raise UsageError(f"{option.flag} applies to {', '.join(users)}, which --methods does not compare: "
+                                 "drop the flag or add one of them")
+            skip_value = option.type is not bool and "=" not in token
+            continue
+        out.append(token)
+    return out
 
 
 def check_folder(folder: str, planned: list[PlannedRun], seeds: Optional[list[int]]) -> None:
@@ -220,8 +254,11 @@ def settings_difference(run_folder: str, cfg) -> str:
     # A setting added after the run was made was then at its default. The stem and the image
     # size left automatic (None) are recorded as the training resolved them from the data, so any
     # value matches them.
+    # Another method's options do not change what this method trains (they hold their defaults).
+    own = method_options(cfg.method)
     diffs = [(k, theirs.get(k, fields[k].default), v) for k, v in cfg.identity().items()
-             if not (v is None and k in RESOLVED_BY_TRAINING) and theirs.get(k, fields[k].default) != v]
+             if (k not in OPTIONS or k in own) and not (v is None and k in RESOLVED_BY_TRAINING)
+             and theirs.get(k, fields[k].default) != v]
     words = [f"{k} {a!r}, not {b!r}" for k, a, b in diffs[:3]]
     return "; ".join(words) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
 

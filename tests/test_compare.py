@@ -63,3 +63,20 @@ def test_a_bad_training_flag_stops_at_the_first_method(tmp_path):
     assert proc.returncode == 2
     assert "unknown --arch 'nope'" in proc.stderr and "[2/2]" not in proc.stdout
     assert not any(tmp_path.iterdir())   # nothing half-written: the comparison folder goes too
+
+
+def test_a_method_option_goes_only_to_the_methods_that_take_it():
+    argv = ["--arch", "tiny", "--beta", "0.5", "--no-lam-concat", "--lam-margin=0.1", "--epochs", "1"]
+    assert compare.for_method(argv, "mixup", ["mixup", "adautomix"]) == ["--arch", "tiny", "--epochs", "1"]
+    assert compare.for_method(argv, "automix", ["automix", "adautomix"]) == \
+        ["--arch", "tiny", "--no-lam-concat", "--lam-margin=0.1", "--epochs", "1"]
+    assert compare.for_method(argv, "adautomix", ["mixup", "adautomix"]) == argv
+    planned = compare.plan_runs(compare.parse_args(["--methods", "mixup,adautomix"] + argv)[0], argv)
+    assert [p.cfg.beta for p in planned] == [0.3, 0.5]      # mixup keeps the declared default
+
+
+def test_a_method_option_no_compared_method_takes_is_one_line(tmp_path, capsys):
+    assert compare.main(["--methods", "vanilla,mixup", "--beta", "0.5", "--output", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--beta applies to adautomix, which --methods does not compare" in err and err.count("\n") == 1
+    assert not any(tmp_path.iterdir())
