@@ -10,16 +10,20 @@ Public API:
 Command line: ``python -m adautomix_fast.train --help``.
 """
 
+# cputhreads first, on purpose (its start-up sample of the CPUs' load comes before the package's other
+# imports); the isort split below keeps import sorting from moving it.
 from .runtime import cputhreads  # noqa: F401  (first: its start-up sample of the CPUs' load)
-from .methods.adautomix import AdAutoMix, MixPlan, mixed_cross_entropy
+
+# isort: split
 from .config import PRESETS, Config, resolve
+from .errors import DataError, UsageError
+from .evaluate import evaluate
+from .methods.adautomix import AdAutoMix, MixPlan, mixed_cross_entropy
+from .methods.generator import MaskGenerator
 from .step.optim import build_optimizer
 from .step.precision import Precision
 from .step.reference import ReferenceStep
 from .step.schedules import Schedule
-from .errors import DataError, UsageError
-from .evaluate import evaluate
-from .methods.generator import MaskGenerator
 
 __version__ = "0.1.0"
 

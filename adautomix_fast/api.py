@@ -24,18 +24,18 @@ from typing import Optional, Union
 import torch
 import torch.nn as nn
 
-from .step.fused import FusedStep
 from .config import Config
 from .methods.base import DataFacts, MixModel
 from .methods.options import FAMILIES
 from .models.library import BackboneChoice
 from .models.pretrained import export_state_dict
+from .registry import METHODS, method_class
+from .step.base import TrainStep, make_plan_generator
+from .step.fused import FusedStep
 from .step.optim import group_role
 from .step.precision import Precision
 from .step.reference import ReferenceStep
-from .registry import METHODS, method_class
 from .step.schedules import ema_momentum
-from .step.base import TrainStep, make_plan_generator
 
 Backbone = Union[str, nn.Module]
 

@@ -69,11 +69,11 @@ import torchvision
 import yaml
 
 from . import __version__
+from .config import check_single_folder_name
 from .data import DATA_ENV
 from .errors import UsageError
 from .registry import METHODS, OPTIONS, method_options, takers
 from .run.records import read_jsonl
-from .config import check_single_folder_name
 from .runtime.stopsignals import SIGNALS_FORWARDED_ENV, exit_status
 from .train import build_config, get_args_parser
 
@@ -91,9 +91,9 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
     p.add_argument("--methods", default="vanilla,mixup,cutmix,automix,adautomix",
                    help=f"comma list of {', '.join(METHODS)} (default: vanilla,mixup,cutmix,automix,adautomix)")
     p.add_argument("--seeds", metavar="LIST",
-                   help="comma list of seeds, e.g. 0,1,2: every method trains once per seed, into runs/<method>-s<seed>, "
-                        "and the report gives the mean and standard deviation over the seeds (default: one run per "
-                        "method, with --seed, into runs/<method>)")
+                   help="comma list of seeds, e.g. 0,1,2: every method trains once per seed, "
+                        "into runs/<method>-s<seed>, and the report gives the mean and standard deviation "
+                        "over the seeds (default: one run per method, with --seed, into runs/<method>)")
     p.add_argument("--subset", metavar="N",
                    help=f"train every run on the same class-balanced N training images (passes {SUBSET_FLAG} N; "
                         "default: the whole training set)")
@@ -385,7 +385,8 @@ def _cell(value: Any, fmt: str) -> str:
 def _mean_cell(entry: dict, key: str, fmt: str) -> str:
     if key == "epochs":   # the budget, not a measurement: a range where seeds differ
         values = [v for v in entry.get("epochs_values", []) if v is not None]
-        return "-" if not values else (f"{min(values)}" if min(values) == max(values) else f"{min(values)}-{max(values)}")
+        return "-" if not values else (f"{min(values)}" if min(values) == max(values)
+                                       else f"{min(values)}-{max(values)}")
     mean, std = entry.get(key), entry.get(f"{key}_std")
     if mean is None:
         return "-"
@@ -419,7 +420,8 @@ def mean_table(entries: list[dict]) -> str:
         seeds = ", ".join(str(s) for s in e["seeds"]) or "none"
         if e["failed"]:
             seeds += f" ({', '.join(str(f['seed']) for f in e['failed'])} failed)"
-        lines.append(f"| {e['method']} | {seeds} | " + " | ".join(_mean_cell(e, k, f) for k, _, f in TABLE_STATS) + " |")
+        lines.append(f"| {e['method']} | {seeds} | "
+                     + " | ".join(_mean_cell(e, k, f) for k, _, f in TABLE_STATS) + " |")
     return "\n".join(lines)
 
 
@@ -667,7 +669,8 @@ def plot_efficiency(folder: str, entries: list[dict]) -> None:
         ax.set_xlabel(label)
         ax.margins(0.15)          # room for the labels
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("top-1 (%), headline head" + (", mean over seeds" if any(e["n_seeds"] > 1 for e in done) else ""))
+    axes[0].set_ylabel("top-1 (%), headline head"
+                       + (", mean over seeds" if any(e["n_seeds"] > 1 for e in done) else ""))
     fig.suptitle("accuracy against cost")
     fig.tight_layout()
     _save_png(fig, folder, "efficiency.png")

@@ -14,13 +14,13 @@ import json
 import math
 import os
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 from typing import Any, Optional
 
 from . import registry
 from .errors import UsageError
-from .models.specs import ARCH_NAMES, ARCH_SPECS, arch_spec, check_image_size, is_library_arch
-from .presets import DATASET_DEFAULTS, PRESET_SOURCES, PRESETS
+from .models.specs import ARCH_NAMES, arch_spec, check_image_size, is_library_arch
+from .presets import DATASET_DEFAULTS, PRESETS
 from .settings import SETTINGS
 
 DATASETS = next(o.choices for o in SETTINGS if o.name == "dataset")
@@ -40,7 +40,8 @@ class RunSettings:
         known = {f.name for f in fields(cls)}
         bad_keys = [k for k in d if not isinstance(k, str)]
         if bad_keys:
-            raise UsageError(f"config key {bad_keys[0]!r} is not a name; keys are config names such as lr or batch_size")
+            raise UsageError(f"config key {bad_keys[0]!r} is not a name; "
+                             "keys are config names such as lr or batch_size")
         unknown = set(d) - known
         if unknown:
             raise UsageError(f"unknown config keys {sorted(unknown)}; valid keys: {sorted(known)}")

@@ -11,7 +11,7 @@ take them.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, Iterable, Optional
+from typing import Any, Iterable
 
 from . import registry
 from .methods.options import FAMILIES, Option

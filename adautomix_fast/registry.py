@@ -209,6 +209,6 @@ def with_methods_table(page: str) -> str:
     return page[:start] + methods_table() + page[end:]
 
 
-__all__ = ["OPTIMIZERS", "methods_table", "with_methods_table", "parse_randaugment", "METHODS", "OPTIONS", "BASELINES", "FAMILIES", "method_class", "method_options", "data_family",
-           "method_defaults", "image_side", "data_facts", "check_method", "check_foreign_options", "build_model",
-           "registry_problems"]
+__all__ = ["OPTIMIZERS", "methods_table", "with_methods_table", "parse_randaugment", "METHODS", "OPTIONS", "BASELINES",
+           "FAMILIES", "method_class", "method_options", "data_family", "method_defaults", "image_side", "data_facts",
+           "check_method", "check_foreign_options", "build_model", "registry_problems"]

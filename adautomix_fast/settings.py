@@ -12,14 +12,14 @@ state no default: the parser appends it.
 from __future__ import annotations
 
 from . import registry
-from .data import BACKENDS as DATA_BACKENDS, DATASETS, DATA_ENV
+from .data import BACKENDS as DATA_BACKENDS, DATA_ENV, DATASETS
 from .data.transforms import INTERPOLATIONS, TRAIN_CROPS
-from .step.fused import STUDENT_PASSES, TEACHER_BN_STATS
 from .methods.options import Option
 from .models.specs import ARCH_NAMES
+from .step.build import IMPLS
+from .step.fused import STUDENT_PASSES, TEACHER_BN_STATS
 from .step.optim import OPTIMIZERS
 from .step.precision import AMP_DTYPES
-from .step.build import IMPLS
 
 # The --help sections, in their order (a method's options get a section of their own after "method").
 RUN, DATA, MODEL, METHOD, OPTIMIZATION, RECIPE, PRECISION = (

@@ -23,29 +23,27 @@ from typing import Any, Optional
 import torch
 import yaml
 
-from .run import checkpoint as ckpt_lib
-from .runtime import cputhreads
-from .runtime import distributed
-from .step import precision as precision_lib
+from . import registry
 from .config import Config, resolve
 from .data import DATA_ENV, AugmentRecipe, build_loaders, check_resume_data
-from .runtime.devices import pick_device
-from .step.optim import build_optimizer
-from .step.precision import Precision
-from .step.schedules import Schedule
-from .step.build import build_step, resolve_impl
 from .errors import CompiledStepError, RunDiverged, RunStopped, UsageError
-from .run.folder import LAST, RunFolder, SilentRunFolder, default_run_name, describe_checkpoint
 from .methods.generator import kernel_limit_problem, resolve_gen_kernels
-from . import registry
-from .registry import METHODS, build_model, image_side
 from .models import arch_spec, default_cifar_stem, drop_path_rate, load_pretrained_model
 from .models.library import check_backbone_image_size, fitting_image_size
 from .models.specs import is_library_arch
-from .step.optim import wd_exclude
 from .presets import PRESETS, engine_default_text, method_default_text, preset_help
-from .settings import GROUPS, METHOD, RUN, SETTINGS
+from .registry import METHODS, build_model, image_side
+from .run import checkpoint as ckpt_lib
+from .run.folder import LAST, RunFolder, SilentRunFolder, default_run_name, describe_checkpoint
 from .run.trainer import Trainer, format_metrics
+from .runtime import cputhreads, distributed
+from .runtime.devices import pick_device
+from .settings import GROUPS, RUN, SETTINGS
+from .step import precision as precision_lib
+from .step.build import build_step, resolve_impl
+from .step.optim import build_optimizer, wd_exclude
+from .step.precision import Precision
+from .step.schedules import Schedule
 
 log = logging.getLogger("adautomix_fast")
 
@@ -339,10 +337,11 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
 
     global_batch = cfg.batch_size * ctx.world_size
     parts = [f"{info.train_size} train / {info.val_size} val images, {info.num_classes} classes, "
-             f"{info.image_size}px{', CIFAR stem' if cifar_stem else ''}{', ' + info.describe() if info.describe() else ''}"]
+             f"{info.image_size}px{', CIFAR stem' if cifar_stem else ''}"
+             f"{', ' + info.describe() if info.describe() else ''}"]
     method = METHODS[cfg.method]
-    details = [method.describe(cfg, image_side(cfg, info.image_size)), recipe_settings(cfg), f"device {device}", f"data {info.backend}",
-               precision.reason, f"impl {impl}"]
+    details = [method.describe(cfg, image_side(cfg, info.image_size)), recipe_settings(cfg), f"device {device}",
+               f"data {info.backend}", precision.reason, f"impl {impl}"]
     if device.type == "cpu":
         threads = cputhreads.describe()
         details.append(f"{threads['cpu_threads']} CPU threads ({threads['cpu_threads_reason']})")
@@ -359,7 +358,8 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
     summary = (f"{method.title} {cfg.arch} on {cfg.dataset} ({parts[0]}), "
                + ", ".join(d for d in details if d))
 
-    folder_path = (os.path.dirname(os.path.abspath(resume_path)) if resume_path is not None and "output" not in vars(args)
+    folder_path = (os.path.dirname(os.path.abspath(resume_path))
+                   if resume_path is not None and "output" not in vars(args)
                    else os.path.join(cfg.output, cfg.run_name or _shared_run_name(cfg, ctx)))
     if eval_only:
         trainer = Trainer(cfg=cfg, ctx=ctx, device=device, model=model, optimizer=optimizer, step=step,
@@ -443,18 +443,21 @@ def _shared_run_name(cfg: Config, ctx: distributed.DistContext) -> str:
 def _train(cfg, args, trainer: Trainer, summary: str, impl: str, stop_after, resuming: bool,
            global_batch: int, lr_changes: dict) -> int:
     folder, say, ctx = trainer.folder, trainer.say, trainer.ctx
-    folder.write_config(cfg, {"num_classes": trainer.info.num_classes, "cifar_stem": trainer.cifar_stem,
-                              "fingerprint": cfg.fingerprint(), "impl_resolved": impl,
-                              "gen_kernels_resolved": getattr(getattr(trainer.model, "generator", None), "kernels", None),
-                              "precision_resolved": trainer.precision.describe(),
-                              "world_size": ctx.world_size, "global_batch_size": global_batch})
+    folder.write_config(cfg, {
+        "num_classes": trainer.info.num_classes, "cifar_stem": trainer.cifar_stem,
+        "fingerprint": cfg.fingerprint(), "impl_resolved": impl,
+        "gen_kernels_resolved": getattr(getattr(trainer.model, "generator", None), "kernels", None),
+        "precision_resolved": trainer.precision.describe(),
+        "world_size": ctx.world_size, "global_batch_size": global_batch})
     say(summary)
     say("config:\n  " + yaml.safe_dump(cfg.to_dict(), sort_keys=False).strip().replace("\n", "\n  "))
-    where = f" (resuming after epoch {trainer.epoch}" + (f", batch {trainer.batch_in_epoch}" if trainer.batch_in_epoch else "") + ")"
+    where = (f" (resuming after epoch {trainer.epoch}"
+             + (f", batch {trainer.batch_in_epoch}" if trainer.batch_in_epoch else "") + ")")
     say(f"run folder: {folder.path}" + (where if resuming else ""))
     if lr_changes:
-        say("learning rate overridden from here on: " + ", ".join(f"{k} {a:g} -> {b:g}" if a is not None and b is not None
-                                                                   else f"{k} {a} -> {b}" for k, (a, b) in lr_changes.items()))
+        say("learning rate overridden from here on: "
+            + ", ".join(f"{k} {a:g} -> {b:g}" if a is not None and b is not None else f"{k} {a} -> {b}"
+                        for k, (a, b) in lr_changes.items()))
     folder.log({"type": "start", "time": time.time(), "resume_epoch": trainer.epoch if resuming else None,
                 "resume_batch": trainer.batch_in_epoch if resuming else None,
                 "restart": distributed.restart_count(), "world_size": ctx.world_size,

@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 
-from adautomix_fast.runtime.devices import pick_device as engine_pick_device
 from adautomix_fast.errors import UsageError
+from adautomix_fast.runtime.devices import pick_device as engine_pick_device
 from adautomix_fast.step.precision import cpu_facts, cpu_native
 
 # 2: step/kernel statistics are pytest-benchmark's (median, q1, q3, ...) instead of p10/p90.
@@ -268,6 +268,6 @@ def format_table(rows: Iterable[dict[str, Any]], columns: Sequence[tuple[str, st
     body = [[_cell(r.get(key), fmt) for key, _, fmt in columns] for r in rows]
     heads = [h for _, h, _ in columns]
     widths = [max([len(h)] + [len(row[i]) for row in body]) for i, h in enumerate(heads)]
-    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)  # noqa: E731
+    line = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w)
                                    for i, (c, w) in enumerate(zip(cells, widths)))
     return "\n".join([line(heads), line(["-" * w for w in widths])] + [line(r) for r in body])

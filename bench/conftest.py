@@ -28,7 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:  # bench/ is a folder of the repository, not an installed package
     sys.path.insert(0, ROOT)
 
-from bench import common  # after ROOT is on sys.path
+from bench import common  # noqa: E402  (after ROOT is on sys.path)
 
 SIZES = ("gpu", "cpu", "smoke")
 
@@ -37,7 +37,8 @@ def pytest_addoption(parser):
     parser.addoption("--bench-size", choices=SIZES, default=None,
                      help="benchmark sizes: gpu (default with CUDA), cpu (default without), smoke (tiny)")
     parser.addoption("--bench-compiled", action="store_true", default=False,
-                     help="also time the torch.compile'd steps on a CPU (minutes of compilation; on by default on CUDA)")
+                     help="also time the torch.compile'd steps on a CPU "
+                          "(minutes of compilation; on by default on CUDA)")
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

@@ -95,7 +95,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--out", default=REPO_RESULTS, help="folder of the results JSON (default: bench/results)")
     p.add_argument("--quick", action="store_true", help="fewer warm-up steps, no fp32 pass (default: off)")
     p.add_argument("--dry-run", action="store_true", help="plan and CPU smoke only, even with a GPU (default: off)")
-    p.add_argument("--no-smoke", action="store_true", help="dry run without the CPU smoke of bench.step (default: smoke)")
+    p.add_argument("--no-smoke", action="store_true",
+                   help="dry run without the CPU smoke of bench.step (default: smoke)")
     p.add_argument("--budget", type=float, default=BUDGET_S, help=f"seconds for the whole check (default: {BUDGET_S})")
     return p.parse_args(argv)
 

@@ -32,6 +32,7 @@ import os
 import sys
 import time
 import traceback
+from functools import partial
 from typing import Any, Callable, Optional
 
 if __package__ in (None, ""):  # `python bench/kernels_ema.py` as well as -m
@@ -39,8 +40,8 @@ if __package__ in (None, ""):  # `python bench/kernels_ema.py` as well as -m
 
 import torch
 
-from adautomix_fast.step import ema as ema_mod
 from adautomix_fast.models import build_classifier
+from adautomix_fast.step import ema as ema_mod
 from bench import common
 
 MOMENTUM = 0.999
@@ -185,8 +186,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     dst = torch.empty_like(src)
     a = torch.randn(numel, device=device)
     b = torch.randn(numel, device=device)
-    fns["copy"], nbytes["copy"] = (lambda: dst.copy_(src)), 8 * copy_numel
-    fns["add_"], nbytes["add_"] = (lambda: a.add_(b)), BYTES_PER_PARAM * numel
+    fns["copy"], nbytes["copy"] = partial(dst.copy_, src), 8 * copy_numel
+    fns["add_"], nbytes["add_"] = partial(a.add_, b), BYTES_PER_PARAM * numel
     print(f"  timing {', '.join(fns)} round-robin ...", flush=True)
     times, errors = interleaved_ms(fns, device, steps, warmup)
     for name in fns:
@@ -217,7 +218,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             continue
         if r.get("bw_over_copy") is not None:
             ratios[f"ema/{variant}/{name}_bw_over_copy"] = {
-                "value": r["bw_over_copy"], "meaning": f"achieved bandwidth of {name} / copy bandwidth (target >= 0.8 for op)"}
+                "value": r["bw_over_copy"],
+                "meaning": f"achieved bandwidth of {name} / copy bandwidth (target >= 0.8 for op)"}
         if r.get("bw_over_add") is not None:
             ratios[f"ema/{variant}/{name}_bw_over_add"] = {
                 "value": r["bw_over_add"], "meaning": f"achieved bandwidth of {name} / in-place add_ bandwidth"}
@@ -233,11 +235,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     print()
     print(f"[{label}] {info['name']}  torch {info['torch']}  threads {torch.get_num_threads()}")
     rows = [{"impl": n, "ms": (r.get("ms") or {}).get("median"), "q1": (r.get("ms") or {}).get("q1"),
-             "q3": (r.get("ms") or {}).get("q3"), "gbs": r.get("gb_per_s"), "bw": r.get("bw_over_copy"), "bw_add": r.get("bw_over_add"),
-             "x_op": r.get("time_over_op"), "error": r.get("error")} for n, r in records.items()]
+             "q3": (r.get("ms") or {}).get("q3"), "gbs": r.get("gb_per_s"), "bw": r.get("bw_over_copy"),
+             "bw_add": r.get("bw_over_add"), "x_op": r.get("time_over_op"), "error": r.get("error")}
+            for n, r in records.items()]
     print(common.format_table(rows, [("impl", "impl", ""), ("ms", "ms med", ".3f"), ("q1", "ms q1", ".3f"),
-                                     ("q3", "ms q3", ".3f"), ("gbs", "GB/s", ".1f"), ("bw", "/ copy bw", ".2f"), ("bw_add", "/ add_ bw", ".2f"),
-                                     ("x_op", "time / op", ".2f"), ("error", "error", "")]))
+                                     ("q3", "ms q3", ".3f"), ("gbs", "GB/s", ".1f"), ("bw", "/ copy bw", ".2f"),
+                                     ("bw_add", "/ add_ bw", ".2f"), ("x_op", "time / op", ".2f"),
+                                     ("error", "error", "")]))
     common.report(ratios, args.out, info, {"kernels": cases, "ratios": ratios}, write=not args.no_write)
     return 0
 

@@ -27,6 +27,7 @@ import argparse
 import os
 import sys
 import traceback
+from functools import partial
 from typing import Any, Callable, Optional
 
 if __package__ in (None, ""):  # `python bench/kernels_generator.py` as well as -m
@@ -133,7 +134,7 @@ def copy_bandwidth(device: torch.device, steps: int) -> dict[str, Any]:
     numel = 512 * 2**20 // 4
     src = torch.empty(numel, device=device, dtype=torch.float32).uniform_()
     dst = torch.empty_like(src)
-    t = common.time_steps(lambda: dst.copy_(src), device, steps, 3)
+    t = common.time_steps(partial(dst.copy_, src), device, steps, 3)
     gbps = 2 * numel * 4 / (t["median"] * 1e-3) / 1e9
     del src, dst
     return {"gb_per_s": gbps, "ms": t, "bytes": 2 * numel * 4}
@@ -185,9 +186,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                 pair = {}
                 for provider in ("reference", "triton"):
                     if op == "cross_attention_mask":
-                        make = lambda p=provider: attention_step(p, s, DTYPES[dt], device, backward)  # noqa: E731
+                        make = lambda p=provider: attention_step(p, s, DTYPES[dt], device, backward)
                     else:
-                        make = lambda p=provider: mix_step(p, s, device, backward)  # noqa: E731
+                        make = lambda p=provider: mix_step(p, s, device, backward)
                     print(f"  {op} {shape} {dt} {mode} {provider}: {warmup} warm-up + {steps} timed ...", flush=True)
                     r = run_case(make, device, steps, warmup)
                     r.update(op=op, shape=shape, dtype=dt, mode=mode, provider=provider, config=s)

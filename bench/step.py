@@ -32,15 +32,14 @@ if __package__ in (None, ""):  # `python bench/step.py` as well as -m
 import torch
 import torch.nn.functional as F
 
-from adautomix_fast.registry import METHODS, build_model
 from adautomix_fast.config import PRESETS, Config, resolve
-from adautomix_fast.step.optim import build_optimizer
+from adautomix_fast.methods.generator import resolve_gen_kernels
+from adautomix_fast.models import arch_spec, build_classifier, drop_path_rate
+from adautomix_fast.registry import METHODS, build_model
+from adautomix_fast.step.build import build_step
+from adautomix_fast.step.optim import InGraphOptimizer, build_optimizer, no_weight_decay, wd_exclude
 from adautomix_fast.step.precision import Precision
 from adautomix_fast.step.schedules import Schedule
-from adautomix_fast.step.build import build_step
-from adautomix_fast.methods.generator import resolve_gen_kernels
-from adautomix_fast.models import ARCH_SPECS, arch_spec, build_classifier, drop_path_rate
-from adautomix_fast.step.optim import InGraphOptimizer, no_weight_decay, wd_exclude
 from bench import common
 
 # The two shapes of docs/benchmarks.md, and the Swin-T (224 px) and CIFAR ConvNeXt-T

@@ -16,8 +16,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adautomix_fast.step.ema import momentum_tensor
 from adautomix_fast.models import build_classifier
+from adautomix_fast.step.ema import momentum_tensor
 from bench import kernels_ema, kernels_generator
 from bench.common import run_timed
 

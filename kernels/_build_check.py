@@ -83,7 +83,8 @@ def mix_variants(quick: bool):
     usm = importlib.import_module(f"{__package__}.upsample_softmax_mix")
     shapes = [(2, 3, 14, 14, 224, "fp32", False), (3, 3, 8, 8, 32, "bf16", False)]
     if not quick:
-        shapes += [(5, 3, 56, 56, 224, "fp16", False), (3, 3, 8, 8, 32, "fp32", True), (1, 64, 7, 7, 224, "bf16", False)]
+        shapes += [(5, 3, 56, 56, 224, "fp16", False), (3, 3, 8, 8, 32, "fp32", True),
+                   (1, 64, 7, 7, 224, "bf16", False)]
     for n, c, h, w, W, t, nearest in shapes:
         cfg = _launch.mix_config(n, c, h, w, W)
         types = {"M_ptr": "*fp32", "X_ptr": f"*{t}", "Index_ptr": "*i64", "Out_ptr": f"*{t}", "Masks_ptr": "*fp32",
@@ -103,7 +104,8 @@ def mix_variants(quick: bool):
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m adautomix_fast.kernels._build_check", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m adautomix_fast.kernels._build_check",
+                                description=__doc__.split("\n\n")[0])
     p.add_argument("--arch", type=int, default=90, help="compute capability as an integer (default: 90, H100)")
     p.add_argument("--quick", action="store_true", help="the benchmark shapes only (default: every variant)")
     p.add_argument("--ops", default="attention,mix", help="comma list of attention, mix (default: both)")

@@ -51,6 +51,7 @@ import triton.language as tl
 
 from ._launch import attention_config, check_devices, check_float, library_op, wrap_triton
 
+
 @triton.jit
 def _cross_attention_mask_keys_kernel(
     K_ptr, Ko_ptr,

@@ -44,8 +44,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._launch import (check_devices, check_float, check_index_values, debug_checks, library_op,
-                      mix_config, wrap_triton)
+from ._launch import check_devices, check_float, check_index_values, debug_checks, library_op, mix_config, wrap_triton
 
 
 @triton.jit

@@ -24,14 +24,14 @@ import torch
 torch.set_num_threads(1)
 torch.use_deterministic_algorithms(True)
 
-from adautomix_fast.methods.adautomix import AdAutoMix  # noqa: E402
 from adautomix_fast.config import resolve  # noqa: E402
+from adautomix_fast.methods.adautomix import AdAutoMix  # noqa: E402
+from adautomix_fast.step.base import make_plan_generator  # noqa: E402
+from adautomix_fast.step.fused import FusedStep  # noqa: E402
 from adautomix_fast.step.optim import build_optimizer  # noqa: E402
 from adautomix_fast.step.precision import Precision  # noqa: E402
 from adautomix_fast.step.reference import ReferenceStep  # noqa: E402
 from adautomix_fast.step.schedules import Schedule  # noqa: E402
-from adautomix_fast.step.base import make_plan_generator  # noqa: E402
-from adautomix_fast.step.fused import FusedStep  # noqa: E402
 
 
 @torch.no_grad()
@@ -58,7 +58,8 @@ def run(n: int, impl: str) -> dict:
     schedule = Schedule(cfg, steps_per_epoch=3)
     precision = Precision.from_config(cfg, torch.device("cpu"))
     if impl == "reference":
-        step = ReferenceStep(model, opt, schedule, precision, plan_generator=make_plan_generator(torch.device("cpu"), 0))
+        step = ReferenceStep(model, opt, schedule, precision,
+                             plan_generator=make_plan_generator(torch.device("cpu"), 0))
     else:
         step = FusedStep(model, opt, schedule, precision, compile=False)
     g = torch.Generator().manual_seed(5)

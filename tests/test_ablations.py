@@ -11,13 +11,13 @@ import sys
 import pytest
 import torch
 
-from adautomix_fast.methods.adautomix import AdAutoMix
 from adautomix_fast.config import resolve
+from adautomix_fast.methods.adautomix import AdAutoMix
+from adautomix_fast.step.base import make_plan_generator
 from adautomix_fast.step.optim import build_optimizer
 from adautomix_fast.step.precision import Precision
 from adautomix_fast.step.reference import ReferenceStep
 from adautomix_fast.step.schedules import Schedule
-from adautomix_fast.step.base import make_plan_generator
 
 B, K = 8, 6
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -128,7 +128,8 @@ def test_random_mix_samples_draws_n_per_step_from_seed_and_step():
     cfg = resolve(dict(arch="tiny", batch_size=B, epochs=1, mix_samples=4, random_mix_samples=True, amp=False, seed=11))
     torch.manual_seed(0)
     model = AdAutoMix.from_config(cfg, K, cifar_stem=True)
-    step = ReferenceStep(model, build_optimizer(model, cfg), Schedule(cfg, 6), Precision.from_config(cfg, torch.device("cpu")),
+    step = ReferenceStep(model, build_optimizer(model, cfg), Schedule(cfg, 6),
+                         Precision.from_config(cfg, torch.device("cpu")),
                          plan_generator=make_plan_generator(torch.device("cpu"), 0))
     for s in range(6):
         out = step(*batch(s))

@@ -14,14 +14,21 @@ import pytest
 import torch
 
 from adautomix_fast import AdAutoMix
-from adautomix_fast.step.ema import ema_update_, ema_update_reference, momentum_tensor, teacher_pairs
 from adautomix_fast.errors import UsageError
-from adautomix_fast.step.fused import fused_losses
-from adautomix_fast.models import (ARCH_SPECS, build_classifier, default_cifar_stem, export_state_dict, library_model,
-                                   load_pretrained, load_pretrained_model)
+from adautomix_fast.models import (
+    ARCH_SPECS,
+    build_classifier,
+    default_cifar_stem,
+    export_state_dict,
+    library_model,
+    load_pretrained,
+    load_pretrained_model,
+)
 from adautomix_fast.models.convnext import ConvNeXtClassifier
 from adautomix_fast.models.deit import DeiTClassifier
 from adautomix_fast.models.swin import SwinClassifier
+from adautomix_fast.step.ema import ema_update_, ema_update_reference, momentum_tensor, teacher_pairs
+from adautomix_fast.step.fused import fused_losses
 from adautomix_fast.step.segmented_bn import convert_batchnorm, set_segment_size
 
 TINY = {"tiny_swin": False, "tiny_convnext": True, "tiny_deit": False}   # arch -> CIFAR stem
@@ -132,7 +139,8 @@ def test_real_architectures_tap_shapes(arch, cls, size, tap):
     assert type(m) is cls and m.stage3_channels == ARCH_SPECS[arch].tap_channels == tap[0]
     with torch.no_grad():
         f = m.tap_features(m.stem_to_stage3(torch.randn(1, 3, size, size)))
-    assert tuple(f.shape) == (1, tap[0], tap[1], tap[1]) == (1, tap[0], ARCH_SPECS[arch].tap_size, ARCH_SPECS[arch].tap_size)
+    assert (tuple(f.shape) == (1, tap[0], tap[1], tap[1])
+            == (1, tap[0], ARCH_SPECS[arch].tap_size, ARCH_SPECS[arch].tap_size))
 
 
 def test_convnext_t_cifar_tap_is_8x8():
@@ -156,11 +164,13 @@ def test_stems_and_sizes_refused_in_one_line():
     check_image_size("tiny_swin", 16)                            # a 1x1 tap: small, but real pixels
     # Swin's tap must tile the image (the merges would pad it otherwise); ConvNeXt without its
     # CIFAR stem needs a 2x2 stage-3 map for the last downsampling.
-    with pytest.raises(UsageError, match=r"swin_t needs an image size that is a multiple of 32.*--img-size 224 as its presets do") as e1:
+    with pytest.raises(UsageError, match=r"swin_t needs an image size that is a multiple of 32"
+                                         r".*--img-size 224 as its presets do") as e1:
         check_image_size("swin_t", 16)
     with pytest.raises(UsageError, match="multiple of 32"):
         check_image_size("swin_t", 100)
-    with pytest.raises(UsageError, match=r"convnext_t without the CIFAR stem needs images of at least 32 px.*--cifar-stem") as e2:
+    with pytest.raises(UsageError,
+                       match=r"convnext_t without the CIFAR stem needs images of at least 32 px.*--cifar-stem") as e2:
         check_image_size("convnext_t", 16, cifar_stem=False)
     check_image_size("convnext_t", 16)                          # automatic: the CIFAR stem at 16 px
     for e in (e1, e2):
@@ -185,8 +195,8 @@ def test_classifiers_are_built_with_the_configured_drop_path(method, arch, drop)
     """--drop-path (or the architecture's published rate) reaches every classifier each method
     builds (student and teacher; the baselines' one classifier)."""
     from adautomix_fast.config import resolve
-    from adautomix_fast.registry import build_model
     from adautomix_fast.models import drop_path_rate
+    from adautomix_fast.registry import build_model
     cfg = resolve(dict(dataset="digits", arch=arch, img_size=SIZE[arch], method=method, drop_path=drop))
     model = build_model(cfg, CLASSES, TINY[arch])
     expected = drop_path_rate(arch, drop)
@@ -362,7 +372,8 @@ def test_bad_pretrained_is_one_line_and_changes_nothing(tmp_path):
     with pytest.raises(UsageError, match="no such file") as e1:
         load_pretrained(m, str(tmp_path / "absent.pth"))
     torch.save(library_model("tiny_convnext", 10).state_dict(), tmp_path / "convnext.pth")
-    with pytest.raises(UsageError, match=r"does not match --arch tiny_swin: missing features\.0\.2\.weight.*unexpected features\.0\.1\.weight.*shape features\.0\.0\.weight") as e2:
+    with pytest.raises(UsageError, match=r"does not match --arch tiny_swin: missing features\.0\.2\.weight"
+                                         r".*unexpected features\.0\.1\.weight.*shape features\.0\.0\.weight") as e2:
         load_pretrained(m, str(tmp_path / "convnext.pth"))
     wrong = library_model("tiny_swin", 10).state_dict()
     wrong["features.1.0.mlp.0.weight"] = torch.zeros(3, 3)
@@ -400,8 +411,8 @@ def test_compiled_fused_step_follows_reference_steps_for_swin():
     tiny Swin (window attention, shifted windows, patch merging, the LayerNorm'd tap), with no
     recompilation after warm-up. Opt-in: 6m20s with a cold Inductor cache on 2 EPYC cores."""
     from adautomix_fast import ReferenceStep, Schedule, build_optimizer, resolve
-    from adautomix_fast.step.precision import Precision
     from adautomix_fast.step.fused import FusedStep
+    from adautomix_fast.step.precision import Precision
     cfg = resolve(dict(dataset="digits", arch="tiny_swin", mix_samples=3, batch_size=B, epochs=1, lam_concat=True,
                        upsample="nearest", amp=False))   # fp32 on every CPU: the tolerances are fp32's
     torch.manual_seed(0)

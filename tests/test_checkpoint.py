@@ -8,8 +8,8 @@ import torch.nn as nn
 import torchvision
 
 from adautomix_fast import AdAutoMix
-from adautomix_fast.run.checkpoint import atomic_save, export_torchvision, load
 from adautomix_fast.errors import UsageError
+from adautomix_fast.run.checkpoint import atomic_save, export_torchvision, load
 
 
 def test_atomic_save_leaves_old_file_when_saving_fails(tmp_path):

@@ -17,22 +17,31 @@ import torch
 import torch.nn.functional as F
 
 from adautomix_fast import AdAutoMix
-from adautomix_fast.run.checkpoint import export_torchvision
 from adautomix_fast.config import resolve
-from adautomix_fast.models.specs import ARCH_NAMES as ARCHS
 from adautomix_fast.errors import UsageError
-from adautomix_fast.step.fused import FusedStep, fused_losses
-from adautomix_fast.models import (ARCH_SPECS, build_classifier, check_image_size, cifar_resnet, default_cifar_stem,
-                                   export_state_dict, library_model, load_pretrained, preact_resnet18)
+from adautomix_fast.models import (
+    ARCH_SPECS,
+    build_classifier,
+    check_image_size,
+    cifar_resnet,
+    default_cifar_stem,
+    export_state_dict,
+    library_model,
+    load_pretrained,
+    preact_resnet18,
+)
 from adautomix_fast.models.cifar_resnet import BasicBlock, CifarResNetClassifier, ShortcutA
 from adautomix_fast.models.preact_resnet import PreActBlock, PreActResNetClassifier
+from adautomix_fast.models.specs import ARCH_NAMES as ARCHS
+from adautomix_fast.registry import METHODS, build_model
+from adautomix_fast.run.checkpoint import export_torchvision
+from adautomix_fast.step.base import make_plan_generator
+from adautomix_fast.step.fused import FusedStep, fused_losses
 from adautomix_fast.step.optim import build_optimizer
 from adautomix_fast.step.precision import Precision
 from adautomix_fast.step.reference import ReferenceStep
-from adautomix_fast.registry import METHODS, build_model
 from adautomix_fast.step.schedules import Schedule
 from adautomix_fast.step.segmented_bn import convert_batchnorm, set_segment_size
-from adautomix_fast.step.base import make_plan_generator
 
 from cli_helpers import read_log, run_cli, single_error_line
 from optional import skip_without_requirements
@@ -158,7 +167,8 @@ def test_tap_stages_and_pooling(arch, stem, size, tap):
     assert target is (m.layer3[-1] if arch.startswith("resnet") else m.layer4[-1])
 
 
-@pytest.mark.parametrize("arch,stem,size", [("resnet20", True, 32), ("preact_r18", True, 32), ("preact_r18", False, 64)])
+@pytest.mark.parametrize("arch,stem,size",
+                         [("resnet20", True, 32), ("preact_r18", True, 32), ("preact_r18", False, 64)])
 def test_the_published_taps_are_8x8(arch, stem, size):
     """The CIFAR ResNets' last stage and PreAct-ResNet-18's layer3 at 32 px (the stride-2 stem:
     at Tiny-ImageNet's 64 px)."""

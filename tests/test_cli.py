@@ -11,7 +11,7 @@ from PIL import Image
 
 from adautomix_fast.train import main
 
-from cli_helpers import run_cli, single_error_line, read_log
+from cli_helpers import read_log, run_cli, single_error_line
 
 TINY = ["--arch", "tiny", "--workers", "0", "--batch-size", "100"]
 
@@ -145,7 +145,8 @@ def test_presets_resolve_and_flags_override(tmp_path):
     for name in PRESETS:
         resolve({}, name)
     cfg = resolve({"epochs": 7}, "imagenet-r50")
-    assert (cfg.arch, cfg.mix_samples, cfg.beta, cfg.lam_concat, cfg.gen_norm, cfg.batch_size) == ("r50", 2, 0.1, True, True, 256)
+    assert ((cfg.arch, cfg.mix_samples, cfg.beta, cfg.lam_concat, cfg.gen_norm, cfg.batch_size)
+            == ("r50", 2, 0.1, True, True, 256))
     assert (cfg.gen_lr, cfg.gen_min_lr, cfg.ema_end, cfg.epochs) == (0.1, 0.001, 0.99999, 7)
     cfg = resolve({}, "tiny-r18")
     assert (cfg.lr, cfg.beta, cfg.mix_samples, cfg.ema_end) == (0.2, 0.4, 3, 0.999999)
@@ -156,7 +157,8 @@ def test_presets_resolve_and_flags_override(tmp_path):
 def test_generator_settings_follow_the_released_configs():
     """Only the released ImageNet R50 config puts BatchNorm in the generator (R18 keeps the lambda
     channel without BN); the Tiny config gives the generator its own lr 0.1."""
-    from adautomix_fast.config import PRESET_SOURCES, PRESETS, resolve
+    from adautomix_fast.config import PRESETS, resolve
+    from adautomix_fast.presets import PRESET_SOURCES
     r18, r50 = resolve({}, "imagenet-r18"), resolve({}, "imagenet-r50")
     assert (r18.lam_concat, r18.gen_norm) == (True, False)
     assert (r50.lam_concat, r50.gen_norm) == (True, True)
@@ -187,7 +189,8 @@ def test_an_installed_apex_changes_nothing(tmp_path):
     (fake / "__init__.py").write_text("raise ImportError('this apex must never be imported')\n")
     env = {**os.environ, "PYTHONPATH": str(tmp_path / "site") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run([sys.executable, "-m", "adautomix_fast.train", "--arch", "tiny", "--img-size", "16",
-                           "--epochs", "1", "--batch-size", "200", "--workers", "0", "--output", str(tmp_path / "runs")],
+                           "--epochs", "1", "--batch-size", "200", "--workers", "0",
+                           "--output", str(tmp_path / "runs")],
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "teacher_one" in proc.stdout

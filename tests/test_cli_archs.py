@@ -16,11 +16,11 @@ import pytest
 import torch
 
 from adautomix_fast.config import Config, resolve
-from adautomix_fast.step.schedules import Schedule
 from adautomix_fast.models import library_model
+from adautomix_fast.step.schedules import Schedule
 from adautomix_fast.train import build_config, get_args_parser, main, recipe_settings
 
-from cli_helpers import run_cli, single_error_line, read_log
+from cli_helpers import read_log, run_cli, single_error_line
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
@@ -181,27 +181,32 @@ def convnext_export(tmp_path_factory):
 
 
 ERRORS = [
-    ("bad path", ["--arch", "tiny_swin", "--pretrained", "/nonexistent/w.pth"], "--pretrained /nonexistent/w.pth: no such file"),
+    ("bad path", ["--arch", "tiny_swin", "--pretrained", "/nonexistent/w.pth"],
+     "--pretrained /nonexistent/w.pth: no such file"),
     ("mismatched state dict", ["--arch", "tiny_swin", "--pretrained", "{convnext}"],
      "does not match --arch tiny_swin: missing features.0.2.weight"),
     ("CIFAR-stem export into the stemless trunk", ["--arch", "tiny_convnext", "--img-size", "32", "--no-cifar-stem",
                                                     "--pretrained", "{convnext}"],
      "shape features.0.0.weight [8, 3, 3, 3] vs [8, 3, 4, 4]"),
-    ("no weights published", ["--arch", "tiny_swin", "--pretrained", "imagenet"], "tiny_swin has no published ImageNet weights"),
+    ("no weights published", ["--arch", "tiny_swin", "--pretrained", "imagenet"],
+     "tiny_swin has no published ImageNet weights"),
     ("Swin at a size its tap does not tile", ["--arch", "tiny_swin", "--img-size", "24"],
      "tiny_swin needs an image size that is a multiple of 16"),
-    ("Swin-T on 16 px digits", ["--arch", "swin_t"], "swin_t needs an image size that is a multiple of 32 (its generator tap "
-                                                     "is the image / 32), got 16: pass --img-size 224 as its presets do"),
+    ("Swin-T on 16 px digits", ["--arch", "swin_t"],
+     "swin_t needs an image size that is a multiple of 32 (its generator tap "
+     "is the image / 32), got 16: pass --img-size 224 as its presets do"),
     ("ConvNeXt without its stem below 32 px", ["--arch", "tiny_convnext", "--no-cifar-stem"],
      "without the CIFAR stem needs images of at least 32 px, got 16: use --cifar-stem"),
     ("DeiT at another size", ["--arch", "tiny_deit"], "tiny_deit takes 32 px images only"),
     ("Swin with a CIFAR stem", ["--arch", "tiny_swin", "--cifar-stem"], "tiny_swin has no CIFAR stem"),
     ("clip norm zero", ["--clip-grad", "0"], "--clip-grad must be a positive norm"),
     ("clip norm not a number", ["--clip-grad", "ten"], "expected a number or 'none', got 'ten'"),
-    ("drop path on a ResNet", ["--arch", "tiny", "--drop-path", "0.1"], "--drop-path applies to the Swin, ConvNeXt and DeiT"),
+    ("drop path on a ResNet", ["--arch", "tiny", "--drop-path", "0.1"],
+     "--drop-path applies to the Swin, ConvNeXt and DeiT"),
     ("unknown optimizer", ["--opt", "lamb"], "argument --opt: invalid choice: 'lamb'"),
     ("bad RandAugment", ["--aa", "rand-q3"], "unknown part 'q3'"),
-    ("warm-up longer than training", ["--warmup-epochs", "5", "--epochs", "2"], "--warmup-epochs must be between 0 and --epochs 2"),
+    ("warm-up longer than training", ["--warmup-epochs", "5", "--epochs", "2"],
+     "--warmup-epochs must be between 0 and --epochs 2"),
 ]
 
 
@@ -279,6 +284,7 @@ def test_recipe_presets_resolve_to_the_published_values_and_flags_override():
     assert cub.pretrained is None and cub.optimizer == "sgd" and cub.lr == 1e-3
     assert cli_config("--preset", "cars-rx50").pretrained == "imagenet"
     # the architectures' generator settings without a preset; explicit flags still win
-    assert (cli_config("--arch", "tiny_swin").upsample, cli_config("--arch", "tiny_swin").lam_concat) == ("nearest", True)
+    assert ((cli_config("--arch", "tiny_swin").upsample, cli_config("--arch", "tiny_swin").lam_concat)
+            == ("nearest", True))
     assert cli_config("--arch", "tiny_swin", "--upsample", "bilinear").upsample == "bilinear"
     assert (cli_config("--arch", "tiny").upsample, cli_config("--arch", "tiny").lam_concat) == ("bilinear", False)

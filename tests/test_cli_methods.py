@@ -3,7 +3,6 @@ resume, evaluation and export of a baseline."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 
@@ -41,7 +40,8 @@ def test_every_method_trains_an_epoch_through_the_cli(method, impl, tmp_path, ca
     else:
         assert heads == {"student_one"}                # heads a method does not have are not reported
         assert "teacher_one" not in out
-    assert epoch["images"] == 360 and 0 <= epoch[f"{'teacher' if method in TEACHER_METHODS else 'student'}_one_top1"] <= 100
+    assert (epoch["images"] == 360
+            and 0 <= epoch[f"{'teacher' if method in TEACHER_METHODS else 'student'}_one_top1"] <= 100)
     train = [r for r in log if r["type"] == "train"]
     assert train and all(r["loss"] == r["loss"] for r in train)        # finite (NaN != NaN)
     if impl == "fused":
@@ -100,7 +100,7 @@ def test_training_pictures_and_tensorboard_leave_training_unchanged(method, tmp_
     for name in ("mix-epoch0001.png", "mix-epoch0002.png", "curves.png"):
         assert (drawn / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
         assert not (plain / name).exists()
-    strip = lambda log: [{k: v for k, v in r.items() if k not in ("img_per_s", "train_time_s", "time",  # noqa: E731
+    strip = lambda log: [{k: v for k, v in r.items() if k not in ("img_per_s", "train_time_s", "time",
                                                                      "peak_memory_mib")} for r in log[1:]]
     assert strip(read_log(plain)) == strip(read_log(drawn))
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -18,7 +18,6 @@ import pytest
 import torch
 
 from adautomix_fast import compare
-
 from adautomix_fast.run import records
 from adautomix_fast.train import get_args_parser
 
@@ -196,7 +195,8 @@ def test_seeds_train_every_method_once_per_seed_and_report_means_per_seed_values
     ckpt = torch.load(folder / "runs" / "vanilla-s0" / "checkpoint-last.pt", weights_only=True)
     precision = starts_of(folder / "runs" / "mixup-s1")[0]["precision"]
     for words in ("- Data: digits (bundled with scikit-learn); "
-                  f"{ckpt['train_size']} training images, fingerprint {ckpt['train_fingerprint']}, the same in every run",
+                  f"{ckpt['train_size']} training images, fingerprint {ckpt['train_fingerprint']}, "
+                  "the same in every run",
                   "- Network: tiny", "- Budget: 1 epoch of batch size 100 per run", "in all (4 runs,", "- Seeds: 0, 1",
                   f"Python {platform.python_version()}, torch {torch.__version__}, torchvision ",
                   f"- Device: CPU ({compare.cpu_model()}", f"- Precision: {precision} (",
@@ -206,9 +206,10 @@ def test_seeds_train_every_method_once_per_seed_and_report_means_per_seed_values
     assert command == f"- Command: `python -m adautomix_fast.compare {shlex.join(argv)}`"
 
 
-@pytest.mark.parametrize("change,words", [(["--epochs", "2"], "epochs 1, not 2"),
-                                          pytest.param(["--epochs", "1", "--subset", "200"], "train_subset None, not 200",
-                                                       marks=pytest.mark.skipif(not HAS_SUBSET, reason="no --train-subset"))])
+@pytest.mark.parametrize("change,words", [
+    (["--epochs", "2"], "epochs 1, not 2"),
+    pytest.param(["--epochs", "1", "--subset", "200"], "train_subset None, not 200",
+                 marks=pytest.mark.skipif(not HAS_SUBSET, reason="no --train-subset"))])
 def test_other_training_settings_for_a_comparison_folder_are_refused_in_one_line(seeded, change, words, capsys):
     out, argv, _ = seeded
     folder = out / "c"

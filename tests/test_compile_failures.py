@@ -12,8 +12,8 @@ import sys
 
 import torch
 
-from adautomix_fast.step import fused
 from adautomix_fast.runtime.fatal import available
+from adautomix_fast.step import fused
 
 from cli_helpers import run_cli, single_error_line
 

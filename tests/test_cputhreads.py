@@ -76,7 +76,8 @@ print(choice.threads, torch.get_num_threads(), choice.reason, sep="|")
 """
 
 
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2, reason="needs 2 CPUs and taskset")
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2,
+                    reason="needs 2 CPUs and taskset")
 def test_a_process_bound_to_one_cpu_uses_one_thread():
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     out = subprocess.run(["taskset", "-c", "0", sys.executable, "-c", CHOOSE], cwd=ROOT, env=env,

@@ -16,8 +16,7 @@ import torch
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
-from adautomix_fast.data import INSTALL_HINT, build_loaders, resolve_backend
-from adautomix_fast.data import dali as dali_mod
+from adautomix_fast.data import INSTALL_HINT, build_loaders, dali as dali_mod, resolve_backend
 from adautomix_fast.data.transforms import CIFAR10_MEAN, CIFAR10_STD, DIGITS_MEAN, DIGITS_STD, IMAGENET_STD
 from adautomix_fast.errors import DataError, UsageError
 
@@ -151,7 +150,8 @@ def test_folder_labels_match_imagefolder(folder):
     ref = ImageFolder(str(folder / "train"))
     assert info.class_names == ref.classes == ["ant", "bee", "cat"]
     assert tr.samples == ref.samples
-    val_ref = [ref.class_to_idx[os.path.basename(os.path.dirname(p))] for p, _ in ImageFolder(str(folder / "val")).samples]
+    val_ref = [ref.class_to_idx[os.path.basename(os.path.dirname(p))]
+               for p, _ in ImageFolder(str(folder / "val")).samples]
     assert torch.cat([y for _, y in va]).tolist() == val_ref
     tr.set_epoch(0)
     order = tr.batch_sampler.shard_indices()
@@ -334,6 +334,7 @@ def test_small_folder_through_dali_trains_at_its_size(tmp_path):
     """A folder of 24-px images: DALI's array pipeline at 24 px (pad 3 crop + flip), not its
     224-px file pipeline; evaluation equals the torch backend's."""
     from adautomix_fast.data.transforms import IMAGENET_MEAN
+
     from test_cifar_folders import make_small_folder
 
     root = make_small_folder(tmp_path / "d", size=(24, 24))
@@ -613,7 +614,7 @@ def test_bench_data_writes_results(tmp_path):
         assert any(k.endswith("dali-cpu_over_torch") for k in results["ratios"])
 
 
-# --------------------------------------------------------------------------- GPU (make gpu-check, where DALI is installed)
+# ---------------------------------------------------------------------- GPU (make gpu-check, where DALI is installed)
 
 
 @needs_dali

@@ -167,7 +167,8 @@ def test_folder_labels_match_imagefolder(folder):
     assert info.class_names == ref.classes == ["ant", "bee", "cat"]
     assert tr.dataset.source.samples == ref.samples  # same files, same order, same targets
     # val folders map to the train indices; loader yields them in order.
-    ref_val = [(p, ref.class_to_idx[os.path.basename(os.path.dirname(p))]) for p, _ in ImageFolder(str(folder / "val")).samples]
+    ref_val = [(p, ref.class_to_idx[os.path.basename(os.path.dirname(p))])
+               for p, _ in ImageFolder(str(folder / "val")).samples]
     assert va.dataset.source.samples == ref_val
     assert torch.cat([y for _, y in va]).tolist() == [t for _, t in ref_val]
     x, y = next(iter(tr))
@@ -208,7 +209,8 @@ def test_eval_counts_each_image_once(cifar10):
     _, va, _ = build_loaders("cifar10", str(cifar10), 8, eval_batch_size=5, workers=0)
     assert len(va) == 3 and [len(y) for _, y in va] == [5, 5, 3]
     assert _keys(va) == list(range(13))
-    shards = [build_loaders("cifar10", str(cifar10), 8, eval_batch_size=5, workers=0, rank=r, world_size=2)[1] for r in range(2)]
+    shards = [build_loaders("cifar10", str(cifar10), 8, eval_batch_size=5, workers=0, rank=r, world_size=2)[1]
+              for r in range(2)]
     k0, k1 = _keys(shards[0]), _keys(shards[1])
     assert not set(k0) & set(k1) and sorted(k0 + k1) == list(range(13))
     assert sum(len(y) for s in shards for _, y in s) == 13
@@ -381,7 +383,7 @@ def test_corrupt_image_reaches_main_process_as_data_error(folder, workers, damag
 
 def test_digits_are_not_flipped():
     """A mirrored digit is another glyph: digits train with crops only; CIFAR also flips."""
-    names = lambda d: [type(t).__name__ for t in build_transforms(d)[0].transforms]  # noqa: E731
+    names = lambda d: [type(t).__name__ for t in build_transforms(d)[0].transforms]
     assert "RandomHorizontalFlip" not in names("digits") and "RandomCrop" in names("digits")
     assert "RandomHorizontalFlip" in names("cifar100")
 

@@ -17,8 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from adautomix_fast.data import build_loaders
-from adautomix_fast.data import arrays
+from adautomix_fast.data import arrays, build_loaders
 from adautomix_fast.errors import DataError
 
 from cli_helpers import run_cli, single_error_line
@@ -312,7 +311,8 @@ def test_the_restricted_unpickler_rebuilds_numpy_values_and_refuses_the_rest():
         assert np.array_equal(got[b"u8"], values[b"u8"]) and got[b"u8"].dtype == np.uint8
         assert np.array_equal(got[b"f4"], values[b"f4"]) and got[b"f4"].dtype == plain[b"f4"].dtype
         assert got["i64"] == 7 and got["list"] == values["list"] and got["set"] == {1, 2} and got["empty"] == b""
-    py2 = arrays.restricted_load(io.BytesIO(py2_pickle({b"x": np.arange(12, dtype="<i4").reshape(3, 4)})), encoding="latin1")
+    py2 = arrays.restricted_load(io.BytesIO(py2_pickle({b"x": np.arange(12, dtype="<i4").reshape(3, 4)})),
+                                 encoding="latin1")
     assert np.array_equal(py2["x"], np.arange(12).reshape(3, 4))
     for crafted in (pickle.dumps(_Payload("/nonexistent/x")), b"cbuiltins\neval\n(S'1+1'\ntR.",
                     b"c__builtin__\ngetattr\n."):

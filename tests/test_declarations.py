@@ -15,13 +15,11 @@ import torch
 
 from adautomix_fast import api, registry
 from adautomix_fast.config import DECLARATIONS, Config, resolve
-from adautomix_fast.errors import UsageError
-from adautomix_fast.methods.base import MixModel
 from adautomix_fast.methods.options import FAMILIES
 from adautomix_fast.models.specs import ARCH_NAMES
-from adautomix_fast.step.optim import OPTIMIZERS
 from adautomix_fast.presets import DATASET_DEFAULTS, PRESETS
 from adautomix_fast.settings import SETTINGS
+from adautomix_fast.step.optim import OPTIMIZERS
 from adautomix_fast.train import get_args_parser
 
 from cli_helpers import run_cli, single_error_line

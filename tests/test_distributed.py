@@ -16,10 +16,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from adautomix_fast import AdAutoMix, ReferenceStep, Schedule, build_optimizer, resolve
-from adautomix_fast.runtime.distributed import (DistContext, average_buffers_, make_graph_grad_sync,
-                                        wrap_reference_model)
-from adautomix_fast.step.precision import Precision
+from adautomix_fast.runtime.distributed import DistContext, average_buffers_, make_graph_grad_sync, wrap_reference_model
 from adautomix_fast.step.fused import FusedStep
+from adautomix_fast.step.precision import Precision
 
 WORLD = 2
 B = 12

@@ -220,7 +220,7 @@ def _t(*shape, dtype=torch.float32, device="cpu"):
     return torch.zeros(shape, dtype=dtype, device=device)
 
 
-M = lambda: momentum_tensor(0.5, "cpu")  # noqa: E731
+M = lambda: momentum_tensor(0.5, "cpu")
 
 BAD = {
     "lengths differ": (lambda: ([_t(2), _t(2)], [_t(2)], M()), ValueError, r"2 EMA tensors but 1 model tensors"),

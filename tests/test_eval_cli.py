@@ -136,7 +136,8 @@ def test_every_suite_end_to_end_writes_agreeing_results_report_and_pictures(runs
     # attacks: clean top-1 is the accuracy, attacked top-1 no higher
     for name in ("fgsm", "pgd"):
         assert r[name]["clean_top1"] == pytest.approx(r["accuracy"]["top1"])
-        assert 0 <= r[name]["top1"] <= r[name]["clean_top1"] and r[name]["error"] == pytest.approx(100 - r[name]["top1"])
+        assert (0 <= r[name]["top1"] <= r[name]["clean_top1"]
+                and r[name]["error"] == pytest.approx(100 - r[name]["top1"]))
     assert r["pgd"]["steps"] == 10
 
     # corruption: the 2 x 2 table, means of it, the heat map shows the same numbers
@@ -144,7 +145,8 @@ def test_every_suite_end_to_end_writes_agreeing_results_report_and_pictures(runs
     assert cor["source"] == "synthesised" and cor["cells"] == 4 and cor["images"]["contrast/5"] == 40
     assert cor["synthesised_at"] == 32 and data["data"]["image_size"] == 16      # made at 32 px, boxed back
     cells = [cor["top1"][c][s] for c in ("gaussian_noise", "contrast") for s in ("1", "5")]
-    assert cor["mean_all"] == pytest.approx(np.mean(cells)) and cor["clean_top1"] == pytest.approx(r["accuracy"]["top1"])
+    assert (cor["mean_all"] == pytest.approx(np.mean(cells))
+            and cor["clean_top1"] == pytest.approx(r["accuracy"]["top1"]))
     heat = png_ok(folder / "corruption.png")
     assert heat["top1"] == [[cor["top1"][c][s] for s in ("1", "5")] for c in ("gaussian_noise", "contrast")]
 
@@ -222,7 +224,8 @@ def test_cifar_c_layout_gives_per_severity_accuracy(runs, tmp_path, capsys):
         assert len({cor["top1"][c][s] for s in "1234"}) == 1
     assert cor["per_severity"]["5"] == pytest.approx(np.mean([cor["top1"][c]["5"] for c in ("fog", "saturate")]))
     fog = cor["top1"]["fog"]
-    assert cor["mean_standard"] == pytest.approx(np.mean([fog[s] for s in "12345"]))   # fog is standard, saturate is not
+    # fog is standard, saturate is not
+    assert cor["mean_standard"] == pytest.approx(np.mean([fog[s] for s in "12345"]))
 
 
 def test_imagenet_c_layout_gives_per_severity_accuracy(runs, tmp_path, capsys):
@@ -233,8 +236,9 @@ def test_imagenet_c_layout_gives_per_severity_accuracy(runs, tmp_path, capsys):
             folder = tmp_path / "inc" / "snow" / str(s) / str(label)        # digits classes are "0".."9"
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(image).save(folder / f"{i:03d}.png")
-    code, _, err = evaluate([run, "--suite", "corruption", "--corruption-dir", tmp_path / "inc", "--corruptions", "snow",
-                             "--severities", "1,2", "--out", tmp_path / "ev", "--no-amp", *FAST], capsys)
+    code, _, err = evaluate([run, "--suite", "corruption", "--corruption-dir", tmp_path / "inc",
+                             "--corruptions", "snow", "--severities", "1,2", "--out", tmp_path / "ev", "--no-amp",
+                             *FAST], capsys)
     assert code == 0, err
     cor = json.loads((tmp_path / "ev" / "results.json").read_text())["results"]["corruption"]
     clean, black = per_severity_logits(run, images)
@@ -258,10 +262,12 @@ def bad_input_cases(tmp_path, run):
         ([run, *corr, tmp_path / "missing"], "no such folder"),
         ([run, *corr, tmp_path / "empty"], "neither the CIFAR-C layout"),
         ([run, *corr, tmp_path / "partial"], "missing gaussian_noise.npy"),
-        ([run, *corr, tmp_path / "small", "--corruptions", "fog"], "images are 28x28 but the checkpoint was trained on 16x16"),
+        ([run, *corr, tmp_path / "small", "--corruptions", "fog"],
+         "images are 28x28 but the checkpoint was trained on 16x16"),
         ([run, *corr, tmp_path / "badlabels", "--corruptions", "fog"], "expected labels of shape [5n]"),
         ([run, *corr, tmp_path / "inc", "--corruptions", "snow"], "missing folder snow/2"),
-        ([run, "--head", "teacher_two"], "no such head; choose one of teacher_one, teacher_mix, student_one, student_mix"),
+        ([run, "--head", "teacher_two"],
+         "no such head; choose one of teacher_one, teacher_mix, student_one, student_mix"),
         ([run, "--suite", "accuracy,speed"], "--suite: unknown speed"),
         ([run, "--corruptions", "rain"], "--corruptions: unknown rain"),
         ([run, "--occlusion-patch", "3", "--suite", "occlusion"], "does not divide the image size 16"),
@@ -337,7 +343,8 @@ def test_a_baseline_run_is_evaluated_on_its_own_head_and_compared_by_method(runs
                             capsys)
     assert code == 0, err
     data = json.loads((mixup_run / "eval-accuracy+calibration+cam-student_one-correct" / "results.json").read_text())
-    assert data["head"] == "student_one" and data["run"]["heads"] == ["student_one"] and data["run"]["method"] == "mixup"
+    assert (data["head"] == "student_one" and data["run"]["heads"] == ["student_one"]
+            and data["run"]["method"] == "mixup")
     assert list(data["results"]["accuracy"]["heads"]) == ["student_one"] and data["results"]["cam"]["mixer"] == "mixup"
     code, _, err = evaluate([mixup_run, "--head", "teacher_one", *FAST], capsys)
     assert code == 2 and "no such head; choose one of student_one" in single_error_line(err)

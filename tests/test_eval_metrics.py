@@ -13,8 +13,8 @@ from PIL import Image
 from adautomix_fast import AdAutoMix
 from adautomix_fast.evaluate import attacks, calibration, occlusion
 from adautomix_fast.evaluate.context import HeadClassifier
-from adautomix_fast.models import build_classifier
 from adautomix_fast.evaluate.plots import read_data
+from adautomix_fast.models import build_classifier
 
 from optional import skip_without, skip_without_requirements
 
@@ -233,7 +233,8 @@ def test_images_under_32_px_are_corrupted_at_32_and_boxed_back():
     from imagecorruptions import corrupt
 
     big = np.asarray(PILImage.fromarray(small[0]).resize((32, 32), PILImage.BILINEAR))
-    expected = np.asarray(PILImage.fromarray(corrupt(big, corruption_name="contrast", severity=5)).resize((16, 16), PILImage.BOX))
+    expected = np.asarray(PILImage.fromarray(corrupt(big, corruption_name="contrast", severity=5))
+                          .resize((16, 16), PILImage.BOX))
     assert np.array_equal(out[0], expected)
 
 
@@ -251,7 +252,8 @@ def test_mix_grid_of_adautomix_shows_sources_masks_and_mix(tmp_path):
     # No trace on training: BatchNorm running statistics and the global RNG are untouched.
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in buffers.items())
     assert torch.equal(rng, torch.get_rng_state())
-    assert vis.sources.shape == (3, 4, 3, 16, 16) and vis.masks.shape == (4, 3, 16, 16) and vis.mixed.shape == (4, 3, 16, 16)
+    assert (vis.sources.shape == (3, 4, 3, 16, 16) and vis.masks.shape == (4, 3, 16, 16)
+            and vis.mixed.shape == (4, 3, 16, 16))
     torch.testing.assert_close(vis.masks.sum(1), torch.ones(4, 16, 16))
     torch.testing.assert_close((vis.masks.unsqueeze(2) * vis.sources.transpose(0, 1)).sum(1), vis.mixed,
                                atol=1e-5, rtol=1e-5)
@@ -311,8 +313,9 @@ def test_mix_grid_of_every_methods_visualize_dict(method, tmp_path):
 def test_training_curves_plot_every_head_loss_and_lr(tmp_path):
     from adautomix_fast.evaluate.curves import render_training_curves
 
-    rows = [{"epoch": e, "lr": 0.1 / e, "train_loss": 3.0 - e, "teacher_one_top1": 10.0 * e, "teacher_one_top5": 30.0 * e,
-             "student_one_top1": 9.0 * e, "student_one_top5": 29.0 * e, "best_top1": 10.0 * e} for e in (1, 2, 3)]
+    rows = [{"epoch": e, "lr": 0.1 / e, "train_loss": 3.0 - e, "teacher_one_top1": 10.0 * e,
+             "teacher_one_top5": 30.0 * e, "student_one_top1": 9.0 * e, "student_one_top5": 29.0 * e,
+             "best_top1": 10.0 * e} for e in (1, 2, 3)]
     summary = tmp_path / "summary.csv"
     with open(summary, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from adautomix_fast import AdAutoMix, ReferenceStep, Schedule, build_optimizer, resolve
-from adautomix_fast.step.precision import Precision
 from adautomix_fast.step.fused import FusedStep, fused_losses
+from adautomix_fast.step.precision import Precision
 from adautomix_fast.step.segmented_bn import convert_batchnorm, set_segment_size
 
 B = 12  # with 6, 2x2 layer4 maps make this tiny net so ill-conditioned that 4e-7 weight noise moves gradients by 3%

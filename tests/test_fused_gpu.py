@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from adautomix_fast import AdAutoMix, ReferenceStep, Schedule, build_optimizer, resolve
-from adautomix_fast.step.precision import Precision
 from adautomix_fast.step.fused import FusedStep
+from adautomix_fast.step.precision import Precision
 
 pytestmark = pytest.mark.gpu
 B = 16
@@ -102,6 +102,7 @@ def test_fused_step_samples_its_plan_inside_the_graph_without_host_sync():
 @pytest.mark.parametrize("method", ["cutmix", "automix"])
 def test_a_methods_fused_step_is_one_cuda_graph_without_host_sync(method):
     from torch._dynamo.utils import counters
+
     from adautomix_fast.registry import build_model
     counters.clear()
     cfg = resolve(dict(dataset="digits", arch="tiny", method=method, batch_size=B, epochs=1, amp=True,

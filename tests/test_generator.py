@@ -6,8 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adautomix_fast.methods.generator import (MaskGenerator, cross_attention_mask_reference, mix_images,
-                                      upsample_masks, upsample_softmax_mix_reference)
+from adautomix_fast.methods.generator import (
+    MaskGenerator,
+    cross_attention_mask_reference,
+    mix_images,
+    upsample_masks,
+    upsample_softmax_mix_reference,
+)
 
 
 def naive_cross_attention(q, k, v, scale):
@@ -211,9 +216,10 @@ def test_step_gives_the_generator_the_released_objectives_gradient(n, adversaria
     import copy
 
     import torch.nn.functional as F
-    from released_mixblock import AdaptiveMask, released_generator_mix
 
     from adautomix_fast import AdAutoMix
+
+    from released_mixblock import AdaptiveMask, released_generator_mix
 
     torch.manual_seed(0)
     model = AdAutoMix("tiny", 10, cifar_stem=True, mix_samples=n).double().train()

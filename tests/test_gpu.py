@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from adautomix_fast import AdAutoMix, ReferenceStep, Schedule, build_optimizer, resolve
-from adautomix_fast.step.precision import Precision
 from adautomix_fast.step.base import make_plan_generator
+from adautomix_fast.step.precision import Precision
 
 pytestmark = pytest.mark.gpu
 

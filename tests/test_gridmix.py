@@ -54,7 +54,8 @@ def numpy_draws(seed, alpha=0.2):
     to fp32, the precision the plan carries."""
     rng = np.random.RandomState(seed)
     lam = float(np.float32(rng.beta(alpha, alpha)))
-    return lam, int(rng.randint(2, 7)), rng.uniform(0.5, 1), rng.uniform(0.5, 2), rng.random_sample(), rng.random_sample()
+    return (lam, int(rng.randint(2, 7)), rng.uniform(0.5, 1), rng.uniform(0.5, 2), rng.random_sample(),
+            rng.random_sample())
 
 
 def _plan(b, lam, holes, area, aspect, cx, cy, seed=0):

@@ -9,8 +9,9 @@ import importlib
 import pytest
 import torch
 
-from adautomix_fast.methods.generator import cross_attention_mask_reference
 from adautomix_fast.kernels import _launch, cross_attention_mask
+from adautomix_fast.methods.generator import cross_attention_mask_reference
+
 from kernel_helpers import build_for_sm90, replace_kernels_with_tripwires
 
 # The module (the package attribute of that name is the public function).
@@ -225,7 +226,7 @@ def test_kernel_forward_and_backward_agree_by_finite_differences():
             base = [q, k, v]
             u = torch.randn(base[idx].shape, generator=g)
             eps = 1e-2
-            f = lambda s: float((cross_attention_mask(*[t + s * eps * u if j == idx else t  # noqa: E731
+            f = lambda s: float((cross_attention_mask(*[t + s * eps * u if j == idx else t
                                                         for j, t in enumerate(base)]).double() * w).sum())
             numeric = (f(1) - f(-1)) / (2 * eps)
             analytic = float((grad * u).sum())

@@ -12,9 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from adautomix_fast.kernels import _launch, upsample_softmax_mix
 from adautomix_fast.methods.adautomix import AdAutoMix, MixPlan
 from adautomix_fast.methods.generator import MaskGenerator, upsample_softmax_mix_reference
-from adautomix_fast.kernels import _launch, upsample_softmax_mix
+
 from kernel_helpers import build_for_sm90, replace_kernels_with_tripwires
 
 # The module (the package attribute of that name is the public function).
@@ -473,7 +474,7 @@ def test_gpu_inductor_compile_fullgraph():
 
 @gpu
 def test_gpu_mask_generator_triton_matches_torch():
-    n, b, c = 2, 4, 64
+    b, c = 4, 64
     g = torch.Generator().manual_seed(0)
     feats = torch.randn(b, c, 14, 14, generator=g).cuda()
     x = torch.randn(b, 3, 224, 224, generator=g).cuda().contiguous(memory_format=torch.channels_last)

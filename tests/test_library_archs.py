@@ -15,13 +15,12 @@ import torch
 
 from adautomix_fast import compare
 from adautomix_fast.api import mix_model
-from adautomix_fast.step.fused import fused_losses
-from adautomix_fast.methods.generator import MaskGenerator, kernel_limit_problem
-from adautomix_fast.models import build_classifier, export_state_dict, library_model
-from adautomix_fast.models.library import check_backbone_image_size
-from adautomix_fast.models import specs
-from adautomix_fast.step.segmented_bn import SegmentedBatchNormAct2d, convert_batchnorm, set_segment_size
 from adautomix_fast.errors import UsageError
+from adautomix_fast.methods.generator import MaskGenerator, kernel_limit_problem
+from adautomix_fast.models import build_classifier, export_state_dict, library_model, specs
+from adautomix_fast.models.library import check_backbone_image_size
+from adautomix_fast.step.fused import fused_losses
+from adautomix_fast.step.segmented_bn import SegmentedBatchNormAct2d, convert_batchnorm, set_segment_size
 from tests.cli_helpers import run_cli, single_error_line
 from tests.test_cli import make_folder_dataset
 
@@ -213,7 +212,8 @@ def test_train_a_timm_model_on_a_folder_and_export(tmp_path, capsys):
     start = json.loads(open(out / "e" / "log.jsonl").readline())
     assert start["type"] == "start"
     path = tmp_path / "teacher.pth"
-    code, _, err = run_cli(["--resume", str(out / "e" / "checkpoint-last.pt"), "--eval-only", "--export", str(path)], capsys)
+    code, _, err = run_cli(["--resume", str(out / "e" / "checkpoint-last.pt"), "--eval-only", "--export", str(path)],
+                           capsys)
     assert code == 0, err
     lib = library_model("timm/efficientnet_b0", 2, False)
     lib.load_state_dict(torch.load(path, weights_only=True))

@@ -8,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adautomix_fast.methods.adautomix import (AdAutoMix, MixPlan, margin_rule, mixed_cross_entropy,
-                                      weighted_cosine)
+from adautomix_fast.methods.adautomix import AdAutoMix, MixPlan, margin_rule, mixed_cross_entropy, weighted_cosine
 
 
 def hand_ce(row, label):

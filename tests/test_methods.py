@@ -13,23 +13,23 @@ import torch
 import torch.nn.functional as F
 
 from adautomix_fast.config import resolve
-from adautomix_fast.step.optim import build_optimizer
-from adautomix_fast.step.precision import Precision
-from adautomix_fast.step.reference import ReferenceStep
-from adautomix_fast.step.schedules import Schedule
-from adautomix_fast.step.base import make_plan_generator
-from adautomix_fast.step.fused import FusedStep
-from adautomix_fast.registry import METHODS, build_model
-
-from optional import skip_without_requirements
 from adautomix_fast.methods.base import pair_mixed_cross_entropy, sample_beta
-from adautomix_fast.methods.cutmix import BoxPlan, CutMix, box_lambda, cutmix_box, paste_box
+from adautomix_fast.methods.cutmix import box_lambda, cutmix_box, paste_box
 from adautomix_fast.methods.fmix import fmix_mask, spectrum_scale
 from adautomix_fast.methods.manifoldmix import MIX_POINTS, ManifoldPlan, manifold_pooled
 from adautomix_fast.methods.mixup import mixup
 from adautomix_fast.methods.pairmix import no_repeat_permutation
 from adautomix_fast.methods.resizemix import ResizeMix, resize_paste
 from adautomix_fast.models import build_classifier
+from adautomix_fast.registry import METHODS, build_model
+from adautomix_fast.step.base import make_plan_generator
+from adautomix_fast.step.fused import FusedStep
+from adautomix_fast.step.optim import build_optimizer
+from adautomix_fast.step.precision import Precision
+from adautomix_fast.step.reference import ReferenceStep
+from adautomix_fast.step.schedules import Schedule
+
+from optional import skip_without_requirements
 
 K = 7  # classes
 
@@ -159,7 +159,7 @@ def test_fmix_masks_are_low_frequency():
     h = w = 32
     mask = fmix_mask(torch.tensor(0.5), torch.randn(h, w // 2 + 1, 2, generator=g), h, w)
     random_mask = (torch.rand(h, w, generator=g) < 0.5).float()
-    edges = lambda m: int((m[1:] != m[:-1]).sum() + (m[:, 1:] != m[:, :-1]).sum())  # noqa: E731
+    edges = lambda m: int((m[1:] != m[:-1]).sum() + (m[:, 1:] != m[:, :-1]).sum())
     assert edges(mask) * 5 < edges(random_mask)
     assert float(spectrum_scale(h, w)[0, 0]) == pytest.approx(32.0 ** 3)
 
@@ -215,7 +215,8 @@ def test_saliencymix_centres_the_box_on_the_saliency_peak():
     from adautomix_fast.methods.saliencymix import SaliencyMix
     x, y = images(b=4, h=16, w=16, seed=4)
     model = SaliencyMix("tiny", K, cifar_stem=True, mix_alpha=0.5)
-    plan = model.complete_plan(x, y, model.sample_plan(4, generator=torch.Generator().manual_seed(1), image_size=(16, 16)))
+    plan = model.complete_plan(x, y, model.sample_plan(4, generator=torch.Generator().manual_seed(1),
+                                                       image_size=(16, 16)))
     donor = x[plan.perm[0]].numpy().transpose(1, 2, 0).astype(np.float32)
     ok, smap = cv2.saliency.StaticSaliencyFineGrained_create().computeSaliency(donor)
     row, col = np.unravel_index(np.argmax((smap * 255).astype("uint8")), smap.shape)

@@ -10,18 +10,23 @@ import torch.nn.functional as F
 
 from adautomix_fast import AdAutoMix
 from adautomix_fast.config import Config, resolve
-from adautomix_fast.step.optim import set_group_lrs as set_lrs
+from adautomix_fast.errors import UsageError
+from adautomix_fast.models import default_cifar_stem
+from adautomix_fast.registry import build_model
+from adautomix_fast.step.base import make_plan_generator
+from adautomix_fast.step.fused import FusedStep
+from adautomix_fast.step.optim import (
+    InGraphOptimizer,
+    build_optimizer,
+    clip_grad_norm_,
+    group_role,
+    no_weight_decay,
+    set_group_lrs as set_lrs,
+    unscale_and_check_,
+)
 from adautomix_fast.step.precision import Precision
 from adautomix_fast.step.reference import ReferenceStep
-from adautomix_fast.step.schedules import Schedule
-from adautomix_fast.step.base import make_plan_generator
-from adautomix_fast.errors import UsageError
-from adautomix_fast.step.fused import FusedStep
-from adautomix_fast.registry import build_model
-from adautomix_fast.models import default_cifar_stem
-from adautomix_fast.step.optim import (InGraphOptimizer, build_optimizer, clip_grad_norm_, group_role, no_weight_decay,
-                                  param_groups, unscale_and_check_)
-from adautomix_fast.step.schedules import warmup_cosine_lr
+from adautomix_fast.step.schedules import Schedule, warmup_cosine_lr
 
 
 class Net(nn.Module):
@@ -264,7 +269,8 @@ def test_warmup_cosine_follows_mmcv_and_joins_continuously():
         assert warmup_cosine_lr(step, total, 5e-4, 1e-4, warmup, 1e-5) == pytest.approx(
             mmcv_lr(step, total, 5e-4, 1e-4, warmup, 1e-5), rel=1e-12)
     assert warmup_cosine_lr(0, total, 5e-4, 1e-4, warmup, 1e-5) == pytest.approx(5e-9, rel=1e-6)
-    jump = abs(warmup_cosine_lr(200, total, 5e-4, 1e-4, warmup, 1e-5) - warmup_cosine_lr(199, total, 5e-4, 1e-4, warmup, 1e-5))
+    jump = abs(warmup_cosine_lr(200, total, 5e-4, 1e-4, warmup, 1e-5)
+               - warmup_cosine_lr(199, total, 5e-4, 1e-4, warmup, 1e-5))
     assert jump < 5e-4 / warmup * 1.01
 
 

@@ -17,10 +17,20 @@ import torch.nn.functional as F
 pytest.importorskip("gco")
 
 from adautomix_fast.config import resolve  # noqa: E402
-from adautomix_fast.registry import build_model  # noqa: E402
 from adautomix_fast.methods.puzzlemix import (  # noqa: E402
-    PuzzleMix, PuzzlePlan, block_saliency, boundary_penalties, graphcut_costs, input_saliency, pixel_index,
-    solve_labels, transport_approx, transport_cost, transport_exact)
+    PuzzleMix,
+    PuzzlePlan,
+    block_saliency,
+    boundary_penalties,
+    graphcut_costs,
+    input_saliency,
+    pixel_index,
+    solve_labels,
+    transport_approx,
+    transport_cost,
+    transport_exact,
+)
+from adautomix_fast.registry import build_model  # noqa: E402
 from adautomix_fast.train import main  # noqa: E402
 
 K = 5          # classes

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from adautomix_fast import registry
-from adautomix_fast.config import PRESETS, Config, resolve
+from adautomix_fast.config import Config, resolve
 from adautomix_fast.errors import UsageError
 from adautomix_fast.methods.options import FAMILIES
 from adautomix_fast.models import FAMILIES as ARCH_FAMILIES, build_classifier, library_model
@@ -52,7 +52,7 @@ def test_another_methods_flag_is_refused_but_a_presets_value_is_left_out():
     with pytest.raises(UsageError, match="--gen-train-prob applies to adautomix and automix; "
                                          "--method mixup does not use it"):
         registry.check_foreign_options("mixup", {"gen_train_prob": 0.5})
-    with pytest.raises(UsageError, match="applies to adautomix and automix"):              # typed at its default: refused too
+    with pytest.raises(UsageError, match="applies to adautomix and automix"):   # typed at its default: refused too
         registry.check_foreign_options("mixup", {"gen_train_prob": 1.0})
     cfg = resolve({"method": "mixup"}, "cifar100-swin_t")                # the family trains G on 80% of steps
     assert resolve({}, "cifar100-swin_t").gen_train_prob == 0.8 and cfg.gen_train_prob == 1.0

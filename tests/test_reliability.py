@@ -22,9 +22,8 @@ import pytest
 import torch
 from PIL import Image
 
-from adautomix_fast.run import checkpoint as ckpt_lib
-from adautomix_fast.run import records
 from adautomix_fast.errors import DataError, UsageError
+from adautomix_fast.run import checkpoint as ckpt_lib, records
 from adautomix_fast.run.folder import LOCK, RunLock
 from adautomix_fast.train import main
 
@@ -406,8 +405,8 @@ def test_sigusr1_then_a_second_signal_exits_at_once_with_a_loadable_checkpoint(t
 def test_ctrl_c_with_data_workers_is_one_accurate_line(tmp_path):
     folder = tmp_path / "run"
     # Many short epochs: a fast CPU finishes a two-epoch run before the signal arrives.
-    proc = start_cli(["--arch", "tiny", "--workers", "2", "--batch-size", "20", "--epochs", "100", "--log-interval", "1",
-                      "--save-every-steps", "4", "--output", str(tmp_path), "--run-name", "run"])
+    proc = start_cli(["--arch", "tiny", "--workers", "2", "--batch-size", "20", "--epochs", "100",
+                      "--log-interval", "1", "--save-every-steps", "4", "--output", str(tmp_path), "--run-name", "run"])
     wait_for(lambda: (folder / "checkpoint-last.pt").exists() and len(train_records(folder)) >= 6, proc)
     os.killpg(proc.pid, signal.SIGINT)   # as a terminal does: the whole process group
     _, err = proc.communicate(timeout=300)
@@ -480,8 +479,8 @@ def test_non_finite_float_flags_are_refused(tmp_path, capsys, flag, value):
 
 
 def test_resume_of_a_file_that_is_not_a_checkpoint_says_so_without_torchs_unsafe_advice(tmp_path, capsys):
-    import pickle
     import collections
+    import pickle
     for name, payload in [("random.pt", os.urandom(4096)),
                           ("pickled.pt", pickle.dumps(collections.OrderedDict(a=collections.Counter())))]:
         (tmp_path / name).write_bytes(payload)

@@ -18,8 +18,8 @@ import tempfile
 import pytest
 import torch
 
-from adautomix_fast.run import checkpoint as ckpt_lib
 from adautomix_fast.config import resolve
+from adautomix_fast.run import checkpoint as ckpt_lib
 from adautomix_fast.run.folder import default_run_name
 
 from cli_helpers import read_log, run_cli, single_error_line

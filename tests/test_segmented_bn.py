@@ -6,8 +6,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from adautomix_fast.step.segmented_bn import (SegmentedBatchNorm2d, convert_batchnorm, segmented_norms,
-                                         set_segment_size, snapshot_batch_stats)
+from adautomix_fast.step.segmented_bn import (
+    SegmentedBatchNorm2d,
+    convert_batchnorm,
+    segmented_norms,
+    set_segment_size,
+    snapshot_batch_stats,
+)
 
 
 def make_pair(c=6, momentum=0.1, seed=0):

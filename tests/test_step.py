@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from adautomix_fast import AdAutoMix, ReferenceStep, Schedule, build_optimizer, resolve
+from adautomix_fast.step.base import make_plan_generator
 from adautomix_fast.step.precision import Precision
 from adautomix_fast.step.schedules import cosine_lr
-from adautomix_fast.step.base import make_plan_generator
 
 
 def make(n=3, amp=False, amp_dtype="bf16", **overrides):

@@ -36,11 +36,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from adautomix_fast.config import resolve  # noqa: E402
 from adautomix_fast.methods.adautomix import AdAutoMix  # noqa: E402
 from adautomix_fast.methods.generator import cross_attention_mask_reference, mask_statistics  # noqa: E402
+from adautomix_fast.step.base import make_plan_generator  # noqa: E402
 from adautomix_fast.step.optim import build_optimizer  # noqa: E402
 from adautomix_fast.step.precision import Precision  # noqa: E402
 from adautomix_fast.step.reference import ReferenceStep  # noqa: E402
 from adautomix_fast.step.schedules import Schedule  # noqa: E402
-from adautomix_fast.step.base import make_plan_generator  # noqa: E402
 
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
 STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
@@ -150,8 +150,10 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
-    x_train, y_train = load_split(args.data, "train", args.train // 10, os.path.join(tempfile.gettempdir(), f"cifar_train_{args.train}.pt"))
-    x_test, y_test = load_split(args.data, "test", args.test // 10, os.path.join(tempfile.gettempdir(), f"cifar_test_{args.test}.pt"))
+    x_train, y_train = load_split(args.data, "train", args.train // 10,
+                                  os.path.join(tempfile.gettempdir(), f"cifar_train_{args.train}.pt"))
+    x_test, y_test = load_split(args.data, "test", args.test // 10,
+                                os.path.join(tempfile.gettempdir(), f"cifar_test_{args.test}.pt"))
     x_test = normalise(x_test)
     ema_start, ema_end = (float(v) for v in args.ema.split(","))
     cfg = resolve(dict(dataset="cifar10", arch=args.arch, method="adautomix", epochs=args.epochs,

@@ -36,8 +36,8 @@ from .decode import SMALL_SIDE, common_side, decode_split, first_look_small, sta
 from .finegrained import LOADERS
 from .fingerprint import check_resume_data, split_fingerprint
 from .folders import FolderSplit, check_headers, load_folder
-from .subset import balanced_subset
 from .sampling import EpochLoader, EvalBatchSampler, SeededDataset, SkipLog, TrainBatchSampler
+from .subset import balanced_subset
 from .transforms import FINEGRAINED, NORMALIZATION, AugmentRecipe, build_transforms
 
 __all__ = ["DATASETS", "DATA_ENV", "BACKENDS", "DataInfo", "resolve_data_dir", "resolve_backend",
@@ -152,9 +152,11 @@ def _load_splits(name: str, root: str | None):
     # produced it (one class folder, one label in a CUB or CIFAR file, one variant listed).
     present = sorted(set(train.targets))
     if len(present) < 2:
-        only = f"one class ({class_names[present[0]]})" if present and 0 <= present[0] < len(class_names) else "no class"
+        only = (f"one class ({class_names[present[0]]})" if present and 0 <= present[0] < len(class_names)
+                else "no class")
         raise DataError(f"{name}: the training images in {root} are of {only} and a classifier needs at least two; "
-                        f"point --data-dir at a data set with two or more classes ({_LAYOUT.get(name, 'a folder per class')})")
+                        "point --data-dir at a data set with two or more classes "
+                        f"({_LAYOUT.get(name, 'a folder per class')})")
     return train, val, class_names, layout, decode
 
 

@@ -260,7 +260,8 @@ def _load_pickles(name: str, root: str):
     spec = _CIFAR[name]
     meta_path = os.path.join(root, spec["meta"])
     try:
-        names = [n.decode() if isinstance(n, bytes) else str(n) for n in _get(_unpickle(meta_path, name), spec["names"])]
+        names = [n.decode() if isinstance(n, bytes) else str(n)
+                 for n in _get(_unpickle(meta_path, name), spec["names"])]
     except KeyError:
         raise DataError(
             f"{name}: {meta_path} has no {spec['names']} entry; re-download {spec['archive']} from {CIFAR_URL}"

@@ -95,7 +95,8 @@ def load_cub200(data_dir: str):
         sample = (os.path.join(root, "images", images[image_id]), int(labels[image_id]) - 1)
         (train if split[image_id].strip() == "1" else test).append(sample)
     if not train or not test:
-        raise DataError(f"cub200: train_test_split.txt leaves the {'train' if not train else 'test'} split empty; {fix}")
+        raise DataError(f"cub200: train_test_split.txt leaves the {'train' if not train else 'test'} split empty; "
+                        f"{fix}")
     _check_images(train + test, "cub200", fix)
     return FolderSplit(train), FolderSplit(test), class_names
 
@@ -149,7 +150,8 @@ def load_cars(data_dir: str):
         try:
             ds = torchvision.datasets.StanfordCars(root, split=split, download=False)
         except Exception as exc:  # scipy's MatReadError, a wrong struct layout (KeyError, ValueError), ...
-            raise DataError(f"cars: cannot read the {split} annotations under {base} ({_one_line(exc)}); {fix}") from None
+            raise DataError(f"cars: cannot read the {split} annotations under {base} ({_one_line(exc)}); "
+                            f"{fix}") from None
         samples = [(path, int(label)) for path, label in ds._samples]
         if not samples:
             raise DataError(f"cars: the {split} annotations list no images; {fix}")

@@ -50,8 +50,8 @@ def open_rgb(path: str) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")  # convert() forces the full decode inside the try
     except FileNotFoundError:
-        raise UnreadableImage(f"image file {path} disappeared after the data folder was scanned; restore it and restart",
-                              path, "file disappeared") from None
+        raise UnreadableImage(f"image file {path} disappeared after the data folder was scanned; "
+                              "restore it and restart", path, "file disappeared") from None
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         # UnidentifiedImageError and "image file is truncated" are OSErrors.
         reason = f"PIL: {_clean(exc)}"

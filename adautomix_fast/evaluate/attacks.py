@@ -58,10 +58,10 @@ def pgd(model: Model, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float
     arguments as ``fgsm``; ``generator`` (on x's device) makes the random start reproducible."""
     if protocol == "correct":
         start = x * std + mean
-        to_input = lambda p: (p - mean) / std  # noqa: E731
+        to_input = lambda p: (p - mean) / std
     else:  # official: the whole attack on the normalised tensor
         start = x
-        to_input = lambda t: t  # noqa: E731
+        to_input = lambda t: t
     start = start.detach()
     adv = start.clone()
     if random_start:

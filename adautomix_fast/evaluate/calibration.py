@@ -50,7 +50,8 @@ def reliability_bins(confidence: torch.Tensor, correct: torch.Tensor, n_bins: in
 def ece_from_bins(bins: dict) -> float:
     """ECE (%) of the bins as they are (the correct pairing)."""
     total = sum(bins["count"])
-    return 100.0 * sum(c * abs(a - f) for c, a, f in zip(bins["count"], bins["accuracy"], bins["confidence"])) / max(total, 1)
+    return 100.0 * sum(c * abs(a - f)
+                       for c, a, f in zip(bins["count"], bins["accuracy"], bins["confidence"])) / max(total, 1)
 
 
 def ece_official(bins: dict) -> float:

@@ -17,8 +17,8 @@ import logging
 import sys
 from typing import Optional
 
-from ..runtime import cputhreads
 from ..errors import UsageError
+from ..runtime import cputhreads
 from .compare import compare
 from .context import PROTOCOLS, SUITES, EvalOptions
 from .pipeline import evaluate_checkpoint
@@ -52,7 +52,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help=f"which checkpoint of a run folder (default: {D.checkpoint})")
     p.add_argument("--data-dir", metavar="DIR", help="test data (default: the run's own data_dir, or $ADAUTOMIX_DATA)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N test images (default: all)")
-    p.add_argument("-b", "--batch-size", type=int, default=D.batch_size, help=f"images per batch (default: {D.batch_size})")
+    p.add_argument("-b", "--batch-size", type=int, default=D.batch_size,
+                   help=f"images per batch (default: {D.batch_size})")
     p.add_argument("-j", "--workers", type=int, default=D.workers,
                    help=f"data loading processes, and processes synthesising corruptions (default: {D.workers})")
     p.add_argument("--device", default=D.device, help="auto, cpu, cuda or cuda:N (default: auto: the GPU when present)")
@@ -64,7 +65,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("suites")
     g.add_argument("--eps", type=float, default=D.eps, help=f"FGSM/PGD budget in 1/255 units (default: {D.eps:g})")
     g.add_argument("--pgd-steps", type=int, default=D.pgd_steps, help=f"PGD steps (default: {D.pgd_steps})")
-    g.add_argument("--pgd-alpha", type=float, default=D.pgd_alpha, help=f"PGD step in 1/255 units (default: {D.pgd_alpha:g})")
+    g.add_argument("--pgd-alpha", type=float, default=D.pgd_alpha,
+                   help=f"PGD step in 1/255 units (default: {D.pgd_alpha:g})")
     g.add_argument("--corruption-dir", metavar="DIR",
                    help="CIFAR-10-C/CIFAR-100-C folder (<corruption>.npy + labels.npy) or ImageNet-C folder "
                         "(<corruption>/<1-5>/<class>/*) (default: synthesise corruptions of the run's test set)")
@@ -73,7 +75,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--occlusion-patch", type=int, metavar="PX",
                    help="occlusion patch side in pixels, a divisor of the image size (default: the divisor closest "
                         "to size/14: 16 px at 224, 2 px at 32)")
-    g.add_argument("--cam-images", type=int, default=D.cam_images, help=f"images in the Grad-CAM panel (default: {D.cam_images})")
+    g.add_argument("--cam-images", type=int, default=D.cam_images,
+                   help=f"images in the Grad-CAM panel (default: {D.cam_images})")
     g = p.add_argument_group("output")
     g.add_argument("--out", metavar="DIR", help="evaluation folder (default: <run>/eval-<suite>-<head>-<protocol>)")
     g.add_argument("--timestamp", action="store_true", help="append -<date-time> to the default folder name")

@@ -16,14 +16,14 @@ import os
 import statistics
 from typing import Optional
 
-from ..runtime.devices import pick_device
 from ..errors import UsageError
-from ..step.precision import resolve_precision
 from ..run.records import read_csv_rows
+from ..runtime.devices import pick_device
+from ..step.precision import resolve_precision
 from . import plots
 from .context import SUITES, EvalOptions, load_run
 from .pipeline import default_folder, evaluate_checkpoint
-from .report import RESULTS, REPORT, TITLES, StagedFolder, clean_json, folder_name, write_json
+from .report import REPORT, RESULTS, TITLES, StagedFolder, clean_json, folder_name, write_json
 
 LAST_EPOCHS = 10   # the paper reports the median top-1 of the last 10 epochs
 
@@ -75,7 +75,8 @@ def results_for(path: str, options: EvalOptions, overwrite: bool, say) -> dict:
         results = _load_results(path)
         missing = [s for s in options.suites if s not in results.get("results", {})]
         if missing:
-            raise UsageError(f"{path} has no {', '.join(missing)} results; pass its run folder instead, or fewer --suite")
+            raise UsageError(f"{path} has no {', '.join(missing)} results; "
+                             "pass its run folder instead, or fewer --suite")
         results["folder"] = os.path.abspath(path)   # where it is now, should it have moved
         return results
     run = load_run(path, options.checkpoint)          # errors (and the head) before any work
@@ -138,7 +139,8 @@ def compare(paths: list[str], options: EvalOptions, out: Optional[str] = None, o
     stamp = f"{datetime.datetime.now():%Y%m%d-%H%M%S}"
     head = options.head or "headline"
     dest = out or os.path.join(os.path.dirname(entries[0]["results"]["run"]["dir"]),
-                               folder_name(options.suites, SUITES, head, options.protocol, stamp).replace("eval-", "compare-", 1))
+                               folder_name(options.suites, SUITES, head, options.protocol, stamp)
+                               .replace("eval-", "compare-", 1))
     staged = StagedFolder(dest, overwrite, say)
     try:
         data = _aggregate(entries, options)
@@ -188,13 +190,15 @@ def _aggregate(entries: list[dict], options: EvalOptions) -> dict:
 def _draw(entries: list[dict], options: EvalOptions, folder: str) -> dict:
     pictures = {}
     if "calibration" in options.suites:
-        curves = [(e["name"], e["results"]["results"]["calibration"]["bins"], e["results"]["results"]["calibration"]["ece"])
+        curves = [(e["name"], e["results"]["results"]["calibration"]["bins"],
+                   e["results"]["results"]["calibration"]["ece"])
                   for e in entries]
         plots.reliability_diagram(curves, os.path.join(folder, "reliability.png"),
                                   f"Reliability ({options.protocol} ECE)")
         pictures["calibration"] = ["reliability.png"]
     if "occlusion" in options.suites:
-        curves = [(e["name"], e["results"]["results"]["occlusion"]["ratios"], e["results"]["results"]["occlusion"]["top1"])
+        curves = [(e["name"], e["results"]["results"]["occlusion"]["ratios"],
+                   e["results"]["results"]["occlusion"]["top1"])
                   for e in entries]
         plots.occlusion_curves(curves, os.path.join(folder, "occlusion.png"), "Occlusion robustness")
         pictures["occlusion"] = ["occlusion.png"]

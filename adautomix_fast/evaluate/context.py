@@ -19,13 +19,13 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from ..run import checkpoint as ckpt_lib
 from ..config import Config
 from ..data import build_loaders
-from ..runtime.devices import pick_device
 from ..errors import UsageError
-from ..step.precision import resolve_precision
 from ..registry import build_model
+from ..run import checkpoint as ckpt_lib
+from ..runtime.devices import pick_device
+from ..step.precision import resolve_precision
 
 # The suites, in the order they run and appear in the report. `all` runs every one of them.
 SUITES = ("accuracy", "calibration", "fgsm", "pgd", "corruption", "occlusion", "cam")
@@ -175,7 +175,8 @@ class EvalContext:
             pin_memory=self.device.type == "cuda")
         if self.info.num_classes != run.num_classes:
             raise UsageError(f"the checkpoint has {run.num_classes} classes but the data set "
-                             f"({cfg.dataset}) has {self.info.num_classes}; pass --data-dir with the data it was trained on")
+                             f"({cfg.dataset}) has {self.info.num_classes}; "
+                             "pass --data-dir with the data it was trained on")
         self.dataset, self.data_dir = cfg.dataset, data_dir
         self.num_images = self.info.val_size if options.limit is None else min(options.limit, self.info.val_size)
         self.mean = torch.tensor(self.info.mean, device=self.device).view(1, 3, 1, 1)

@@ -45,7 +45,8 @@ SEVERITIES = (1, 2, 3, 4, 5)
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
-def check_selection(corruptions: Optional[tuple[str, ...]], severities: tuple[int, ...]) -> tuple[tuple[str, ...], tuple[int, ...]]:
+def check_selection(corruptions: Optional[tuple[str, ...]],
+                    severities: tuple[int, ...]) -> tuple[tuple[str, ...], tuple[int, ...]]:
     corruptions = ALL if corruptions is None else tuple(corruptions)
     unknown = [c for c in corruptions if c not in ALL]
     if unknown:
@@ -346,7 +347,8 @@ def summarise(correct: dict, totals: dict, reader, extra: dict) -> dict:
         "severities": list(reader.severities),
         "top1": table,
         "per_corruption": {c: float(np.mean(list(table[c].values()))) for c in reader.corruptions},
-        "per_severity": {str(s): float(np.mean([table[c][str(s)] for c in reader.corruptions])) for s in reader.severities},
+        "per_severity": {str(s): float(np.mean([table[c][str(s)] for c in reader.corruptions]))
+                         for s in reader.severities},
         "mean_all": float(np.mean(cells)),
         "mean_standard": float(np.mean(standard)) if standard else None,
         "cells": len(cells),

@@ -15,9 +15,19 @@ import torch
 
 from . import accuracy, attacks, calibration, cam, corruption, occlusion, plots
 from .context import SUITES, EvalContext, EvalOptions, load_run
-from .report import (FORMAT, FORMAT_VERSION, REPORT, RESULTS, StagedFolder, clean_json, device_name, folder_name,
-                     render_report, versions, write_json)
-
+from .report import (
+    FORMAT,
+    FORMAT_VERSION,
+    REPORT,
+    RESULTS,
+    StagedFolder,
+    clean_json,
+    device_name,
+    folder_name,
+    render_report,
+    versions,
+    write_json,
+)
 
 # Each suite's run(ctx); a suite imports its own library (torchattacks, grad-cam ...) on first use.
 SUITE_RUNS: dict[str, Callable] = {
@@ -87,7 +97,8 @@ def evaluate_checkpoint(path: str, options: EvalOptions, out: Optional[str] = No
             "run": {"name": name, "dir": run.run_dir, "checkpoint": run.checkpoint_path, "epoch": run.epoch,
                     "method": run.method, "arch": run.config.get("arch"), "seed": run.config.get("seed"),
                     "heads": list(run.model.HEADS), "headline": run.model.HEADLINE},
-            "folder": os.path.abspath(dest), "head": ctx.head, "protocol": options.protocol, "suites": list(options.suites),
+            "folder": os.path.abspath(dest), "head": ctx.head, "protocol": options.protocol,
+            "suites": list(options.suites),
             "data": ctx.describe(), "limit": options.limit, "seed": options.seed, "amp": ctx.amp,
             "precision": ctx.precision, "precision_reason": ctx.precision_reason,
             "device": device_name(ctx.device), "versions": versions(),

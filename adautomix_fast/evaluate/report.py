@@ -206,15 +206,17 @@ def suite_tables(suite: str, r: dict) -> list[str]:
         b = r["bins"]
         for m, count in enumerate(b["count"]):
             lines.append(f"| ({b['edges'][m]:.1f}, {b['edges'][m + 1]:.1f}] | {count} | "
-                         f"{_f(100 * b['accuracy'][m]) if count else '-'} | {_f(100 * b['confidence'][m]) if count else '-'} |")
+                         f"{_f(100 * b['accuracy'][m]) if count else '-'} | "
+                         f"{_f(100 * b['confidence'][m]) if count else '-'} |")
     elif suite in ("fgsm", "pgd"):
-        what = f"eps {r['eps']:g}/255" + (f", {r['steps']} steps of {r['alpha']:g}/255, random start" if suite == "pgd" else "")
+        what = f"eps {r['eps']:g}/255" + (f", {r['steps']} steps of {r['alpha']:g}/255, random start"
+                                          if suite == "pgd" else "")
         lines += [f"{suite.upper()} ({what}; {r['protocol']} protocol: step in {r['space']}).", "",
                   "| clean top-1 | attacked top-1 | attacked error |", "| ---: | ---: | ---: |",
                   f"| {_f(r['clean_top1'])} | {_f(r['top1'])} | {_f(r['error'])} |"]
     elif suite == "corruption":
-        source = (f"synthesised with {r['library']} at {r['synthesised_at']} px (seed {r['seed']})" if r["source"] == "synthesised"
-                  else f"{r['layout']} files in {r['folder']}")
+        source = (f"synthesised with {r['library']} at {r['synthesised_at']} px (seed {r['seed']})"
+                  if r["source"] == "synthesised" else f"{r['layout']} files in {r['folder']}")
         clean = f"; clean top-1 on the same images {_f(r['clean_top1'])}%" if "clean_top1" in r else ""
         lines += [f"Corruptions {source}. Mean top-1 over all {r['cells']} cells: **{_f(r['mean_all'])}%**; "
                   f"over the 15 standard corruptions: **{_f(r['mean_standard'])}%**{clean}.", ""]
@@ -251,7 +253,8 @@ def render_report(results: dict) -> str:
     run = results["run"]
     lines = [f"# Evaluation of {run['name']}", "",
              f"- checkpoint: `{run['checkpoint']}` (epoch {run['epoch']}), method {run['method']}, arch {run['arch']}",
-             f"- head: **{results['head']}** (model heads: {', '.join(run['heads'])}); protocol: **{results['protocol']}**",
+             f"- head: **{results['head']}** (model heads: {', '.join(run['heads'])}); "
+             f"protocol: **{results['protocol']}**",
              f"- data: {results['data']['dataset']} val split, {results['data']['images']} images, "
              f"{results['data']['image_size']} px",
              f"- device: {results['device']}; torch {results['versions']['torch']}; "

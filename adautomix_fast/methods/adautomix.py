@@ -25,15 +25,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..step.ema import ema_update_, teacher_pairs
+from ..errors import UsageError
 from ..models import build_classifier
 from ..models.specs import ARCH_SPECS, arch_spec, is_library_arch
+from ..step.ema import ema_update_, teacher_pairs
 from ..step.numerics import at_least_fp32, fp32_region
-from ..errors import UsageError
 from ..step.segmented_bn import segmented_norms, snapshot_batch_stats
 from .base import MixModel, sample_beta
 from .generator import GEN_KERNELS, UPSAMPLES, MaskGenerator, mask_statistics, mix_images
-from .options import FAMILIES, Option
+from .options import Option
 
 GEN_OBJECTIVES = ("alternate", "adversarial", "cooperative")
 

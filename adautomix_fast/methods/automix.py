@@ -34,8 +34,8 @@ import torch.nn as nn
 
 from ..errors import UsageError
 from .adautomix import AdAutoMix, MixPlan, mixed_cross_entropy
-from .options import FAMILIES, Option
 from .generator import MaskGenerator, _kernel_ops, cross_attention_mask_reference
+from .options import FAMILIES, Option
 
 
 class PixelMixBlock(nn.Module):

@@ -86,7 +86,8 @@ class CutMix(PairMix):
         perm = no_repeat_permutation(batch_size, generator, self.device)
         return BoxPlan(lam, perm, self.sample_center(image_size, generator))
 
-    def sample_center(self, image_size: Optional[tuple[int, int]], generator: Optional[torch.Generator]) -> torch.Tensor:
+    def sample_center(self, image_size: Optional[tuple[int, int]],
+                      generator: Optional[torch.Generator]) -> torch.Tensor:
         """(row, column), each uniform over the image's pixels (row drawn first, as OpenMixup and
         timm do)."""
         h, w = self.pixels(image_size)

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 
 from ..step.numerics import at_least_fp32, fp32_region
 
-
 # The generator's mask upsampling modes and the implementations of its ops (--upsample,
 # --gen-kernels; resolve_gen_kernels).
 UPSAMPLES = ("bilinear", "nearest")
@@ -126,7 +125,7 @@ def resolve_gen_kernels(choice: str, impl: str, device: torch.device) -> str:
 def kernel_limit_problem(generator: nn.Module, tap_side: int, image_side: int, mix_samples: int) -> Optional[str]:
     """Why the Triton kernels cannot take this generator's shapes (its head dim D, the tap's side
     with N slots), or None. A backbone read from a library can have a tap the kernels do not tile."""
-    from ..kernels import _launch   # Triton's launch helpers: only asked when the kernels are chosen
+    from ..kernels import _launch  # Triton's launch helpers: only asked when the kernels are chosen
     try:
         _launch.attention_config(generator.dim, torch.float32)
         _launch.mix_config(mix_samples, 3, tap_side, tap_side, image_side)

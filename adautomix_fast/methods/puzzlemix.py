@@ -215,7 +215,7 @@ def graphcut_costs(s_own: torch.Tensor, s_partner: torch.Tensor, d_v: torch.Tens
     w_h = (op + po - oo - pp) / 2
 
     last = n_labels - 1
-    prior = np.array([math.comb(last, l) * alpha ** (last - l) * (1 - alpha) ** l for l in range(n_labels)])
+    prior = np.array([math.comb(last, k) * alpha ** (last - k) * (1 - alpha) ** k for k in range(n_labels)])
     prior = eta * -np.log(prior + PRIOR_EPS) / grid ** 2
     m = 1.0 - np.arange(n_labels) / last                                   # own weight per label
     a, b = own_cost.cpu().numpy()[..., None], partner_cost.cpu().numpy()[..., None]

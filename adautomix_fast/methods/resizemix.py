@@ -18,9 +18,9 @@ from typing import NamedTuple, Optional
 
 import torch
 
+from .base import random_permutation, sample_beta, uniform_int
 from .cutmix import box_from_ratio, box_lambda, box_mask
 from .pairmix import PairMix, pair_defaults
-from .base import random_permutation, sample_beta, uniform_int
 
 SCOPE = (0.1, 0.8)
 
@@ -36,7 +36,8 @@ class ResizePlan(NamedTuple):
 def nearest_source_index(dst: torch.Tensor, start: torch.Tensor, out_size: torch.Tensor, in_size: int) -> torch.Tensor:
     """Source index of each destination index for a nearest resize of ``in_size`` to ``out_size``
     placed at ``start``: torch's rule min(floor((dst - start) * (in / out)), in - 1), in fp32."""
-    scale = torch.tensor(float(in_size), dtype=torch.float32, device=dst.device) / out_size.clamp(min=1).to(torch.float32)
+    scale = (torch.tensor(float(in_size), dtype=torch.float32, device=dst.device)
+             / out_size.clamp(min=1).to(torch.float32))
     local = (dst - start).clamp(min=0).to(torch.float32)
     return torch.clamp(torch.floor(local * scale).long(), max=in_size - 1)
 

@@ -20,7 +20,8 @@ from .specs import ARCH_SPECS, ArchSpec, arch_spec, check_image_size, default_ci
 __all__ = [
     "Classifier", "FAMILIES", "build_classifier", "classifier_class", "ResNetClassifier", "TinyResNet",
     "TINY_WIDTHS", "build_trunk", "stage_channels",
-    "default_cifar_stem", "ARCH_SPECS", "ArchSpec", "arch_spec", "check_image_size", "drop_path_rate", "load_pretrained",
+    "default_cifar_stem", "ARCH_SPECS", "ArchSpec", "arch_spec", "check_image_size", "drop_path_rate",
+    "load_pretrained",
     "load_pretrained_model", "export_state_dict", "library_model", "CifarResNet", "cifar_resnet", "PreActResNet",
     "preact_resnet18",
 ]

@@ -2,10 +2,10 @@
 
 ``ARCH_SPECS`` (:mod:`.specs`) says which family each ``--arch`` belongs to and its published
 facts (tap channels and size, stem rule, recipe defaults); the family's class (:mod:`.resnet`,
-:mod:`.swin`, :mod:`.convnext`, :mod:`.deit`, :mod:`.cifar_resnet`, :mod:`.preact_resnet`) says how to build it, where the generator taps
-it (``stem_to_stage3`` / ``tap_features``), which layer Grad-CAM reads (``cam_target``) and the
-library model an export loads into (``library_model``). A new family is one module and one row
-here.
+:mod:`.swin`, :mod:`.convnext`, :mod:`.deit`, :mod:`.cifar_resnet`, :mod:`.preact_resnet`) says
+how to build it, where the generator taps it (``stem_to_stage3`` / ``tap_features``), which layer
+Grad-CAM reads (``cam_target``) and the library model an export loads into (``library_model``). A
+new family is one module and one row here.
 """
 
 from __future__ import annotations

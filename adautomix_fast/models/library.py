@@ -40,7 +40,7 @@ import torchvision
 from ..errors import UsageError
 from .base import Classifier
 from .deit import DeiTClassifier
-from .specs import import_timm, check_library_name, library_spec, split_library_arch
+from .specs import check_library_name, import_timm, library_spec, split_library_arch
 
 PROBE_SIZE = 224          # torchvision's models and most of timm's are defined at 224 px
 POOLING_TYPES = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Flatten)
@@ -328,7 +328,8 @@ class LibraryClassifier(Classifier):
         return self.net.get_submodule(self.layout.stages[-1][-1])
 
     def describe(self) -> str:
-        stages = ", ".join(f"{s}: /{st} {c}ch" for s, (st, c) in enumerate(zip(self.layout.strides, self.layout.channels)))
+        stages = ", ".join(f"{s}: /{st} {c}ch"
+                           for s, (st, c) in enumerate(zip(self.layout.strides, self.layout.channels)))
         return f"{self.num_stages} stages ({stages}); generator tap after stage {self.tap}"
 
     def tap_side(self, image_side: int) -> int:
@@ -439,8 +440,8 @@ def check_backbone_image_size(classifier: Classifier, image_side: int) -> None:
     if side < 2:
         need = 2 * classifier.tap_stride
         raise UsageError(f"--arch {classifier.arch}: at {image_side} px its generator tap (stride "
-                         f"{classifier.tap_stride}) is {side}x{side}, smaller than 2x2; pass --img-size {need} or more, "
-                         "or an earlier --tap")
+                         f"{classifier.tap_stride}) is {side}x{side}, smaller than 2x2; "
+                         f"pass --img-size {need} or more, or an earlier --tap")
 
 
 __all__ = ["BackboneChoice", "LibraryClassifier", "LibraryViTClassifier", "TrunkLayout", "build_library_classifier",

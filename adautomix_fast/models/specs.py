@@ -192,7 +192,8 @@ def import_timm():
     try:
         import timm
     except ImportError as exc:
-        raise UsageError(f"--arch timm/...: timm does not import here ({exc}); pip install timm (or pip install -e \".[timm]\")") from None
+        raise UsageError(f"--arch timm/...: timm does not import here ({exc}); "
+                         "pip install timm (or pip install -e \".[timm]\")") from None
     return timm
 
 
@@ -203,11 +204,12 @@ def check_library_name(library: str, name: str) -> None:
     if library == "timm":
         timm = import_timm()
         if not timm.is_model(name):
-            raise UsageError(f"unknown timm model {name!r}; python -c \"import timm; print(timm.list_models('*{name[:6]}*'))\" "
-                             "lists the names")
+            raise UsageError(f"unknown timm model {name!r}; "
+                             f"python -c \"import timm; print(timm.list_models('*{name[:6]}*'))\" lists the names")
     elif name not in torchvision.models.list_models(module=torchvision.models):
         raise UsageError(f"unknown torchvision classification model {name!r}; choose one of "
-                         f"torchvision.models.list_models(module=torchvision.models) (e.g. resnet50, mobilenet_v3_small)")
+                         "torchvision.models.list_models(module=torchvision.models) "
+                         "(e.g. resnet50, mobilenet_v3_small)")
 
 
 @functools.lru_cache(maxsize=None)

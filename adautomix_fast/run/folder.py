@@ -24,12 +24,11 @@ from typing import Optional
 
 import yaml
 
-from . import records
-from .checkpoint import (DISK_FULL_ERRNOS, TMP_PREFIX, TMP_SUFFIX, NoSpaceError, atomic_save,
-                         remove_orphaned_temporaries)
 from ..config import Config
 from ..errors import UsageError
 from ..evaluate.tblog import ScalarLogger
+from . import records
+from .checkpoint import DISK_FULL_ERRNOS, TMP_PREFIX, TMP_SUFFIX, NoSpaceError, atomic_save, remove_orphaned_temporaries
 
 LAST, BEST = "checkpoint-last.pt", "checkpoint-best.pt"
 # The last epoch-end checkpoint, kept while mid-epoch checkpoints (--save-every-steps) replace
@@ -132,7 +131,8 @@ class RunLock:
                 holder = _read(fd)
                 os.close(fd)
                 if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    raise UsageError(f"run folder {self.folder} is in use by another run ({holder or 'holder unknown'}); "
+                    raise UsageError(f"run folder {self.folder} is in use by another run "
+                                     f"({holder or 'holder unknown'}); "
                                      "wait for it to end, or choose another --run-name") from None
                 raise
             # A releasing holder unlinks the file after we opened it: lock the file now at the path.
@@ -260,7 +260,8 @@ class RunFolder:
         if not saved:
             return
         epoch = saved["log"].get("epoch")
-        if not any(r.get("type") == "epoch" and r.get("epoch") == epoch for r in records.read_jsonl(self.file("log.jsonl"))):
+        if not any(r.get("type") == "epoch" and r.get("epoch") == epoch
+                   for r in records.read_jsonl(self.file("log.jsonl"))):
             self.log(saved["log"])
         if not any(records.number(r.get("epoch")) == epoch for r in records.read_csv_rows(self.file("summary.csv"))):
             self.summary_row(saved["summary"])

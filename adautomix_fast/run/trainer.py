@@ -24,15 +24,21 @@ from typing import Callable, Optional
 import torch
 from tqdm import tqdm
 
-from . import checkpoint as ckpt_lib
 from ..config import Config
-from ..runtime.distributed import DistContext, average_buffers_, fault_injection_step, gather_objects, launched_by_torchrun
 from ..errors import RunDiverged, RunStopped
 from ..evaluate import HEADLINE, HEADS, evaluate
 from ..evaluate.curves import render_training_curves
 from ..evaluate.mixvis import render_mix_grid, vis_epochs
-from .folder import BEST, EPOCH_END, LAST, RunFolder, describe_checkpoint
+from ..runtime.distributed import (
+    DistContext,
+    average_buffers_,
+    fault_injection_step,
+    gather_objects,
+    launched_by_torchrun,
+)
 from ..runtime.stopsignals import StopRequest, exit_status, repeats_are_copies
+from . import checkpoint as ckpt_lib
+from .folder import BEST, EPOCH_END, LAST, RunFolder, describe_checkpoint
 
 
 def format_metrics(metrics: dict, heads=HEADS, headline: str = HEADLINE) -> str:
@@ -190,7 +196,8 @@ class Trainer:
         the loss became inf/NaN); the command then starts from the epoch's start
         (checkpoint-epoch.pt) or the best checkpoint instead."""
         cfg, folder = self.cfg, self.folder
-        lower = f"--override-lr --lr {cfg.lr / 10:g}" + (f" --gen-lr {cfg.gen_lr / 10:g}" if cfg.gen_lr is not None else "")
+        lower = f"--override-lr --lr {cfg.lr / 10:g}" + (f" --gen-lr {cfg.gen_lr / 10:g}"
+                                                         if cfg.gen_lr is not None else "")
         where = f"training diverged at step {self.step.global_step} (epoch {self.epoch + 1}): {what}"
         has_last = folder.last_saved is not None or os.path.exists(folder.file(LAST))
         has_best = os.path.exists(folder.file(BEST))
@@ -338,7 +345,8 @@ class Trainer:
                     epoch_sums[k] = epoch_sums.get(k, 0.0) + v * count
                 epoch_count += count
                 sums, count, images, t0 = {}, 0, 0, time.perf_counter()
-            if cfg.save_every_steps and step.global_step % cfg.save_every_steps == 0 and self.batch_in_epoch < len(loader):
+            if (cfg.save_every_steps and step.global_step % cfg.save_every_steps == 0
+                    and self.batch_in_epoch < len(loader)):
                 self.save()
             # Single process: stop right after the step in flight. Distributed: the ranks agree
             # at log intervals (a collective), so that all stop after the same step.

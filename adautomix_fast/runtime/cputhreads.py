@@ -66,7 +66,8 @@ def cgroup_cpu_quota(root: str = "/sys/fs/cgroup", proc_cgroup: str = "/proc/sel
             quota, _, period = text.partition(" ")
             return None if quota == "max" else int(quota) / int(period or 100000)
     for folder in paths["v1"] + [os.path.join(root, "cpu")]:
-        quota, period = _read(os.path.join(folder, "cpu.cfs_quota_us")), _read(os.path.join(folder, "cpu.cfs_period_us"))
+        quota, period = (_read(os.path.join(folder, "cpu.cfs_quota_us")),
+                         _read(os.path.join(folder, "cpu.cfs_period_us")))
         if quota and period:
             return None if int(quota) < 0 else int(quota) / int(period)
     return None

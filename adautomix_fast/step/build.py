@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
+from .base import make_plan_generator
 from .fused import FusedStep
 from .precision import Precision
 from .reference import ReferenceStep
 from .schedules import Schedule
-from .base import make_plan_generator
 
 # --impl: the eager reference step, the compiled fused one, or auto (resolve_impl).
 IMPLS = ("auto", "reference", "fused")

@@ -94,11 +94,14 @@ def _validate(ema: Sequence[torch.Tensor], model: Sequence[torch.Tensor], moment
     for i, (e, x) in enumerate(zip(ema, model)):
         double = allow_double and e.dtype == x.dtype == torch.float64
         if e.dtype != torch.float32 and not double:
-            raise TypeError(f"ema_update_: ema[{i}] must be float32 (the EMA state stays fp32), got {_dtype_name(e.dtype)}")
+            raise TypeError(f"ema_update_: ema[{i}] must be float32 (the EMA state stays fp32), "
+                            f"got {_dtype_name(e.dtype)}")
         if x.dtype not in _MODEL_DTYPES and not double:
-            raise TypeError(f"ema_update_: model[{i}] must be float32, float16 or bfloat16, got {_dtype_name(x.dtype)}")
+            raise TypeError(f"ema_update_: model[{i}] must be float32, float16 or bfloat16, "
+                            f"got {_dtype_name(x.dtype)}")
         if e.shape != x.shape:
-            raise ValueError(f"ema_update_: ema[{i}] has shape {list(e.shape)} but model[{i}] has shape {list(x.shape)}")
+            raise ValueError(f"ema_update_: ema[{i}] has shape {list(e.shape)} "
+                             f"but model[{i}] has shape {list(x.shape)}")
         if e.device != device:
             raise ValueError(f"ema_update_: ema[{i}] is on {e.device} but ema[0] is on {device}")
         if x.device != device:

@@ -42,12 +42,12 @@ from typing import Optional
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..runtime import fatal
-from .ema import MOMENTUM_DTYPE, ema_update_
 from ..errors import CompiledStepError, UsageError
+from ..runtime import fatal
+from .base import TrainStep
+from .ema import MOMENTUM_DTYPE, ema_update_
 from .optim import InGraphOptimizer, unscale_and_check_
 from .segmented_bn import SegmentedBatchNorm2d, convert_batchnorm, set_segment_size, unconverted_batchnorms
-from .base import TrainStep
 
 # fp16 loss scaling, as torch.amp.GradScaler's defaults.
 _SCALE_INIT, _GROWTH, _BACKOFF, _GROWTH_INTERVAL = 2.0 ** 16, 2.0, 0.5, 2000
@@ -118,8 +118,8 @@ class FusedStep(TrainStep):
             others = unconverted_batchnorms(model)
             if others:
                 raise UsageError(f"the fused step computes per-pass BatchNorm statistics for nn.BatchNorm2d and "
-                                 f"timm's BatchNormAct2d; {others[0]} is a {type(model.get_submodule(others[0])).__name__}: "
-                                 "use --impl reference")
+                                 f"timm's BatchNormAct2d; {others[0]} is a "
+                                 f"{type(model.get_submodule(others[0])).__name__}: use --impl reference")
         dev = self.device
         f32 = dict(dtype=torch.float32, device=dev)
         # Device state, changed in place between steps (never recompiles or re-captures):

@@ -97,7 +97,8 @@ def cpu_native(dtype: torch.dtype, facts: Optional[dict[str, Any]] = None) -> tu
             return False, f"CPU capability {cap}: oneDNN has no {name} support"
         hw = (f["avx512_bf16"] or f["amx_tile"]) if dtype is torch.bfloat16 else f["amx_fp16"]
         if not hw:
-            return False, (f"CPU capability {cap} without {'AVX512-BF16 or AMX' if dtype is torch.bfloat16 else 'AMX-FP16'}"
+            return False, (f"CPU capability {cap} "
+                           f"without {'AVX512-BF16 or AMX' if dtype is torch.bfloat16 else 'AMX-FP16'}"
                            f": oneDNN would emulate {name}")
         return True, f"CPU capability {cap} with native {name}"
     if not onednn:
@@ -134,7 +135,8 @@ def resolve_precision(amp: Optional[bool], amp_dtype: str, device: torch.device 
             return PrecisionChoice(torch.float16, "fp16 autocast with loss scaling: --amp asked for bf16, which "
                                                   "the GPU lacks",
                                    warning="warning: this GPU has no bf16: --amp runs fp16 autocast with a loss scaler")
-        return PrecisionChoice(dtype, f"{amp_dtype} autocast: --amp" + (" --amp-dtype fp16" if amp_dtype == "fp16" else ""))
+        return PrecisionChoice(dtype, f"{amp_dtype} autocast: --amp"
+                               + (" --amp-dtype fp16" if amp_dtype == "fp16" else ""))
     # CPU (and any other non-CUDA device)
     dtype = _DTYPES[amp_dtype]
     if amp is None:

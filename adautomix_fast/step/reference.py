@@ -12,11 +12,11 @@ from typing import Optional
 
 import torch
 
+from .base import TrainStep
 from .ema import momentum_tensor
 from .optim import set_group_lrs
 from .precision import Precision
 from .schedules import Schedule
-from .base import TrainStep
 
 
 class ReferenceStep(TrainStep):
