@@ -1,6 +1,7 @@
 # adautomix_fast: the two commands of the README, plus benchmarks and the GPU check.
 #   make train   set up .venv (if absent), install, train on the bundled digits data
 #   make test    set up .venv (if absent), install, run the whole test suite
+#   make lint    set up .venv (if absent), install, check the code with ruff (settings in pyproject.toml)
 # Extra training flags: make train ARGS="--epochs 5"   (TRAIN_ARGS holds the defaults)
 
 PY      ?= python3
@@ -14,7 +15,7 @@ ARGS    ?=
 TRAIN_ARGS ?=
 OUT     ?= bench/results
 
-.PHONY: install train test test-compat docs bench bench-step gpu-check clean
+.PHONY: install train test lint test-compat docs bench bench-step gpu-check clean
 
 $(PYTHON):
 	$(PY) -m venv $(VENV)
@@ -36,6 +37,10 @@ train: install
 
 test: install
 	$(PYTHON) -m pytest -q tests $(ARGS)
+
+# ruff: pycodestyle, pyflakes and import order ([tool.ruff] in pyproject.toml).
+lint: install
+	$(PYTHON) -m ruff check .
 
 # The generated parts of docs/ (the methods table of docs/methods.md) from the code.
 docs: install
