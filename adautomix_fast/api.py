@@ -128,14 +128,15 @@ class LoopSchedule:
 def train_step(model: MixModel, optimizer: torch.optim.Optimizer, *, total_steps: int, impl: str = "reference",
                amp: Optional[str] = None, channels_last: bool = False, seed: int = 0,
                clip_grad: Optional[float] = None, ema_start: float = 0.999, ema_end: float = 0.999999,
-               compile_mode: Optional[str] = None) -> TrainStep:
+               compile_mode: Optional[str] = None, compile_backend: str = "inductor") -> TrainStep:
     """A train step for ``model`` (on its device) and one's own ``optimizer``: ``step(x, y)``
     runs one whole step of the method (AdAutoMix: the generator's adversarial update, the
     student's, the EMA teacher) and returns the detached loss terms.
 
     ``impl``: "reference" (eager) or "fused" (one ``torch.compile`` graph; on CUDA captured as a
-    CUDA graph with ``compile_mode`` "reduce-overhead", the default there). ``amp``: None (fp32),
-    "bf16" or "fp16" (with loss scaling)."""
+    CUDA graph with ``compile_mode`` "reduce-overhead", the default there; ``compile_backend``
+    "aot_eager" traces the one-graph step without generating code, as the CLI's
+    ``--compile-backend``). ``amp``: None (fp32), "bf16" or "fp16" (with loss scaling)."""
     if impl not in ("reference", "fused"):
         raise ValueError(f"impl must be 'reference' or 'fused', got {impl!r}")
     if amp not in (None, "bf16", "fp16"):
@@ -147,7 +148,7 @@ def train_step(model: MixModel, optimizer: torch.optim.Optimizer, *, total_steps
     plans = make_plan_generator(device, seed)
     if impl == "fused":
         return FusedStep(model, optimizer, schedule, precision, channels_last=channels_last, mode=compile_mode,
-                         plan_generator=plans, max_grad_norm=clip_grad)
+                         backend=compile_backend, plan_generator=plans, max_grad_norm=clip_grad)
     return ReferenceStep(model, optimizer, schedule, precision, channels_last=channels_last,
                          plan_generator=plans, max_grad_norm=clip_grad)
 

@@ -1,7 +1,7 @@
 // adautomix_fast::ema_update_: the schema, the shared argument checks and the CPU implementation.
 // Layout after PyTorch's extension-cpp: one schema in TORCH_LIBRARY, one implementation per
 // dispatch key (CPU here, CUDA in cuda/ema_update_cuda.cu), TORCH_CHECK for user errors, the
-// fake (meta) implementation in Python (adautomix_fast/ema.py), tested with opcheck.
+// fake (meta) implementation in Python (adautomix_fast/step/ema.py), tested with opcheck.
 #include <Python.h>
 
 #include <ATen/Parallel.h>
@@ -78,14 +78,14 @@ bool same_layout(const at::Tensor& a, const at::Tensor& b) {
 }  // namespace
 
 void check_ema_update_inputs(at::TensorList ema, at::TensorList model, const at::Tensor& momentum) {
-  // Same order and words as adautomix_fast/ema.py::_validate (a test holds them together).
+  // Same order and words as adautomix_fast/step/ema.py::_validate (a test holds them together).
   TORCH_CHECK_VALUE(ema.size() == model.size(), "ema_update_: ", ema.size(), " EMA tensors but ",
                     model.size(), " model tensors");
   TORCH_CHECK_VALUE(momentum.dim() == 0, "ema_update_: momentum must be a 0-dim float64 tensor, got shape ",
                     momentum.sizes());
   TORCH_CHECK_TYPE(momentum.scalar_type() == at::kDouble,
                    "ema_update_: momentum must be a 0-dim float64 tensor (1 - m is formed in double), got dtype ",
-                   dtype_name(momentum.scalar_type()), " (use adautomix_fast.ema.momentum_tensor)");
+                   dtype_name(momentum.scalar_type()), " (use adautomix_fast.step.ema.momentum_tensor)");
   if (ema.empty()) return;
   const c10::Device device = ema[0].device();
   TORCH_CHECK_VALUE(momentum.device() == device, "ema_update_: momentum is on ", momentum.device(),
@@ -190,8 +190,8 @@ void ema_update_ad_inplace_or_view(at::TensorList ema, at::TensorList model, con
 
 TORCH_LIBRARY(adautomix_fast, m) {
   // The fake implementation is registered from Python: torch.library.register_fake in
-  // adautomix_fast/ema.py, the module named here (torch imports it when it needs the fake).
-  m.set_python_module("adautomix_fast.ema");
+  // adautomix_fast/step/ema.py, the module named here (torch imports it when it needs the fake).
+  m.set_python_module("adautomix_fast.step.ema");
   m.def("ema_update_(Tensor(a!)[] ema, Tensor[] model, Tensor momentum) -> ()");
 }
 

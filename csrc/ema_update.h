@@ -13,7 +13,7 @@
 namespace adautomix_fast {
 
 // Validates the arguments; throws c10::ValueError / c10::TypeError (Python ValueError /
-// TypeError) with one-line messages that match adautomix_fast/ema.py::_validate word for word.
+// TypeError) with one-line messages that match adautomix_fast/step/ema.py::_validate word for word.
 // Looks at shapes, dtypes, devices and strides only: no data is read, nothing synchronises.
 void check_ema_update_inputs(at::TensorList ema, at::TensorList model, const at::Tensor& momentum);
 

@@ -115,8 +115,9 @@ def test_cli_records_the_choice_and_warns_for_amp_on_an_emulating_cpu(tmp_path, 
     from adautomix_fast.step import precision
 
     monkeypatch.setattr(precision, "cpu_facts", lambda: dict(CPUS["avx2"]))
+    # Two steps each (400 of the digits): the bf16 run is emulated on this CPU, the records are the point.
     common = ["--arch", "tiny", "--img-size", "16", "--epochs", "1", "--batch-size", "200", "--workers", "0",
-              "--output", str(tmp_path)]
+              "--train-subset", "400", "--output", str(tmp_path)]
     assert train.main(common + ["--run-name", "auto"]) == 0
     out = capsys.readouterr()
     assert "fp32 by default: no native bf16 on this CPU (CPU capability AVX2" in out.out and "warning" not in out.err
