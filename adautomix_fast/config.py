@@ -215,6 +215,9 @@ def validate_recipe(cfg: Config) -> None:
         raise UsageError(f"--drop-path applies to the Swin, ConvNeXt and DeiT architectures, not {cfg.arch}")
     if cfg.randaugment is not None:
         registry.parse_randaugment(cfg.randaugment)
+    if cfg.randaugment is not None and cfg.augment is not None:
+        raise UsageError(f"--randaugment and --augment {cfg.augment} are two augmentation policies: choose one "
+                         "(--randaugment none or --augment none)")
     if cfg.cifar_stem and not spec.cifar_stem:
         raise UsageError(f"--arch {cfg.arch} has no CIFAR stem; use --no-cifar-stem and --img-size {spec.image_size}")
     check_image_size(cfg.arch, registry.image_side(cfg), cfg.cifar_stem)

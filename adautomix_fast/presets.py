@@ -99,6 +99,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     # imagenet-r50 run); the default "imagenet" is torchvision's weights.
     "cub-r50-transfer": dict(dataset="cub200", arch="r50", beta=0.1, epochs=100, pretrained="imagenet"),
     "cars-r50-transfer": dict(dataset="cars", arch="r50", beta=0.1, epochs=100, pretrained="imagenet"),
+    # ---- the paper's Table 11 (adversarial and learned augmentation; CIFAR-100, ResNet-18, the
+    # 200-epoch recipe): plain training with DADA's published CIFAR-100 policy
+    "table11-dada": dict(dataset="cifar100", arch="r18", epochs=200, method="vanilla", augment="dada"),
 }
 
 # The paper's comparison runs: every baseline and AutoMix on each published setting, e.g.

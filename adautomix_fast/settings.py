@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from . import registry
 from .data import BACKENDS as DATA_BACKENDS, DATA_ENV, DATASETS
+from .data.dada import AUGMENTS
 from .data.transforms import INTERPOLATIONS, TRAIN_CROPS
 from .methods.options import Option
 from .models.specs import ARCH_NAMES
@@ -105,6 +106,9 @@ SETTINGS: tuple[Option, ...] = (
     _s("randaugment", str, None, "RandAugment in timm notation, e.g. rand-m7-n2-mstd0.5; 'none' for none",
        RECIPE, identity=True, optional=True, free_text=True, none_word=True, metavar="SPEC",
        aliases=("--aa",)),
+    _s("augment", str, None, "a searched augmentation policy after crop and flip, with Cutout 16 after "
+       "normalisation: dada (DADA's policy for the data set) or dada-<cifar10|cifar100|svhn|imagenet>; 'none' for "
+       "none", RECIPE, identity=True, optional=True, choices=AUGMENTS, none_word=True, none_means="none"),
     _s("train_crop", str, None, "training crop: pad (random crop after zero padding), pad-reflect, rrc "
        "(RandomResizedCrop)", RECIPE, identity=True, optional=True, choices=TRAIN_CROPS,
        none_means="the data set's"),

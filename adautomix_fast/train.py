@@ -102,6 +102,10 @@ def add_setting(group, option, default_text: str, choices: Optional[list[str]] =
     elif choices or (option.choices and option.cli_choices):
         kwargs["choices"] = choices or list(option.choices)
         kwargs["metavar"] = option.metavar
+        if option.none_word:       # 'none' switches off a preset's value: None among the choices
+            kwargs["type"] = _none_or(str)
+            kwargs["metavar"] = option.metavar or "{" + ",".join(kwargs["choices"] + ["none"]) + "}"
+            kwargs["choices"] = kwargs["choices"] + [None]
     else:
         if option.choices:     # checked by the config, which names the choices in its message
             kwargs["help"] = f"{option.help}, one of {', '.join(option.choices)} (default: {default_text})"

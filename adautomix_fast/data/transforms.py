@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torchvision.transforms import InterpolationMode, v2
 
+from .dada import CutoutTensor, DADAPolicy, policy_for
 from .randaugment import RandAugment, parse_randaugment
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -66,16 +67,19 @@ class AugmentRecipe:
     crop_scale: RandomResizedCrop's minimum area (None: 0.08, fine-grained sets 0.5).
     interpolation: "bilinear" (None) or "bicubic", for every resize and the crop.
     randaugment: timm-style "rand-m7-n2-mstd0.5" (see :mod:`.randaugment`), after crop and flip.
+    augment: a searched policy after crop and flip, with Cutout after normalisation ("dada": the
+        data set's DADA policy, "dada-<policy>": one by name; see :mod:`.dada`).
     """
 
     train_crop: Optional[str] = None
     crop_scale: Optional[float] = None
     interpolation: Optional[str] = None
     randaugment: Optional[str] = None
+    augment: Optional[str] = None
 
     @classmethod
     def from_config(cls, cfg) -> "AugmentRecipe":
-        return cls(cfg.train_crop, cfg.crop_scale, cfg.interpolation, cfg.randaugment)
+        return cls(cfg.train_crop, cfg.crop_scale, cfg.interpolation, cfg.randaugment, cfg.augment)
 
     @property
     def is_default(self) -> bool:
@@ -169,4 +173,8 @@ def _recipe_transforms(name: str, size: int, native: int, recipe: AugmentRecipe,
         train.append(v2.RandomHorizontalFlip())
     if recipe.randaugment:
         train.append(RandAugment(parse_randaugment(recipe.randaugment)))
-    return v2.Compose(train + _finish(name)), v2.Compose(evaluate + _finish(name)), size
+    after = []
+    if recipe.augment:
+        train.append(DADAPolicy(policy_for(recipe.augment, name)))
+        after.append(CutoutTensor())
+    return v2.Compose(train + _finish(name) + after), v2.Compose(evaluate + _finish(name)), size
