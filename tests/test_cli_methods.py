@@ -13,7 +13,7 @@ from cli_helpers import read_log
 from optional import skip_without_requirements
 
 TINY = ["--arch", "tiny", "--img-size", "16", "--workers", "0", "--batch-size", "200", "--no-amp"]
-TEACHER_METHODS = ("adautomix", "automix")
+TEACHER_METHODS = tuple(name for name, cls in METHODS.items() if cls.has_teacher)
 
 
 # AdAutoMix's own CLI runs (both implementations, compiled) are in test_cli.py and test_distributed.py.

@@ -104,10 +104,10 @@ def test_no_help_text_restates_a_default_that_a_table_holds():
 # ---------------------------------------------------------------------------- methods' options
 @pytest.mark.parametrize("args,takers", [
     (["--method", "mixup", "--beta", "0.9"], "adautomix only"),
-    (["--method", "vanilla", "--mix-samples", "3"], "adautomix and automix"),
+    (["--method", "vanilla", "--mix-samples", "3"], "adautomix, automix and samix"),
     (["--method", "cutmix", "--puzzle-beta", "1"], "puzzlemix only"),
     (["--method", "automix", "--gen-objective", "adversarial"], "adautomix only"),
-    (["--method", "mixup", "--gen-train-prob", "1"], "adautomix and automix"),   # even at its default
+    (["--method", "mixup", "--gen-train-prob", "1"], "adautomix, automix and samix"),   # even at its default
 ])
 def test_a_setting_of_another_method_is_refused_in_one_line_naming_its_methods(args, takers, tmp_path, capsys):
     code, _, err = run_cli(args + ["--output", str(tmp_path / "runs")], capsys)

@@ -49,10 +49,11 @@ def test_an_option_out_of_range_is_one_line_naming_the_flag():
 
 
 def test_another_methods_flag_is_refused_but_a_presets_value_is_left_out():
-    with pytest.raises(UsageError, match="--gen-train-prob applies to adautomix and automix; "
+    with pytest.raises(UsageError, match="--gen-train-prob applies to adautomix, automix and samix; "
                                          "--method mixup does not use it"):
         registry.check_foreign_options("mixup", {"gen_train_prob": 0.5})
-    with pytest.raises(UsageError, match="applies to adautomix and automix"):   # typed at its default: refused too
+    # typed at its default: refused too
+    with pytest.raises(UsageError, match="applies to adautomix, automix and samix"):
         registry.check_foreign_options("mixup", {"gen_train_prob": 1.0})
     cfg = resolve({"method": "mixup"}, "cifar100-swin_t")                # the family trains G on 80% of steps
     assert resolve({}, "cifar100-swin_t").gen_train_prob == 0.8 and cfg.gen_train_prob == 1.0

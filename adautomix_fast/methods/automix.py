@@ -169,6 +169,10 @@ class AutoMix(AdAutoMix):
         progress = min(max(step / max(total_steps, 1), 0.0), 1.0)
         return {"mask_loss_weight": self.mask_loss * (1.0 + math.cos(math.pi * progress)) / 2.0}
 
+    def mask_loss_term(self, masks: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+        """The mask loss on the generator's masks [B,2,H,W] (AutoMix: the L1 loss)."""
+        return mask_l1_loss(masks, lam, self.mask_loss_margin)
+
     def generator_objective(self, z_gen: torch.Tensor, sources: Optional[list[torch.Tensor]], y: torch.Tensor,
                             plan: MixPlan, gen_masks: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
         """L_gen = L_k (the teacher's mixed CE on the generator's batch) + w * L_mask."""
@@ -176,7 +180,7 @@ class AutoMix(AdAutoMix):
         loss_gen = loss_k if self.loss_k else torch.zeros_like(loss_k)
         terms = {"loss_k": loss_k}
         if gen_masks is not None:
-            loss_mask = mask_l1_loss(gen_masks, plan.lam_gen, self.mask_loss_margin)
+            loss_mask = self.mask_loss_term(gen_masks, plan.lam_gen)
             loss_gen = loss_gen + self.mask_loss_weight * loss_mask
             terms["loss_mask"] = loss_mask
         if plan.train_gen is not None:
