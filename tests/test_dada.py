@@ -20,6 +20,7 @@ from adautomix_fast.config import resolve
 from adautomix_fast.data.dada import POLICIES, RANGES, SIGNED, CutoutTensor, DADAPolicy, apply_op, policy_for
 from adautomix_fast.data.transforms import AugmentRecipe, build_transforms
 from adautomix_fast.errors import UsageError
+from adautomix_fast.registry import build_model
 
 from cli_helpers import read_log, run_cli
 
@@ -156,7 +157,9 @@ def test_augment_is_a_recipe_setting_refused_with_randaugment():
     assert resolve({"augment": "dada", "method": "vanilla"}).augment == "dada"
     with pytest.raises(UsageError, match="two augmentation policies"):
         resolve({"augment": "dada", "randaugment": "rand-m7-n2"})
-    assert resolve({}, "table11-dada").augment == "dada" and resolve({}, "table11-dada").method == "vanilla"
+    assert resolve({}, "table11-dada").augment == "dada" and resolve({}, "table11-dada").method == "dada"
+    assert resolve({"method": "dada"}).augment == "dada"
+    assert resolve({"method": "dada", "augment": None}).augment is None     # --augment none switches it off
 
 
 def test_a_digits_run_with_dada_trains_and_records_its_policy(tmp_path, capsys):
@@ -165,3 +168,15 @@ def test_a_digits_run_with_dada_trains_and_records_its_policy(tmp_path, capsys):
     assert code == 0, err
     assert yaml.safe_load((tmp_path / "d" / "config.yaml").read_text())["augment"] == "dada"
     assert [r for r in read_log(tmp_path / "d") if r["type"] == "epoch"]
+
+
+def test_the_dada_method_is_vanillas_step_with_the_policy():
+    a, b = resolve({"method": "dada"}).to_dict(), resolve({"method": "vanilla", "augment": "dada"}).to_dict()
+    assert {k for k in a if a[k] != b[k]} == {"method"}
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    losses = []
+    for method in ("dada", "vanilla"):
+        torch.manual_seed(0)
+        model = build_model(resolve({"method": method, "arch": "tiny"}), 10, cifar_stem=True)
+        losses.append(model.step_losses(x, y, model.sample_plan(4))["loss"])
+    assert torch.equal(losses[0], losses[1])

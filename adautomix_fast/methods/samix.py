@@ -114,7 +114,7 @@ class SAMix(AutoMix):
     name = "samix"
     title = "SAMix"
     summary = "AutoMix with SAMix's lambda-encoded mix block and L1 + variance mask loss (OpenMixup)"
-    rank = 2
+    rank = 20
     # OpenMixup's CIFAR-100 SAMix config on every family (no other published SAMix config is read):
     # Beta(2, 2), margin 0.08, bilinear masks, mask loss 0.1 constant (margin 0.1).
     defaults = {family: dict(mix_alpha=2.0, mix_samples=2, lam_margin=0.08, upsample="bilinear", gen_norm=False,
