@@ -114,8 +114,9 @@ def test_a_samix_step_trains_the_block_through_the_teacher_and_the_mask_loss():
     assert all(p.grad is None for p in model.teacher.parameters())
 
 
-def test_samix_runs_through_compare(tmp_path):
-    argv = ["--methods", "automix,samix", "--output", str(tmp_path), "--name", "c", "--arch", "tiny",
+def test_samix_and_dada_run_through_compare(tmp_path):
+    argv = ["--methods", "dada,samix", "--output", str(tmp_path), "--name", "c", "--arch", "tiny",
             "--epochs", "1", "--batch-size", "200", "--workers", "0", "--no-amp"]
     assert compare.main(argv) == 0
-    assert "| samix |" in (tmp_path / "c" / "comparison.md").read_text()
+    table = (tmp_path / "c" / "comparison.md").read_text()
+    assert "| samix |" in table and "| dada |" in table
