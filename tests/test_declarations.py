@@ -117,6 +117,13 @@ def test_a_setting_of_another_method_is_refused_in_one_line_naming_its_methods(a
     assert not (tmp_path / "runs").exists()
 
 
+def test_adautomix_takes_its_own_settings_through_the_cli(tmp_path, capsys):
+    code, _, err = run_cli(["--method", "adautomix", "--beta", "0.9", "--arch", "tiny", "--epochs", "1", "-j", "0",
+                            "--vis-every", "0", "--output", str(tmp_path), "--run-name", "a"], capsys)
+    assert code == 0, err
+    assert "beta: 0.9" in (tmp_path / "a" / "config.yaml").read_text().splitlines()
+
+
 def test_adautomix_settings_reach_the_model_through_the_registry():
     cfg = resolve({"method": "adautomix", "arch": "tiny", "beta": 0.9, "alpha": 0.25, "lam_margin": 0.1,
                    "mix_samples": 4, "upsample": "nearest", "gen_train_prob": 0.5})
