@@ -106,7 +106,7 @@ SETTINGS: tuple[Option, ...] = (
     _s("randaugment", str, None, "RandAugment in timm notation, e.g. rand-m7-n2-mstd0.5; 'none' for none",
        RECIPE, identity=True, optional=True, free_text=True, none_word=True, metavar="SPEC",
        aliases=("--aa",)),
-    _s("augment", str, None, "a searched augmentation policy after crop and flip, with Cutout 16 after "
+    _s("augment", str, None, "a searched augmentation policy after crop and flip, with Cutout (half the side) after "
        "normalisation: dada (DADA's policy for the data set) or dada-<cifar10|cifar100|svhn|imagenet>; 'none' for "
        "none", RECIPE, identity=True, optional=True, choices=AUGMENTS, none_word=True, none_means="none"),
     _s("train_crop", str, None, "training crop: pad (random crop after zero padding), pad-reflect, rrc "

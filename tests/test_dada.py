@@ -150,6 +150,11 @@ def test_the_pipeline_is_crop_flip_policy_normalise_cutout():
     assert "DADAPolicy" not in [type(t).__name__ for t in evaluate.transforms] and size == 32
     x = train(torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8))
     assert x.shape == (3, 32, 32) and x.dtype == torch.float32
+    assert train.transforms[-1].length == 16                                  # DADA's 16 of 32 px
+    assert build_transforms("digits", 16, AugmentRecipe(augment="dada"))[0].transforms[-1].length == 8
+    imagenet_train = build_transforms("imagenet", recipe=AugmentRecipe(augment="dada"))[0]
+    imagenet = [type(t).__name__ for t in imagenet_train.transforms]
+    assert "DADAPolicy" in imagenet and "CutoutTensor" not in imagenet        # DADA's ImageNet config: no Cutout
 
 
 # ---------------------------------------------------------------------------- settings and the CLI

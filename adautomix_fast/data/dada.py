@@ -3,7 +3,9 @@ Augmentation", ECCV 2020), as a data-side augmentation (``--augment dada``) for 
 
 What DADA's training applies (its ``fast-autoaugment/FastAutoAugment/data.py``): the data set's
 crop and flip, then ONE random sub-policy of the 25 per image, each of its two operations applied
-with its own probability, then normalisation, then Cutout 16 on the normalised tensor. A level in
+with its own probability, then normalisation, then Cutout 16 on the normalised tensor (CIFAR and
+SVHN at 32 px; the engine cuts half the side of small images, 16 at 32 px, and nothing at the
+ImageNet sizes, as DADA's ImageNet config). A level in
 [0, 1] maps linearly onto the operation's range (``RANGES``, DADA's ``augment_list``); the
 geometric operations negate their value with probability 0.5; translations are fractions of the
 image side; resampling is nearest and the exposed area black (PIL's defaults, which DADA keeps).
@@ -262,7 +264,7 @@ RANGES = {
 }
 SIGNED = ("ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate")
 CUTOUT_FILL = (125, 123, 114)
-CUTOUT_SIDE = 16          # DADA's CIFAR configs: Cutout 16 after normalisation
+CUTOUT_SIDE = 16          # DADA's CIFAR/SVHN configs: Cutout 16 (of 32 px) after normalisation
 
 
 def policy_for(augment: str, dataset: str) -> str:
