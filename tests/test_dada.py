@@ -185,3 +185,11 @@ def test_the_dada_method_is_vanillas_step_with_the_policy():
         model = build_model(resolve({"method": method, "arch": "tiny"}), 10, cifar_stem=True)
         losses.append(model.step_losses(x, y, model.sample_plan(4))["loss"])
     assert torch.equal(losses[0], losses[1])
+
+
+def test_dali_with_a_policy_is_one_line_and_writes_nothing(tmp_path, capsys):
+    code, _, err = run_cli(["--augment", "dada", "--data-backend", "dali", "--arch", "tiny", "--epochs", "1", "-j", "0",
+                            "--output", str(tmp_path / "runs")], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "--data-backend dali does not implement --augment dada" in err and "--data-backend torch" in err
+    assert not (tmp_path / "runs").exists()

@@ -269,9 +269,13 @@ def build_loaders(
     recipe = recipe or AugmentRecipe()
     torch_only = name in FINEGRAINED or not recipe.is_default
     if torch_only and backend == "dali":
-        what = f"the {name} crops" if name in FINEGRAINED else "the architecture recipes' augmentation"
-        raise UsageError(f"--data-backend dali does not implement {what} (resize + scaled crops, RandAugment); "
-                         "use --data-backend torch")
+        if name in FINEGRAINED:
+            what = f"the {name} crops (resize + scaled crops)"
+        elif recipe.augment:
+            what = f"--augment {recipe.augment} (a PIL policy per image)"
+        else:
+            what = "the architecture recipes' augmentation (resize + scaled crops, RandAugment)"
+        raise UsageError(f"--data-backend dali does not implement {what}; use --data-backend torch")
     resolved = "torch" if torch_only and backend in ("auto", "torch") else resolve_backend(backend, device)
 
     root = resolve_data_dir(name, data_dir)
