@@ -66,17 +66,26 @@ class PixelMixBlock(nn.Module):
             layers.append(nn.BatchNorm2d(self.dim))
         self.query = nn.Sequential(*layers)   # also the key projection (OpenMixup: key=None)
         self.value = nn.Conv2d(slot_channels, 1, kernel_size=1, bias=True)
-        for m in self.modules():               # OpenMixup init_weights('normal'): N(0, 0.01), bias 0
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, mean=0.0, std=0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.reset_parameters()               # OpenMixup init_weights('normal'): N(0, 0.01), bias 0
 
+    reset_parameters = MaskGenerator.reset_parameters
     slot_inputs = MaskGenerator.slot_inputs
     mix = MaskGenerator.mix
+
+    def partner_logits(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, shape: tuple[int, int, int]):
+        """(0, z) [B, 2, h, w] fp32 from queries q, keys k [B,P,d] and the partner's value v [B,P]:
+        z = softmax(q k^T / sqrt(d)) v. The N-slot attention op with N = 2 computes, for slot 0,
+        softmax(q_0 k_1^T * scale) v_0, which is z when slot 0 holds q and v and slot 1 holds k;
+        slot 1's output is not used."""
+        b, h, w = shape
+        qs, ks, vs = torch.stack([q, k]), torch.stack([q, k]), torch.stack([v, v])
+        scale = self.dim ** -0.5
+        if self.kernels == "triton":
+            m = _kernel_ops().cross_attention_mask(qs, ks, vs, scale=scale)
+        else:
+            m = cross_attention_mask_reference(qs, ks, vs, scale=scale)
+        z = m[0].reshape(b, 1, h, w).float()
+        return torch.cat([torch.zeros_like(z), z], dim=1)
 
     def mask_logits(self, feats: torch.Tensor, index: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """[B, 2, h, w] fp32: (0, z), z the partner's mask logit (softmax over slots = (1 - s, s),
@@ -88,17 +97,7 @@ class PixelMixBlock(nn.Module):
         v = self.value(partner).flatten(1)                              # [B,P], the partner's value
         q = self.query(own).flatten(2).transpose(1, 2)                 # [B,P,d]
         k = self.query(partner).flatten(2).transpose(1, 2)             # [B,P,d]
-        # The N-slot attention op with N = 2 computes, for slot 0, softmax(q_0 k_1^T * scale) v_0:
-        # AutoMix's z when slot 0 holds (own queries, partner keys, partner value). Slot 1's
-        # output is not used.
-        qs, ks, vs = torch.stack([q, k]), torch.stack([q, k]), torch.stack([v, v])
-        scale = self.dim ** -0.5
-        if self.kernels == "triton":
-            m = _kernel_ops().cross_attention_mask(qs, ks, vs, scale=scale)
-        else:
-            m = cross_attention_mask_reference(qs, ks, vs, scale=scale)
-        z = m[0].reshape(b, 1, h, w)
-        return torch.cat([torch.zeros_like(z), z], dim=1)
+        return self.partner_logits(q, k, v, (b, h, w))
 
 
 class AutoMix(AdAutoMix):

@@ -31,7 +31,6 @@ import torch
 import torch.nn as nn
 
 from .automix import AutoMix, PixelMixBlock
-from .generator import _kernel_ops, cross_attention_mask_reference
 from .options import FAMILIES, Option
 
 
@@ -65,14 +64,7 @@ class SAMixBlock(PixelMixBlock):
         self.value = nn.Sequential(nn.Conv2d(in_channels, self.dim, kernel_size=1, bias=False),
                                    nn.BatchNorm2d(self.dim), nn.ELU(),
                                    nn.Conv2d(self.dim, 1, kernel_size=1, bias=False))
-        for m in self.modules():               # OpenMixup init_weights('normal'): N(0, 0.01), bias 0
-            if isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, mean=0.0, std=0.01)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        self.reset_parameters()               # OpenMixup init_weights('normal'): N(0, 0.01), bias 0
 
     def mask_logits(self, feats: torch.Tensor, index: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
         """[B, 2, h, w] fp32: (0, z), z the partner's mask logit; ``lam[0]`` is the image's ratio."""
@@ -86,16 +78,7 @@ class SAMixBlock(PixelMixBlock):
         q = self.query(both).flatten(2).transpose(1, 2)               # [B,P,d]
         k = self.key(both).flatten(2).transpose(1, 2)                 # [B,P,d]
         v = self.value(partner).flatten(1)                            # [B,P]
-        # The N-slot attention op with N = 2 computes, for slot 0, softmax(q_0 k_1^T * scale) v_0:
-        # SAMix's z when slot 0 holds (q, k, v). Slot 1's output is not used.
-        qs, ks, vs = torch.stack([q, q]), torch.stack([k, k]), torch.stack([v, v])
-        scale = self.dim ** -0.5
-        if self.kernels == "triton":
-            m = _kernel_ops().cross_attention_mask(qs, ks, vs, scale=scale)
-        else:
-            m = cross_attention_mask_reference(qs, ks, vs, scale=scale)
-        z = m[0].reshape(b, 1, h, w).float()
-        return torch.cat([torch.zeros_like(z), z], dim=1)
+        return self.partner_logits(q, k, v, (b, h, w))
 
 
 def mask_l1_variance_loss(masks: torch.Tensor, lam: torch.Tensor, margin: float,
