@@ -34,6 +34,7 @@ from .models.specs import is_library_arch
 from .presets import PRESETS, engine_default_text, method_default_text, preset_help
 from .registry import METHODS, build_model, image_side
 from .run import checkpoint as ckpt_lib
+from .run.appended import restore_appended, schedule_lengths
 from .run.folder import LAST, RunFolder, SilentRunFolder, default_run_name, describe_checkpoint
 from .run.trainer import Trainer, format_metrics
 from .runtime import cputhreads, distributed
@@ -280,6 +281,9 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
     if resumed is not None and resumed.get("num_classes") not in (None, info.num_classes):
         raise UsageError(f"checkpoint {resume_path} has {resumed['num_classes']} classes but the data "
                          f"set has {info.num_classes}; resume with the data it was trained on")
+    # A method that appends images to the training set (ME-ADA): one process, an in-memory set;
+    # a resumed run's appended images rejoin it before the position is checked.
+    train_loader = restore_appended(cfg, ctx, train_loader, info, resumed, resume_path)
     if resumed is not None and not eval_only:
         # The data order is a function of (seed, epoch, image index): on other images the saved
         # position means other batches, or none. Every rank sees the same data: all decide alike.
@@ -322,7 +326,8 @@ def _run(args: argparse.Namespace, ctx: distributed.DistContext, dist_device: Op
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, cfg)
-    schedule = Schedule(cfg, steps_per_epoch=len(train_loader))
+    schedule = Schedule(cfg, steps_per_epoch=len(train_loader),
+                        epoch_lengths=schedule_lengths(model, cfg, info, ctx.world_size))
     precision = Precision.from_config(cfg, device)
     if precision.warning and ctx.primary:
         print(precision.warning, file=sys.stderr)

@@ -324,6 +324,7 @@ def build_loaders(
         common = dict(workers=workers, pin_memory=pin_memory, seed=seed, skipped=skipped)
         train_loader = EpochLoader(SeededDataset(train_split, train_tf if augment else eval_tf, skip_corrupt),
                                    train_sampler, **common)
+        train_loader.plain_transform = eval_tf
         val_loader = EpochLoader(SeededDataset(val_split, eval_tf, skip_corrupt), val_sampler, **common)
     mean, std = NORMALIZATION[name]
     info = DataInfo(

@@ -384,6 +384,10 @@ class EpochLoader:
         self.batch_sampler = batch_sampler
         self.batch_size = batch_sampler.batch_size
         self.skipped = skipped if skipped is not None else SkipLog()
+        # What a loader over other images of the same run is built from (data/appended.py).
+        self.options = dict(workers=workers, pin_memory=pin_memory, seed=seed, skipped=self.skipped)
+        # The evaluation transform of a training loader's images (build_loaders sets it).
+        self.plain_transform = None
         self.loader = DataLoader(
             dataset,
             batch_sampler=batch_sampler,

@@ -39,6 +39,7 @@ from ..runtime.distributed import (
 from ..runtime.stopsignals import StopRequest, exit_status, repeats_are_copies
 from . import checkpoint as ckpt_lib
 from .folder import BEST, EPOCH_END, LAST, RunFolder, describe_checkpoint
+from .phase import ImageBank, phase_epochs_of, run_phase
 
 
 def format_metrics(metrics: dict, heads=HEADS, headline: str = HEADLINE) -> str:
@@ -108,6 +109,9 @@ class Trainer:
         self.draw_at: set[int] = set()
         if cfg.vis_every != 0 and folder.writes:
             self.draw_at = set(vis_epochs(cfg.epochs, cfg.vis_every))
+        # A method with an epoch-start phase (run/phase.py) keeps the images it appends here.
+        self.phases = phase_epochs_of(model, cfg.epochs)
+        self.bank: Optional[ImageBank] = ImageBank() if hasattr(model, "phase_epochs") else None
 
     # ------------------------------------------------------------------ state
     def rng_state(self) -> dict:
@@ -130,6 +134,9 @@ class Trainer:
         self.batch_in_epoch = int(ckpt.get("batch_in_epoch", 0))
         self.best = float(ckpt.get("best_top1", -1.0))
         self.metrics = dict(ckpt.get("metrics", {}))
+        if self.bank is not None and ckpt.get("bank") is not None:
+            # The training loader over the grown set is rebuilt from it before (train.py).
+            self.bank.load_state_dict(ckpt["bank"])
 
     def checkpoint(self) -> dict:
         """The checkpoint dict (collective: every rank must call it at the same step)."""
@@ -147,6 +154,7 @@ class Trainer:
             "world_size": self.ctx.world_size,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "step": self.step.state_dict(), "rng": {"ranks": ranks},
+            "bank": self.bank.state_dict() if self.bank is not None else None,
             "metrics": self.metrics, "best_top1": self.best, "torch_version": str(torch.__version__),
             "cpu_threads": torch.get_num_threads(),   # CPU results depend on it: a resume keeps it
         }
@@ -227,15 +235,22 @@ class Trainer:
         signums = gather_objects(self.stop.signum, self.ctx)
         return next((s for s in signums if s is not None), None)
 
-    def stopped(self, signum: int, mid_epoch: bool) -> RunStopped:
+    def stopped(self, signum: int, mid_epoch: bool, phase: Optional[tuple[int, int]] = None) -> RunStopped:
+        """The RunStopped of a stop signal; ``phase``: (images generated, images to generate) when
+        the signal came during an epoch-start phase."""
         name = signal.Signals(signum).name
         self.folder.log({"type": "stop", "time": time.time(), "signal": name, "epoch": self.epoch,
-                         "batch_in_epoch": self.batch_in_epoch, "step": self.step.global_step})
+                         "batch_in_epoch": self.batch_in_epoch, "step": self.step.global_step,
+                         **({"phase_images": phase[0]} if phase else {})})
         if signum == signal.SIGINT:
             return RunStopped(f"interrupted; {describe_checkpoint(self.folder.last_saved)} in {self.folder.path} is "
                               f"kept: continue with --resume {self.folder.path}", exit_status(signum))
-        at = (f"epoch {self.epoch + 1}, batch {self.batch_in_epoch}" if mid_epoch else f"the end of epoch {self.epoch}")
-        return RunStopped(f"stopped by {name} at {at} (step {self.step.global_step}); checkpoint "
+        at = (f"at epoch {self.epoch + 1}, batch {self.batch_in_epoch}" if mid_epoch
+              else f"at the end of epoch {self.epoch}")
+        if phase is not None:
+            at = (f"during the {self.model.title} generation before epoch {self.epoch + 1}, {phase[0]} of {phase[1]} "
+                  "images")
+        return RunStopped(f"stopped by {name} {at} (step {self.step.global_step}); checkpoint "
                           f"{self.folder.file(LAST)} written; continue with --resume {self.folder.path}",
                           exit_status(signum))
 
@@ -375,6 +390,13 @@ class Trainer:
             epoch = self.epoch
             t0 = time.perf_counter()
             done_before = self.batch_in_epoch
+            if epoch in self.phases and done_before == 0 and epoch not in self.bank.rounds:
+                run_phase(self, epoch, self.save)
+                t0 = time.perf_counter()   # the epoch's throughput counts its training steps only
+            lengths = getattr(getattr(self.step, "schedule", None), "epoch_lengths", None)
+            if lengths is not None and len(self.train_loader) != lengths[epoch]:   # the schedule's plan broken
+                raise RuntimeError(f"epoch {epoch + 1} has {len(self.train_loader)} batches, its schedule "
+                                   f"{lengths[epoch]}")
             train_stats = self.train_epoch(epoch, start_batch=done_before)
             train_time = time.perf_counter() - t0
             self.check_finite()

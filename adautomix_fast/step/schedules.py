@@ -9,8 +9,11 @@ function of the step alone.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Optional
 
 
@@ -69,23 +72,48 @@ class Schedule:
     factor is exactly 1 afterwards and without warm-up, so the SGD presets' learning rates are
     exactly the plain cosine's floats. ``cfg``: the run configuration (any object with its
     fields).
+
+    ``epoch_lengths``: the steps of each epoch when they differ (a method whose training set grows
+    at epoch starts, run/phase.py); per-epoch annealing then uses the epoch a step lies in, per-step
+    annealing the step over the run's total, and the warm-up counts ``warmup_epochs`` of the
+    epochs as they are.
     """
 
     cfg: object
     steps_per_epoch: int
+    epoch_lengths: Optional[tuple[int, ...]] = None
+
+    @cached_property
+    def epoch_starts(self) -> list[int]:
+        """The global step at which each epoch starts, and the run's end."""
+        lengths = self.epoch_lengths or (self.steps_per_epoch,) * self.cfg.epochs
+        return [0, *itertools.accumulate(lengths)]
 
     @property
     def total_steps(self) -> int:
+        if self.epoch_lengths is not None:
+            return self.epoch_starts[-1]
         return self.cfg.epochs * self.steps_per_epoch
 
     @property
     def warmup_steps(self) -> int:
-        return int(round(self.cfg.warmup_epochs * self.steps_per_epoch))
+        if self.epoch_lengths is None:
+            return int(round(self.cfg.warmup_epochs * self.steps_per_epoch))
+        whole = min(int(self.cfg.warmup_epochs), len(self.epoch_lengths))
+        part = self.cfg.warmup_epochs - whole
+        within = part * self.epoch_lengths[whole] if whole < len(self.epoch_lengths) else 0.0
+        return int(round(self.epoch_starts[whole] + within))
+
+    def epoch_of(self, step: int) -> int:
+        """The 0-based epoch global step ``step`` lies in."""
+        if self.epoch_lengths is None:
+            return step // self.steps_per_epoch
+        return bisect.bisect_right(self.epoch_starts, step) - 1
 
     def progress(self, step: int) -> float:
         if self.cfg.lr_per_step:
             return step / max(self.total_steps, 1)
-        return (step // self.steps_per_epoch) / self.cfg.epochs
+        return self.epoch_of(step) / self.cfg.epochs
 
     def lrs(self, step: int) -> tuple[float, float]:
         """(student lr, generator lr) for global step ``step``."""
