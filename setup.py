@@ -199,7 +199,9 @@ setup(
         # timm: the DeiT architectures (deit_s) and timm/<name>; the test suite runs them, so "test" pulls it too.
         # lightning: examples/lightning_module.py, which the suite runs.
         # ruff: `make lint`; held to one minor version, since a new minor version can turn on new rules.
-        "test": ["pytest", "pytest-benchmark", "timm>=1.0", "lightning", "ruff~=0.17.6"],
+        # submitit: compare --launcher slurm and slurm-local, which the suite runs.
+        "test": ["pytest", "pytest-benchmark", "timm>=1.0", "lightning", "ruff~=0.17.6", "submitit>=1.5"],
+        "slurm": ["submitit>=1.5"],
         "timm": ["timm>=1.0"],
         "dali": ["nvidia-dali-cuda130"],
     },

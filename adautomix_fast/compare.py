@@ -68,19 +68,23 @@ import torch
 import torchvision
 import yaml
 
-from . import __version__
+from . import __version__, reproduce
 from .config import check_single_folder_name
 from .data import DATA_ENV
 from .errors import UsageError
+from .launch import estimate, jobs as joblib, local, slurm
+from .launch.jobs import LAST, read_log, run_state
+from .launch.slurm import LAUNCHERS
 from .registry import METHODS, OPTIONS, method_options, takers
-from .run.records import read_jsonl
 from .runtime.stopsignals import SIGNALS_FORWARDED_ENV, exit_status
 from .train import build_config, get_args_parser
 
-LAST = "checkpoint-last.pt"
 PROG = "python -m adautomix_fast.compare"
 # The training flag that --subset sets in every run.
 SUBSET_FLAG = "--train-subset"
+
+
+DEFAULT_METHODS = "vanilla,mixup,cutmix,automix,adautomix"
 
 
 def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]]:
@@ -88,8 +92,9 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
                                 allow_abbrev=False,  # --method must not pass for --methods
                                 epilog="Any other flag is passed to every training run (see python -m "
                                        "adautomix_fast.train --help).")
-    p.add_argument("--methods", default="vanilla,mixup,cutmix,automix,adautomix",
-                   help=f"comma list of {', '.join(METHODS)} (default: vanilla,mixup,cutmix,automix,adautomix)")
+    p.add_argument("--methods",
+                   help=f"comma list of {', '.join(METHODS)} (default: {DEFAULT_METHODS}; with --paper: the "
+                        "column's methods)")
     p.add_argument("--seeds", metavar="LIST",
                    help="comma list of seeds, e.g. 0,1,2: every method trains once per seed, "
                         "into runs/<method>-s<seed>, and the report gives the mean and standard deviation "
@@ -99,16 +104,63 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
                         "default: the whole training set)")
     p.add_argument("--output", default="runs", help="parent folder of the comparison folder (default: runs)")
     p.add_argument("--name", help="comparison folder name (default: compare-<dataset>-<arch>-<date-time>)")
+    paper = p.add_argument_group("a published table (docs/results.md)")
+    paper.add_argument("--paper", metavar="TABLE",
+                       help="reproduce a column of a published table: 1 (or table1), 2, 3, 11, released-cifar-cnn, "
+                            "...: its methods, its setting's preset and epochs, and its numbers beside the measured")
+    paper.add_argument("--column", metavar="NAME", help="the table's column, e.g. cifar100-r18 (listed when omitted)")
+    where = p.add_argument_group("where the runs train")
+    where.add_argument("--launcher", choices=LAUNCHERS, default="local",
+                       help="local: on this machine (default); slurm: one SLURM job array through submitit; "
+                            "slurm-local: the same submitit jobs run on this machine (a rehearsal)")
+    where.add_argument("--gpus", metavar="LIST",
+                       help="local: train one run per GPU at a time, as many at once as GPUs (e.g. 0,1,2,3 or all)")
+    where.add_argument("--slurm-partition", help="the SLURM partition of the jobs")
+    where.add_argument("--slurm-gpus-per-job", type=int, default=1, metavar="N",
+                       help="GPUs per job (default 1; above 1 the job runs torchrun on its node)")
+    where.add_argument("--slurm-time", default="1440", metavar="TIME",
+                       help="each job's time limit: minutes or HH:MM:SS or D-HH:MM:SS (default 1440); a run "
+                            "that needs longer checkpoints before the limit and is requeued")
+    where.add_argument("--slurm-account", help="the SLURM account to charge")
+    where.add_argument("--slurm-cpus-per-job", type=int, metavar="N", help="CPU cores per job")
+    where.add_argument("--slurm-mem", metavar="SIZE", help="memory per job (e.g. 64G)")
+    where.add_argument("--slurm-sbatch", action="append", default=[], metavar="LINE",
+                       help="an extra sbatch option, e.g. --slurm-sbatch=--qos=high (repeatable)")
+    where.add_argument("--slurm-setup", action="append", default=[], metavar="COMMAND",
+                       help="a shell line run before each job, e.g. 'source ~/venv/bin/activate' (repeatable)")
+    where.add_argument("--slurm-signal-delay", type=int, default=120, metavar="S",
+                       help="seconds before the time limit at which SLURM sends SIGUSR1 (default 120)")
+    where.add_argument("--slurm-max-parallel", type=int, default=256, metavar="N",
+                       help="at most N jobs of the array at once (default 256)")
+    where.add_argument("--wait", action="store_true",
+                       help="slurm: wait for the jobs and write the table (default: submit, print the --collect "
+                            "command and exit)")
+    p.add_argument("--collect", metavar="DIR",
+                   help="write the table of the comparison folder DIR from the runs that have finished and list "
+                        "the pending and failed ones; trains nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the runs, their state, the expected GPU-hours (and for slurm the sbatch script); "
+                        "writes nothing")
     args, train_argv = p.parse_known_args(argv)
+    if args.collect is not None:
+        extra = [a for a in (argv or []) if a not in ("--collect", args.collect)
+                 and not a.startswith("--collect=")]
+        if extra:
+            raise UsageError(f"--collect DIR takes nothing else (got {shlex.join(extra)}): it reads the settings the "
+                             "comparison was made with")
+        return args, []
     for flag in ("--method", "--run-name", "--resume", "--eval-only", "--export"):
         if _has_flag(train_argv, flag):
             raise UsageError(f"{flag} is set by compare itself (one run per method); drop it")
-    args.methods = [m for m in args.methods.split(",") if m]
-    unknown = [m for m in args.methods if m not in METHODS]
-    if unknown or not args.methods:
-        raise UsageError(f"--methods: unknown {unknown or 'empty list'}; choose from {', '.join(METHODS)}")
-    if len(set(args.methods)) != len(args.methods):
-        raise UsageError("--methods lists a method twice")
+    if args.methods is not None:
+        args.methods = [m for m in args.methods.split(",") if m]
+        unknown = [m for m in args.methods if m not in METHODS]
+        if unknown or not args.methods:
+            raise UsageError(f"--methods: unknown {unknown or 'empty list'}; choose from {', '.join(METHODS)}")
+        if len(set(args.methods)) != len(args.methods):
+            raise UsageError("--methods lists a method twice")
+    if args.column is not None and args.paper is None:
+        raise UsageError("--column names a column of a published table: give the table with --paper (e.g. --paper 1)")
     args.seeds = None if args.seeds is None else parse_seeds(args.seeds)
     if args.seeds is not None and _has_flag(train_argv, "--seed"):
         raise UsageError("--seed and --seeds both given: --seeds 0,1,2 trains each method once per seed; drop --seed")
@@ -117,6 +169,15 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
         if _has_flag(train_argv, SUBSET_FLAG):
             raise UsageError(f"--subset and {SUBSET_FLAG} both given: --subset N passes {SUBSET_FLAG} N to every "
                              f"run; drop {SUBSET_FLAG}")
+    if args.gpus is not None and args.launcher != "local":
+        raise UsageError(f"--gpus places runs on this machine's GPUs (--launcher local); with --launcher "
+                         f"{args.launcher} give --slurm-gpus-per-job")
+    slurm_flags = [a for a in (argv or []) if a.startswith("--slurm-") or a == "--wait"]
+    if slurm_flags and args.launcher == "local":
+        raise UsageError(f"{slurm_flags[0].split('=')[0]} applies to --launcher slurm (or slurm-local); add it")
+    if args.slurm_gpus_per_job < 1 or args.slurm_max_parallel < 1 or args.slurm_signal_delay < 0:
+        raise UsageError("--slurm-gpus-per-job and --slurm-max-parallel must be 1 or more, --slurm-signal-delay 0 or "
+                         "more")
     return args, train_argv
 
 
@@ -261,24 +322,6 @@ def settings_difference(run_folder: str, cfg) -> str:
              and theirs.get(k, fields[k].default) != v]
     words = [f"{k} {a!r}, not {b!r}" for k, a, b in diffs[:3]]
     return "; ".join(words) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
-
-
-def read_log(folder: str) -> list[dict]:
-    """The run's log.jsonl records (a torn last line of a killed run dropped)."""
-    return read_jsonl(os.path.join(folder, "log.jsonl"))
-
-
-def run_state(folder: str) -> str:
-    """"done" (every epoch trained), "partial" (a checkpoint to resume) or "new"."""
-    if not os.path.exists(os.path.join(folder, LAST)):
-        return "new"
-    epochs = [r for r in read_log(folder) if r.get("type") == "epoch"]
-    config = os.path.join(folder, "config.yaml")
-    target = None
-    if os.path.exists(config):
-        with open(config) as f:
-            target = (yaml.safe_load(f) or {}).get("epochs")
-    return "done" if epochs and target is not None and epochs[-1]["epoch"] >= target else "partial"
 
 
 # Per-epoch diagnostics of the generator's masks (AdAutoMix, AutoMix), reported at the last epoch
@@ -536,8 +579,11 @@ def protocol_markdown(p: dict) -> list[str]:
 
 
 # ---------------------------------------------------------------------------- the report
-def write_outputs(folder: str, rows: list[dict], settings: dict, protocol: Optional[dict] = None) -> None:
-    """comparison.md/.csv/.json, accuracy_curves.png and efficiency.png, each written atomically."""
+def write_outputs(folder: str, rows: list[dict], settings: dict, protocol: Optional[dict] = None,
+                  paper: Optional[dict] = None, pending: Optional[list[dict]] = None) -> None:
+    """comparison.md/.csv/.json, accuracy_curves.png and efficiency.png, each written atomically;
+    with ``paper`` (a published column) its section, its CSV columns and paper.png; ``pending``:
+    the runs not finished, listed."""
     def atomic_text(name: str, text: str) -> None:
         tmp = os.path.join(folder, f".{name}.tmp")
         with open(tmp, "w") as f:
@@ -559,12 +605,27 @@ def write_outputs(folder: str, rows: list[dict], settings: dict, protocol: Optio
            "(the paper's statistic). Peak memory: GPU memory allocated on CUDA, the process's peak "
            "resident memory on a CPU." + (" Mean ± sample standard deviation over the seeds that finished."
                                           if several else ""), ""]
+    against = None
+    if paper is not None:
+        against = reproduce.annotate(entries, paper["selection"])
+        md += reproduce.markdown(against, paper["selection"], paper["mismatch"])
+        published = {r["method"]: r for r in against}
+        for e in entries:
+            e["published"] = published.get(e["method"], {}).get("published")
+            e["difference"] = published.get(e["method"], {}).get("difference")
+    if pending:
+        md += ["## Not finished", ""] + [f"- {_pending_text(x)}" for x in pending] + [""]
     atomic_text("comparison.md", "\n".join(md))
     write_csv(os.path.join(folder, "comparison.csv"), entries, rows, seeds)
     atomic_text("comparison.json", json.dumps({"settings": settings, "protocol": protocol, "runs": rows,
-                                               "methods": entries}, indent=1) + "\n")
+                                               "methods": entries, "pending": pending or [],
+                                               "paper": None if paper is None else {
+                                                   **paper["selection"].to_dict(), "mismatch": paper["mismatch"],
+                                                   "rows": against}}, indent=1) + "\n")
     plot_curves(folder, rows)
     plot_efficiency(folder, entries)
+    if paper is not None:
+        reproduce.plot(folder, against, paper["selection"], _save_png)
 
 
 def write_csv(path: str, entries: list[dict], rows: list[dict], seeds: list[int]) -> None:
@@ -575,6 +636,8 @@ def write_csv(path: str, entries: list[dict], rows: list[dict], seeds: list[int]
     fields = ["method", "seeds", "n_seeds"]
     for k in keys:
         fields += [k] + ([f"{k}_std"] + [f"{k}_s{s}" for s in seeds] if several else [])
+    if any("published" in e for e in entries):   # a published column beside (compare --paper)
+        fields += ["published", "difference"]
     fields += ["headline_head", "error"] + ([] if several else ["folder"])
     tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.tmp"
     with open(tmp, "w", newline="") as f:
@@ -589,6 +652,8 @@ def write_csv(path: str, entries: list[dict], rows: list[dict], seeds: list[int]
                 if several:
                     out[f"{k}_std"] = e.get(f"{k}_std")
                     out.update({f"{k}_s{s}": v for s, v in zip(e["seeds"], e.get(f"{k}_values", []))})
+            if "published" in fields:
+                out["published"], out["difference"] = e.get("published"), e.get("difference")
             if not several:
                 out["folder"] = next((r["folder"] for r in rows if r["method"] == e["method"]), None)
             w.writerow(out)
@@ -768,6 +833,15 @@ class Trainings:
 def run(argv: Optional[list[str]] = None) -> int:
     given = list(sys.argv[1:] if argv is None else argv)
     args, train_argv = parse_args(given)
+    if args.collect is not None:
+        return collect(args.collect)
+    selection = None
+    if args.paper is not None:
+        selection = reproduce.select(args.paper, args.column, args.methods)
+        args.methods = selection.methods
+        train_argv = selection.flags + train_argv    # the user's flags after: they win
+    elif args.methods is None:
+        args.methods = DEFAULT_METHODS.split(",")
     if args.name is not None:
         check_single_folder_name(args.name, "--name", "--output")
     planned = plan_runs(args, train_argv)
@@ -777,56 +851,327 @@ def run(argv: Optional[list[str]] = None) -> int:
                          f"{secrets.token_hex(3)}")
     folder = os.path.join(args.output, name)
     check_folder(folder, planned, args.seeds)
+    check_plan(folder, planned)
+    mismatch = reproduce.setting_difference(selection, cfg) if selection else ""
+    if selection is not None:
+        print(f"{selection.label}: {', '.join(selection.methods)}"
+              + (f" (not in this engine: {', '.join(selection.not_in_engine)})" if selection.not_in_engine else ""))
+        if mismatch:
+            print(f"note: the runs' setting is not the column's ({mismatch}); the published numbers are of another "
+                  "setting")
+    settings = launcher_settings(args)
+    if args.dry_run:
+        return dry_run(folder, planned, args, settings)
     # With the folder's name, so that the same command continues this comparison.
     command = f"{PROG} {shlex.join(given + ([] if args.name else ['--name', name]))}"
-    runs = os.path.join(folder, "runs")
     created = not os.path.exists(folder)
-    os.makedirs(runs, exist_ok=True)
-    rows: list[dict] = []
+    os.makedirs(os.path.join(folder, "runs"), exist_ok=True)
+    joblib.write_plan(folder, {"argv": given + ([] if args.name else ["--name", name]), "command": command,
+                               "launcher": args.launcher, "paper": selection.to_dict() if selection else None,
+                               "jobs": [dict(as_job(p).to_dict(), identity=_identity(p.cfg)) for p in planned]})
+    report = Report(folder, planned, args, train_argv, command, selection, mismatch)
+    if args.launcher == "local" and args.gpus is None:
+        code = train_one_after_another(folder, planned, args, created)
+        if code is not None:
+            return code
+    elif args.launcher == "local":
+        code = train_on_gpus(folder, planned, local.parse_gpus(args.gpus), report)
+        if code is not None:
+            return code
+    else:
+        submitted = submit_to_slurm(folder, planned, settings, name)
+        if args.launcher == "slurm" and not args.wait:
+            print(f"\n{len(submitted)} job{'s' * (len(submitted) != 1)} submitted"
+                  + (f" (array {submitted[0][1].split('_')[0]})" if submitted else "")
+                  + f"; the table of what has finished, any time: {PROG} --collect {folder}")
+            return 0
+        wait_for(submitted)
+    return report.write(final=True)
+
+
+def as_job(p: PlannedRun) -> joblib.Job:
+    return joblib.Job(p.method, p.seed, p.name, list(p.flags))
+
+
+def _identity(cfg) -> dict:
+    return json.loads(json.dumps(cfg.identity(), default=str))
+
+
+def check_plan(folder: str, planned: list[PlannedRun]) -> None:
+    """Refuse, in one line, runs this folder planned with other settings and has not started yet
+    (a run with a config.yaml is checked by ``check_folder``)."""
+    plan = joblib.read_plan(folder)
+    if not plan:
+        return
+    before = {j["name"]: j.get("identity") for j in plan.get("jobs", [])}
+    for p in planned:
+        theirs = before.get(p.name)
+        if theirs is None:
+            continue
+        ours = _identity(p.cfg)
+        diffs = [k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
+        if diffs:
+            k = diffs[0]
+            raise UsageError(f"{os.path.join(folder, 'runs', p.name)} was planned with other settings ({k} "
+                             f"{theirs.get(k)!r}, not {ours.get(k)!r}): give the flags it was made with, or another "
+                             "--name")
+
+
+def launcher_settings(args: argparse.Namespace) -> Optional[slurm.SlurmSettings]:
+    if args.launcher == "local":
+        return None
+    return slurm.SlurmSettings(
+        partition=args.slurm_partition, gpus_per_job=args.slurm_gpus_per_job,
+        time_min=slurm.parse_time(args.slurm_time),
+        account=args.slurm_account, cpus_per_job=args.slurm_cpus_per_job, mem=args.slurm_mem,
+        signal_delay_s=args.slurm_signal_delay, sbatch=dict(slurm.parse_sbatch_line(x) for x in args.slurm_sbatch),
+        setup=list(args.slurm_setup), max_parallel=args.slurm_max_parallel, local=args.launcher == "slurm-local")
+
+
+def _label(p: PlannedRun, seeded: bool) -> str:
+    return f"{p.method} seed {p.seed}" if seeded else p.method
+
+
+def train_one_after_another(folder: str, planned: list[PlannedRun], args, created: bool) -> Optional[int]:
+    """The default launcher: each run in turn in this terminal. None when every run has had its
+    turn; else compare's exit status (a stop signal, or a usage error of the first run)."""
     total = len(planned)
+    seeded = args.seeds is not None
+    started_any = False
     with Trainings() as trainings:
         for i, p in enumerate(planned):
-            if args.seeds is None:
-                label, where = p.method, f"{p.method} ({i + 1} of {total} methods)"
-            else:
-                label = f"{p.method} seed {p.seed}"
-                where = f"{label} ({i + 1} of {total} runs)"
+            label = _label(p, seeded)
+            where = f"{label} ({i + 1} of {total} {'runs' if seeded else 'methods'})"
             if trainings.signum is not None:
                 return _stopped(trainings.signum, None, f" before {where}")
-            run_folder = os.path.join(runs, p.name)
+            run_folder = os.path.join(folder, "runs", p.name)
             state = run_state(run_folder)
             print(f"[{i + 1}/{total}] {label}: "
                   + {"done": "already trained", "partial": "resuming", "new": "training"}[state], flush=True)
-            if state != "done":
-                cmd = [sys.executable, "-m", "adautomix_fast.train"]
-                cmd += (["--resume", run_folder] if state == "partial"
-                        else p.flags + ["--output", runs, "--run-name", p.name])
-                code = trainings.run(cmd)
-                if trainings.signum is not None:
-                    return _stopped(trainings.signum, code, f" while training {where}")
-                if code == 2 and not rows:
-                    # A usage error (the train command printed it) would repeat for every run;
-                    # the train command wrote nothing, so neither has compare.
-                    if created:
-                        shutil.rmtree(folder, ignore_errors=True)
-                    return 2
-                if code != 0:
-                    rows.append({"method": p.method, "seed": p.seed, "folder": run_folder,
-                                 "error": f"training exited with {code}"})
-                    continue
-            rows.append(summarize_run(p.method, run_folder, p.seed))
+            if state == "done":
+                continue
+            joblib.update_record(folder, p.name, launcher="local", status="running", device="this process", code=None)
+            code = trainings.run([*local.python_train(), *joblib.training_argv(folder, as_job(p), state)])
+            joblib.update_record(folder, p.name, status="done" if code == 0 else "stopped"
+                                 if code in joblib.STOPPED_CODES else "failed", code=code)
+            if trainings.signum is not None:
+                return _stopped(trainings.signum, code, f" while training {where}")
+            if code == 2 and not started_any:
+                # A usage error (the train command printed it) would repeat for every run;
+                # the train command wrote nothing, so neither has compare.
+                if created:
+                    shutil.rmtree(folder, ignore_errors=True)
+                return 2
+            started_any = True
         if trainings.signum is not None:
             return _stopped(trainings.signum, None, "")
-    seeds = args.seeds if args.seeds is not None else [cfg.seed]
-    settings = {"dataset": cfg.dataset, "arch": cfg.arch, "methods": args.methods, "seeds": seeds,
-                "subset": args.subset, "train_argv": train_argv}
-    protocol = build_protocol(planned, rows, args, train_argv, command)
-    write_outputs(folder, rows, settings, protocol)
-    print()
-    print(mean_table(aggregate(rows)) if len(seeds) > 1 else markdown_table(rows))
-    print(f"\ncomparison written to {folder} (comparison.md, comparison.csv, comparison.json, accuracy_curves.png, "
-          "efficiency.png)")
-    return 0 if all(not r.get("error") for r in rows) else 1
+    return None
+
+
+def train_on_gpus(folder: str, planned: list[PlannedRun], gpus: list[str], report: "Report") -> Optional[int]:
+    """--gpus: the runs not yet done, one per GPU at a time; the table rewritten as each ends."""
+    seeded = any(p.name != p.method for p in planned)
+    tasks = []
+    for p in planned:
+        state = run_state(os.path.join(folder, "runs", p.name))
+        if state == "done":
+            print(f"{_label(p, seeded)}: already trained")
+            continue
+        tasks.append(local.Task(p.name, _label(p, seeded) + (" (resuming)" if state == "partial" else ""),
+                                [*local.python_train(), *joblib.training_argv(folder, as_job(p), state)]))
+    logs = os.path.join(folder, "logs")
+    print(f"{len(tasks)} run{'s' * (len(tasks) != 1)} on GPU{'s' * (len(gpus) != 1)} {', '.join(gpus)}, one per GPU at "
+          f"a time; logs in {logs}", flush=True)
+
+    def started(task: local.Task) -> None:
+        joblib.update_record(folder, task.name, launcher="local", status="running", device=f"cuda:{task.device}",
+                             code=None)
+        print(f"GPU {task.device}: {task.label} started (log: {os.path.join(logs, task.name + '.log')})", flush=True)
+
+    def finished(task: local.Task, code: int) -> None:
+        status = "done" if code == 0 else "stopped" if code in joblib.STOPPED_CODES else "failed"
+        joblib.update_record(folder, task.name, status=status, code=code)
+        print(f"GPU {task.device}: {task.label} {status}" + ("" if code == 0 else f" (exit {code})"), flush=True)
+        if code == 0:
+            report.write(final=False)
+
+    with local.DeviceScheduler(gpus, logs) as scheduler:
+        signum = scheduler.run(tasks, started, finished)
+    if signum is not None:
+        return _stopped(signum, None, " while training on the GPUs")
+    return None
+
+
+def submit_to_slurm(folder: str, planned: list[PlannedRun], settings: slurm.SlurmSettings,
+                    name: str) -> list[tuple[PlannedRun, str, Any]]:
+    """Submit the runs not done and not queued as one job array; [(run, job id, submitit job)]."""
+    seeded = any(p.name != p.method for p in planned)
+    todo = []
+    for p in planned:
+        out = joblib.outcome(folder, as_job(p))
+        if out["state"] == "done":
+            print(f"{_label(p, seeded)}: already trained")
+            continue
+        if out["job_id"] and not settings.local:
+            state = slurm.job_state(folder, out["job_id"])
+            if state in slurm.ACTIVE_STATES:
+                print(f"{_label(p, seeded)}: job {out['job_id']} is {state}; not submitted again")
+                continue
+        todo.append(p)
+    if not todo:
+        return []
+    executor = slurm.make_executor(folder, settings, name)
+    with executor.batch():
+        pending = [(p, executor.submit(slurm.TrainingJob(folder, as_job(p), settings.gpus_per_job))) for p in todo]
+    out = []
+    for p, job in pending:
+        joblib.update_record(folder, p.name, launcher="slurm-local" if settings.local else "slurm",
+                             job_id=str(job.job_id), status="submitted", code=None)
+        print(f"{_label(p, seeded)}: job {job.job_id}"
+              + (" (resumes its checkpoint)" if run_state(os.path.join(folder, "runs", p.name)) == "partial" else ""))
+        out.append((p, str(job.job_id), job))
+    return out
+
+
+def wait_for(submitted: list[tuple[PlannedRun, str, Any]]) -> None:
+    """Until every submitted job has ended (its outcome is read from the run folders)."""
+    for _, job_id, job in submitted:
+        try:
+            job.wait()
+        except Exception as e:   # a failed job: the report lists it from its record
+            print(f"job {job_id}: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}",
+                  file=sys.stderr)
+
+
+def dry_run(folder: str, planned: list[PlannedRun], args, settings: Optional[slurm.SlurmSettings]) -> int:
+    """The runs, their state, the expected GPU-hours, and for slurm the job array's script."""
+    seeded = args.seeds is not None
+    estimator = estimate.Estimator()
+    gpus_per_job = settings.gpus_per_job if settings else 1
+    total = 0.0
+    unknown = False
+    lines = ["| run | state | steps | s/step | GPU-hours | estimate from |", "| --- | --- | --- | --- | --- | --- |"]
+    measured: dict[str, Optional[float]] = {}
+    for p in planned:
+        run = os.path.join(folder, "runs", p.name)
+        if p.method not in measured or measured[p.method] is None:
+            measured[p.method] = estimate.measured_s_per_step(run)
+    for p in planned:
+        state = run_state(os.path.join(folder, "runs", p.name))
+        e = estimator.estimate(p.cfg, args.subset, measured.get(p.method))
+        hours = e["hours"]          # GPU-hours: the same on one GPU or spread over several
+        if state != "done":
+            if hours is None:
+                unknown = True
+            else:
+                total += hours
+        steps = "unknown" if e["steps"] is None else str(e["steps"])
+        per_step = "-" if e["s_per_step"] is None else f"{e['s_per_step']:.3f}"
+        lines.append(f"| {_label(p, seeded)} | {state} | {steps} | {per_step} | {estimate.format_hours(hours)} | "
+                     f"{e['source']} |")
+    print(f"comparison folder: {folder}")
+    print("\n".join(lines))
+    costs = {}
+    for p in planned:
+        e = estimator.estimate(p.cfg, args.subset)
+        costs.setdefault(p.method, f"{p.method} {e['cost']:.2f}x ({e['cost_source']})")
+    print("\n" + estimate.SCALED_TEXT + " Method step costs: " + "; ".join(costs.values()) + ".")
+    todo = [p for p in planned if run_state(os.path.join(folder, "runs", p.name)) != "done"]
+    print(f"\n{len(todo)} of {len(planned)} runs to train; expected {estimate.format_hours(total)} GPU-hours"
+          + (" (plus the runs of unknown cost)" if unknown else "")
+          + (f", about {estimate.format_hours(total / len(local.parse_gpus(args.gpus)))} hours on "
+             f"{len(local.parse_gpus(args.gpus))} GPUs" if args.gpus else ""))
+    longest = max((estimator.estimate(p.cfg, args.subset, measured.get(p.method))["hours"] or 0.0 for p in todo),
+                  default=0.0) / gpus_per_job     # wall-clock hours of a job, its GPUs in step
+    if settings is not None and longest * 60 > settings.time_min:
+        print(f"the longest run needs about {longest:.1f} h, more than --slurm-time ({settings.time_min} min): it "
+              f"checkpoints before each limit and is requeued about {int(longest * 60 // settings.time_min)} times "
+              "(each requeue resumes at the batch it reached)")
+    if settings is not None and not settings.local and todo:
+        print("\nthe job array's sbatch script:\n")
+        print(slurm.sbatch_script(os.path.abspath(folder), settings, os.path.basename(folder), len(todo)))
+    print("nothing was written (--dry-run)")
+    return 0
+
+
+class Report:
+    """The comparison's table from its run folders: every finished run summarised, the failed ones
+    listed with their exit status, the pending ones (not started, or interrupted) named."""
+
+    def __init__(self, folder: str, planned: list[PlannedRun], args, train_argv: list[str], command: str,
+                 selection: Optional[reproduce.Selection], mismatch: str):
+        self.folder, self.planned, self.args, self.train_argv = folder, planned, args, train_argv
+        self.command, self.selection, self.mismatch = command, selection, mismatch
+
+    def rows_and_pending(self) -> tuple[list[dict], list[dict]]:
+        rows, pending = [], []
+        for p in self.planned:
+            out = joblib.outcome(self.folder, as_job(p))
+            run_folder = os.path.join(self.folder, "runs", p.name)
+            if out["state"] == "done":
+                rows.append(summarize_run(p.method, run_folder, p.seed))
+            elif out["failed"]:
+                rows.append({"method": p.method, "seed": p.seed, "folder": run_folder,
+                             "error": f"training exited with {out['code']}"})
+            else:
+                pending.append(out)
+        return rows, pending
+
+    def write(self, final: bool) -> int:
+        rows, pending = self.rows_and_pending()
+        args = self.args
+        cfg = self.planned[0].cfg
+        seeds = args.seeds if args.seeds is not None else [cfg.seed]
+        settings = {"dataset": cfg.dataset, "arch": cfg.arch, "methods": args.methods, "seeds": seeds,
+                    "subset": args.subset, "train_argv": self.train_argv, "launcher": args.launcher}
+        protocol = build_protocol(self.planned, rows, args, self.train_argv, self.command)
+        paper = None
+        if self.selection is not None:
+            paper = {"selection": self.selection, "mismatch": self.mismatch}
+        if rows:
+            write_outputs(self.folder, rows, settings, protocol, paper=paper, pending=pending)
+        if final:
+            print()
+            if rows:
+                print(mean_table(aggregate(rows)) if len(seeds) > 1 else markdown_table(rows))
+            if self.selection is not None and rows:
+                for line in reproduce.markdown(reproduce.annotate(aggregate(rows), self.selection), self.selection,
+                                               self.mismatch)[2:]:
+                    print(line)
+            if pending:
+                print("not finished: " + "; ".join(_pending_text(x) for x in pending))
+            if rows:
+                print(f"\ncomparison written to {self.folder} (comparison.md, comparison.csv, comparison.json, "
+                      "accuracy_curves.png, efficiency.png" + (", paper.png" if self.selection else "") + ")")
+            else:
+                print(f"no run has finished yet in {self.folder}")
+        return 0 if all(not r.get("error") for r in rows) else 1
+
+
+def _pending_text(x: dict) -> str:
+    what = {"new": "not started", "partial": "interrupted, resumes from its checkpoint"}[x["state"]]
+    job = f", job {x['job_id']}" if x.get("job_id") else ""
+    return f"{x['name']} ({what}{job})"
+
+
+def collect(folder: str) -> int:
+    """--collect DIR: the table from what has finished, the pending and failed runs listed."""
+    plan = joblib.read_plan(folder)
+    if plan is None:
+        raise UsageError(f"--collect {folder}: not a comparison folder (no {joblib.PLAN}); give the folder compare "
+                         "printed (<output>/<name>)")
+    args, train_argv = parse_args(plan["argv"])
+    selection = None
+    if args.paper is not None:
+        selection = reproduce.select(args.paper, args.column, args.methods)
+        args.methods = selection.methods
+        train_argv = selection.flags + train_argv
+    elif args.methods is None:
+        args.methods = DEFAULT_METHODS.split(",")
+    planned = plan_runs(args, train_argv)
+    mismatch = reproduce.setting_difference(selection, planned[0].cfg) if selection else ""
+    # the folder as given now (it may have moved since it was made)
+    return Report(folder, planned, args, train_argv, plan["command"], selection, mismatch).write(final=True)
 
 
 def _stopped(signum: int, code: Optional[int], where: str) -> int:

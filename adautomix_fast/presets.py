@@ -73,7 +73,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "cifar100-r18": dict(dataset="cifar100", arch="r18", epochs=800),
     "cifar100-rx50": dict(dataset="cifar100", arch="rx50", epochs=800),
     "tiny-r18": dict(dataset="tiny-imagenet", arch="r18", epochs=400),
+    "tiny-rx50": dict(dataset="tiny-imagenet", arch="rx50", epochs=400, min_lr=0.05, gen_min_lr=1e-3),
     "imagenet-r18": dict(dataset="imagenet", arch="r18", epochs=100),
+    # the paper's ResNet-34 column: the ResNet-18 recipe (no released config of its own)
+    "imagenet-r34": dict(dataset="imagenet", arch="r34", epochs=100),
     "imagenet-r50": dict(dataset="imagenet", arch="r50", epochs=100),
     # ---- transformers and ConvNeXt on CIFAR-100 (released configs and logs; docs/archs.md)
     "cifar100-swin_t": dict(_TRANSFORMER_CIFAR, arch="swin_t", lr=5e-4, gen_lr=1e-3, warmup_epochs=20,
@@ -114,7 +117,8 @@ for _method in (*TABLE11_PUBLISHED, "sada"):
 # The paper's comparison runs: every baseline and AutoMix on each published setting, e.g.
 # cifar100-r18-mixup (the same data, schedule and budget; the method's own published options).
 COMPARISON_PRESETS: dict[str, str] = {}   # name -> the preset it is made from
-for _base in ("cifar100-r18", "cifar100-rx50", "tiny-r18", "imagenet-r18", "imagenet-r50"):
+for _base in ("cifar100-r18", "cifar100-rx50", "tiny-r18", "tiny-rx50", "imagenet-r18", "imagenet-r34",
+              "imagenet-r50"):
     for _method in registry.BASELINES + ("automix",):
         PRESETS[f"{_base}-{_method}"] = dict(PRESETS[_base], method=_method)
         COMPARISON_PRESETS[f"{_base}-{_method}"] = _base
@@ -125,6 +129,7 @@ PRESET_SOURCES: dict[str, str] = {
     "cifar100-r18": "cifar100/basic/r18_adautomix_bilinear.py",
     "cifar100-rx50": "cifar100/basic/rx50_adautomix.py",
     "tiny-r18": "tiny_imagenet/adautomix/basic/r18_adautomix_blinear.py",
+    "tiny-rx50": "tiny_imagenet/adautomix/basic/rx50_adautomix_bilinear.py",
     "imagenet-r18": "imagenet/adautomix/basic/r18_adautomix_bilinear.py",
     "imagenet-r50": "imagenet/adautomix/basic/r50_adautomix_bilinear.py",
 }
@@ -216,7 +221,7 @@ def method_default_text(option: Option, cls) -> str:
 def preset_help() -> str:
     """The presets for --help's epilog."""
     return ", ".join(name for name in PRESETS if name not in COMPARISON_PRESETS) + \
-        " (and <preset>-<method> for every baseline and AutoMix on the five published AdAutoMix settings)"
+        " (and <preset>-<method> for every baseline and AutoMix on the seven published CNN settings of Table 1)"
 
 
 __all__ = ["COMPARISON_PRESETS", "DATASET_DEFAULTS", "PRESETS", "PRESET_SOURCES", "engine_default_text",

@@ -37,7 +37,7 @@ from .run import checkpoint as ckpt_lib
 from .run.appended import restore_appended, schedule_lengths
 from .run.folder import LAST, RunFolder, SilentRunFolder, default_run_name, describe_checkpoint
 from .run.trainer import Trainer, format_metrics
-from .runtime import cputhreads, distributed
+from .runtime import cputhreads, distributed, provenance
 from .runtime.devices import pick_device
 from .settings import GROUPS, RUN, SETTINGS
 from .step import precision as precision_lib
@@ -470,7 +470,7 @@ def _train(cfg, args, trainer: Trainer, summary: str, impl: str, stop_after, res
     folder.log({"type": "start", "time": time.time(), "resume_epoch": trainer.epoch if resuming else None,
                 "resume_batch": trainer.batch_in_epoch if resuming else None,
                 "restart": distributed.restart_count(), "world_size": ctx.world_size,
-                "device": str(trainer.device), "torch": str(torch.__version__),
+                "device": str(trainer.device), **provenance.describe(),
                 "steps_per_epoch": len(trainer.train_loader), "impl": impl, "data_backend": trainer.info.backend,
                 "data_layout": trainer.info.describe(),
                 "gen_kernels": getattr(getattr(trainer.model, "generator", None), "kernels", None),

@@ -1,5 +1,5 @@
 """The package imports with only what the GPU machines' image has: without the optional packages
-(NVIDIA DALI, torchattacks, grad-cam, imagecorruptions, pyGCO, lightning) every module of
+(NVIDIA DALI, torchattacks, grad-cam, imagecorruptions, pyGCO, lightning, submitit) every module of
 adautomix_fast, its kernels and bench/ still imports; the features that need one say so when
 used, not at import."""
 
@@ -12,7 +12,7 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Import names of the optional packages the GPU image lacks.
-OPTIONAL = ("nvidia.dali", "torchattacks", "pytorch_grad_cam", "imagecorruptions", "gco", "lightning")
+OPTIONAL = ("nvidia.dali", "torchattacks", "pytorch_grad_cam", "imagecorruptions", "gco", "lightning", "submitit")
 
 _CHILD = r"""
 import importlib, importlib.abc, pkgutil, sys
@@ -54,7 +54,8 @@ def test_every_module_imports_without_the_optional_packages():
 # at import (matplotlib, scikit-learn with SciPy, dynamo) and the Triton kernels and Triton itself.
 LAZY = {"timm", "nvidia", "cv2", "gco", "torchattacks", "pytorch_grad_cam", "imagecorruptions", "matplotlib",
         "torchmetrics", "safetensors", "huggingface_hub", "pytest_benchmark", "scipy", "sklearn", "triton",
-        "lightning", "torch.utils.tensorboard", "torch._dynamo", "torch.library", "adautomix_fast.kernels", "kernels"}
+        "lightning", "submitit", "torch.utils.tensorboard", "torch._dynamo", "torch.library", "adautomix_fast.kernels",
+        "kernels"}
 
 
 def _function_level_imports(path):

@@ -1,0 +1,159 @@
+"""``compare --gpus 0,1,2,3``: the runs of a comparison on this machine's GPUs, one run per GPU at
+a time and as many at once as there are GPUs, each pinned with ``CUDA_VISIBLE_DEVICES``.
+
+Each training is a child process in a session of its own (a terminal's Ctrl-C reaches it once,
+from here), its output in ``<folder>/logs/<run>.log``. A stop signal for compare (SIGTERM,
+SIGUSR1, SIGINT, SIGHUP, SIGQUIT) is passed on to every training in progress, which stops at its
+batch with a checkpoint as it would alone; no further run starts. A second signal ends them at
+once (their last complete checkpoints are kept). A run that fails is reported and the others go
+on. Without ``--gpus``, compare trains one run after another in its own terminal (``compare.Trainings``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from ..errors import UsageError
+from ..runtime.stopsignals import SIGNALS_FORWARDED_ENV, exit_status
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+POLL_S = 0.2
+
+
+def parse_gpus(text: str) -> list[str]:
+    """``--gpus``: "all" (every GPU this machine's CUDA sees) or a comma list of device indices."""
+    if text.strip() == "all":
+        count = visible_gpu_count()
+        if count == 0:
+            raise UsageError("--gpus all: no CUDA GPU is visible on this machine; drop --gpus to train one run after "
+                             "another on the CPU, or run where the GPUs are")
+        return [str(i) for i in range(count)]
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or not all(re.fullmatch(r"\d+", p) for p in parts):
+        raise UsageError(f"--gpus {text!r}: expected a comma list of GPU indices (e.g. --gpus 0,1,2,3) or 'all'")
+    if len(set(parts)) != len(parts):
+        raise UsageError(f"--gpus {text!r} lists a GPU twice; each GPU trains one run at a time")
+    return parts
+
+
+def visible_gpu_count() -> int:
+    """The GPUs this process may use (``CUDA_VISIBLE_DEVICES`` respected), without a CUDA context."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def gpu_env(device: str) -> dict[str, str]:
+    """The environment of a training pinned to ``device``: that GPU alone, as its device 0; the
+    parent passes its signals on (a scheduler's signal that reaches both is one request)."""
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": device, SIGNALS_FORWARDED_ENV: "1"}
+
+
+@dataclass
+class Task:
+    """One training to run: its run's name, a label for the console, its command line."""
+    name: str
+    label: str
+    cmd: list[str]
+    device: Optional[str] = None
+    started: Optional[float] = None
+    process: Optional[subprocess.Popen] = field(default=None, repr=False)
+
+
+class DeviceScheduler:
+    """Runs tasks on a list of devices, at most one task per device at once."""
+
+    def __init__(self, devices: list[str], logs: str):
+        self.devices = list(devices)
+        self.logs = logs
+        self.signum: Optional[int] = None    # the first stop signal received
+        self.killed = False
+        self._running: list[Task] = []
+        self._previous: dict[int, object] = {}
+
+    # -- signals
+    def __enter__(self) -> "DeviceScheduler":
+        if threading.current_thread() is threading.main_thread():
+            for signum in FORWARDED_SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._forward)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _forward(self, signum, _frame) -> None:
+        if self.signum is not None:
+            os.write(2, f"\n{signal.Signals(signum).name} again while stopping: ending every training now; their last "
+                        "complete checkpoints are kept\n".encode())
+            self.killed = True
+            for task in list(self._running):
+                self._signal_group(task, signal.SIGKILL)
+            return
+        self.signum = signum
+        for task in list(self._running):
+            try:
+                task.process.send_signal(signum)
+            except ProcessLookupError:
+                pass
+
+    @staticmethod
+    def _signal_group(task: Task, signum: int) -> None:
+        if task.process is not None and task.process.returncode is None:
+            try:
+                os.killpg(task.process.pid, signum)   # the training and its data workers
+            except ProcessLookupError:
+                pass
+
+    # -- running
+    def _start(self, task: Task, device: str) -> None:
+        os.makedirs(self.logs, exist_ok=True)
+        log = open(os.path.join(self.logs, f"{task.name}.log"), "ab")
+        try:
+            task.process = subprocess.Popen(task.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True, env=gpu_env(device))
+        finally:
+            log.close()                       # the child holds its own descriptor
+        task.device, task.started = device, time.time()
+        self._running.append(task)
+
+    def run(self, tasks: list[Task], on_start: Callable[[Task], None],
+            on_finish: Callable[[Task, int], None]) -> Optional[int]:
+        """Run every task (in order, each on the first free device); ``on_start`` when one starts,
+        ``on_finish(task, status)`` when one ends (status 128 + N for a child ended by signal N).
+        Returns the stop signal's number when a signal stopped the tasks, else None."""
+        pending = list(tasks)
+        while pending or self._running:
+            busy = {t.device for t in self._running}
+            while pending and self.signum is None:
+                free = [d for d in self.devices if d not in busy]
+                if not free:
+                    break
+                task = pending.pop(0)
+                self._start(task, free[0])
+                busy.add(free[0])
+                on_start(task)
+            if self.signum is not None:
+                pending.clear()
+            for task in [t for t in self._running if t.process.poll() is not None]:
+                self._running.remove(task)
+                code = task.process.returncode
+                status = exit_status(-code) if code < 0 else code
+                if self.killed and self.signum is not None:
+                    status = exit_status(self.signum)
+                on_finish(task, status)
+            time.sleep(POLL_S)
+        return self.signum
+
+
+def python_train() -> list[str]:
+    return [sys.executable, "-m", "adautomix_fast.train"]
