@@ -61,6 +61,7 @@ import statistics
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -625,7 +626,7 @@ def write_outputs(folder: str, rows: list[dict], settings: dict, protocol: Optio
     plot_curves(folder, rows)
     plot_efficiency(folder, entries)
     if paper is not None:
-        reproduce.plot(folder, against, paper["selection"], _save_png)
+        reproduce.plot(folder, against, paper["selection"], _save_png, paper["mismatch"])
 
 
 def write_csv(path: str, entries: list[dict], rows: list[dict], seeds: list[int]) -> None:
@@ -1012,24 +1013,39 @@ def submit_to_slurm(folder: str, planned: list[PlannedRun], settings: slurm.Slur
         if out["state"] == "done":
             print(f"{_label(p, seeded)}: already trained")
             continue
-        if out["job_id"] and not settings.local:
+        if out["job_id"] and not settings.local and out["status"] in ("submitted", "running"):
+            # Submitted before and not ended by its own hand: queued or running, unless SLURM says otherwise.
             state = slurm.job_state(folder, out["job_id"])
-            if state in slurm.ACTIVE_STATES:
-                print(f"{_label(p, seeded)}: job {out['job_id']} is {state}; not submitted again")
+            if state is None or state in slurm.ACTIVE_STATES:
+                known = state or "submitted (SLURM cannot say more here)"
+                print(f"{_label(p, seeded)}: job {out['job_id']} is {known}; not submitted again (scancel it and "
+                      f"delete jobs/{p.name}.json to submit it anew)")
                 continue
         todo.append(p)
     if not todo:
         return []
     executor = slurm.make_executor(folder, settings, name)
-    with executor.batch():
-        pending = [(p, executor.submit(slurm.TrainingJob(folder, as_job(p), settings.gpus_per_job))) for p in todo]
     out = []
-    for p, job in pending:
+
+    def submitted(p: PlannedRun, job) -> None:
         joblib.update_record(folder, p.name, launcher="slurm-local" if settings.local else "slurm",
                              job_id=str(job.job_id), status="submitted", code=None)
         print(f"{_label(p, seeded)}: job {job.job_id}"
-              + (" (resumes its checkpoint)" if run_state(os.path.join(folder, "runs", p.name)) == "partial" else ""))
+              + (" (resumes its checkpoint)" if run_state(os.path.join(folder, "runs", p.name)) == "partial" else ""),
+              flush=True)
         out.append((p, str(job.job_id), job))
+
+    if settings.local:
+        # The local executor starts every job it is given at once: at most --slurm-max-parallel.
+        for p in todo:
+            while sum(not job.done() for _, _, job in out) >= settings.max_parallel:
+                time.sleep(0.5)
+            submitted(p, executor.submit(slurm.TrainingJob(folder, as_job(p), settings.gpus_per_job)))
+        return out
+    with executor.batch():
+        jobs = [(p, executor.submit(slurm.TrainingJob(folder, as_job(p), settings.gpus_per_job))) for p in todo]
+    for p, job in jobs:
+        submitted(p, job)
     return out
 
 

@@ -102,19 +102,19 @@ def setting_difference(selection: Selection, cfg) -> str:
 
 
 def annotate(entries: list[dict], selection: Selection) -> list[dict]:
-    """Per method of the column (measured or not): published, measured (mean and std over the
-    seeds), difference (measured mean - published); the table's order, then methods outside it."""
+    """Per row of the column (measured or not) and per measured method outside it: published,
+    measured (mean and std over the seeds), difference (measured mean - published); the table's
+    order."""
     cells = selection.column.cells
     by_method = {e["method"]: e for e in entries}
-    order = [m for m in cells if m in by_method or m in selection.methods or m not in METHODS]
-    order += [m for m in by_method if m not in order]
+    order = list(cells) + [m for m in by_method if m not in cells]
     out = []
     for m in order:
         e = by_method.get(m, {})
         measured = e.get(MEASURED_KEY)
         pub = cells.get(m)
         out.append({"method": m, "published": pub, "measured": measured, "measured_std": e.get(f"{MEASURED_KEY}_std"),
-                    "n_seeds": e.get("n_seeds", 0), "in_engine": m in METHODS,
+                    "n_seeds": e.get("n_seeds", 0), "in_engine": m in METHODS, "compared": m in selection.methods,
                     "difference": None if measured is None or pub is None else measured - pub})
     return out
 
@@ -138,13 +138,14 @@ def markdown(rows: list[dict], selection: Selection, mismatch: str) -> list[str]
     for r in rows:
         measured = _num(r["measured"]) + ("" if r["measured_std"] is None else f" ± {r['measured_std']:.2f}")
         if r["measured"] is None:
-            measured = "not in this engine" if not r["in_engine"] else "not trained yet"
+            measured = ("not in this engine" if not r["in_engine"] else "not trained yet" if r["compared"]
+                        else "not in this comparison")
         lines.append(f"| {r['method']} | {measured} | {_num(r['published'])} | {_num(r['difference'], '{:+.2f}')} | "
                      f"{r['n_seeds']} |")
     return head + [""] + lines + [""]
 
 
-def plot(folder: str, rows: list[dict], selection: Selection, save_png) -> None:
+def plot(folder: str, rows: list[dict], selection: Selection, save_png, mismatch: str = "") -> None:
     """paper.png: measured against published, one point per method (seeds' std as error bars), with
     the line measured = published."""
     import matplotlib
@@ -163,7 +164,8 @@ def plot(folder: str, rows: list[dict], selection: Selection, save_png) -> None:
         ax.legend(loc="upper left", fontsize=8)
     ax.set_xlabel(f"published top-1 (%), {selection.table.key}")
     ax.set_ylabel("measured top-1 (%), median of the last 10 epochs")
-    ax.set_title(f"{selection.column.name}: measured against published", fontsize=10)
+    ax.set_title(f"{selection.column.name}: measured against published"
+                 + ("\n(the runs' setting is another: " + mismatch + ")" if mismatch else ""), fontsize=9)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     save_png(fig, folder, "paper.png")

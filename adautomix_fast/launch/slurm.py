@@ -22,6 +22,7 @@ path on a workstation, and how the tests run it.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import shlex
@@ -128,7 +129,7 @@ def _submitit():
 def make_executor(folder: str, settings: SlurmSettings, name: str):
     """submitit's executor for this comparison, its files in ``<folder>/slurm``."""
     submitit = _submitit()
-    where = os.path.join(folder, "slurm")
+    where = os.path.join(os.path.abspath(folder), "slurm")
     if settings.local:
         ex = submitit.LocalExecutor(folder=where)
         # the local executor's "time limit" sends the preemption signal too, signal_delay_s before it
@@ -169,8 +170,9 @@ class TrainingJob:
         requeue_handler = signal.getsignal(env._usr_sig())     # submitit's: checkpoint() + requeue
         name = self.job.name
         state = run_state(run_folder(self.folder, name))
-        update_record(self.folder, name, launcher="slurm", job_id=str(env.job_id), status="running",
-                      device=os.environ.get("CUDA_VISIBLE_DEVICES") or "cpu", code=None)
+        launcher = "slurm-local" if os.environ.get("SUBMITIT_EXECUTOR") == "local" else "slurm"
+        update_record(self.folder, name, launcher=launcher, job_id=str(env.job_id), status="running",
+                      host_gpus=os.environ.get("CUDA_VISIBLE_DEVICES"), code=None)
         if state == "done":
             update_record(self.folder, name, status="done", code=0)
             return {"name": name, "code": 0}
@@ -206,10 +208,12 @@ def job_state(folder: str, job_id: str) -> Optional[str]:
     """SLURM's state of a submitted task (PENDING, RUNNING, COMPLETED, ...), None where it cannot
     be read (no sacct/squeue here, or a job SLURM has forgotten)."""
     submitit = _submitit()
+    logging.getLogger("submitit").setLevel(logging.ERROR)   # its "no sacct here" warnings: the caller says it
     try:
-        return submitit.SlurmJob(folder=os.path.join(folder, "slurm"), job_id=job_id).state
+        state = submitit.SlurmJob(folder=os.path.join(folder, "slurm"), job_id=job_id).state
     except Exception:        # a missing sacct, a forgotten job: unknown, not an error of the comparison
         return None
+    return None if not state or state == "UNKNOWN" else str(state).split()[0]
 
 
 ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
