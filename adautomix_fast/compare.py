@@ -5,15 +5,32 @@ and put them side by side (the paper's Table 1 in miniature, on any data set).
     python -m adautomix_fast.compare --methods vanilla,mixup,adautomix --dataset cifar10 --data-dir cifar10-jpeg \\
         --arch resnet20 --epochs 30 --seeds 0,1 --subset 5000 --name cifar10-r20
 
-Every flag other than ``--methods``, ``--seeds``, ``--subset``, ``--name`` and ``--output`` is a
-training flag, given to each run unchanged (``python -m adautomix_fast.train --help``); each method
-keeps its own published options for the data set's family (its lambda concentration, ...). Each
-run trains in its own process (so its peak memory is its own). Without ``--seeds`` every method
-trains once (with ``--seed``, default 0) into ``<output>/<name>/runs/<method>``; with ``--seeds
-0,1,2`` every method trains once per seed into ``runs/<method>-s<seed>``, seed after seed (all
-methods of the first seed, then the next), so that a comparison cut short still compares every
-method. ``--subset N`` trains every run on the same class-balanced N training images
-(``--train-subset N``: a function of the data alone, not of the seed).
+A published table's column, wherever the GPUs are (docs/results.md):
+
+    python -m adautomix_fast.compare --paper 1 --column cifar100-r18 --seeds 0,1,2 --launcher slurm \
+        --slurm-partition gpu                  # one SLURM job array through submitit; --dry-run first
+    python -m adautomix_fast.compare --paper 1 --column cifar100-r18 --seeds 0,1,2 --gpus all   # one machine
+    python -m adautomix_fast.compare --collect runs/<name>   # the table of what has finished, at any time
+
+``--paper``/``--column`` take the methods and the setting (preset, epochs) from a published column
+(``published.py``, ``reproduce.py``) and add measured, published and difference to the report and
+``paper.png``. ``--gpus`` trains one run per GPU at a time (``launch/local.py``); ``--launcher
+slurm`` submits every run not done as a task of one job array (``launch/slurm.py``), each
+checkpointing on SIGUSR1 before its time limit and requeued to resume; ``--launcher slurm-local``
+runs the same jobs through submitit's local executor. ``--dry-run`` prints the runs and their
+expected GPU-hours (``launch/estimate.py``). The comparison folder's ``plan.json`` holds the
+command and every run's settings, ``jobs/<run>.json`` what became of each run.
+
+Every flag other than compare's own (``--methods``, ``--seeds``, ``--subset``, ``--name``,
+``--output``, the paper, launcher and collect flags above) is a training flag, given to each run
+unchanged (``python -m adautomix_fast.train --help``); each method keeps its own published options
+for the data set's family (its lambda concentration, ...). Each run trains in its own process (so
+its peak memory is its own). Without ``--seeds`` every method trains once (with ``--seed``, default
+0) into ``<output>/<name>/runs/<method>``; with ``--seeds 0,1,2`` every method trains once per seed
+into ``runs/<method>-s<seed>``, seed after seed (all methods of the first seed, then the next), so
+that a comparison cut short still compares every method. ``--subset N`` trains every run on the
+same class-balanced N training images (``--train-subset N``: a function of the data alone, not of
+the seed).
 
 A run that already finished is not trained again and an interrupted one resumes, so the same
 command continues a comparison after a stop, and adding a method or a seed trains only what is
@@ -353,8 +370,8 @@ def summarize_run(method: str, folder: str, seed: Optional[int] = None) -> dict[
         "train_s_per_epoch": statistics.mean(e.get("train_time_s", 0.0) for e in epochs),
         "precision": start.get("precision"), "impl": start.get("impl"), "device": start.get("device"),
         # every invocation's (a resumed run may have run elsewhere): the protocol lists them all
-        "starts": [{k: s.get(k) for k in ("time", "device", "torch", "precision", "precision_reason", "impl",
-                                                  "cpu_threads")}
+        "starts": [{k: s.get(k) for k in ("time", "device", "precision", "precision_reason", "impl", "cpu_threads",
+                                                  *VERSION_KEYS)}
                    for s in starts],
         "folder": folder, "curve": [(e["epoch"], e[f"{headline}_top1"]) for e in epochs], "error": None,
     }
@@ -494,11 +511,18 @@ def describe_device(device: str) -> str:
     return device
 
 
-def versions(rows: list[dict]) -> dict[str, str]:
-    # the torch of every training invocation (a resumed run may have run under another)
-    run_torch = sorted({s.get("torch") for r in rows for s in r.get("starts", []) if s.get("torch")})
-    return {"python": platform.python_version(), "torch": ", ".join(run_torch) or str(torch.__version__),
-            "torchvision": str(torchvision.__version__), "adautomix_fast": __version__}
+# What the runs' start records say they ran with (runtime/provenance.py).
+VERSION_KEYS = ("torch", "torchvision", "triton", "cuda", "cudnn", "driver", "git_revision")
+
+
+def versions(rows: list[dict]) -> dict[str, Optional[str]]:
+    """Every version the training invocations recorded (a resumed run may have run under others),
+    each key's distinct values joined; torch and torchvision of this process where none did."""
+    starts = [s for r in rows for s in r.get("starts", [])]
+    seen = {k: ", ".join(sorted({str(s[k]) for s in starts if s.get(k)})) or None for k in VERSION_KEYS}
+    seen["torch"] = seen["torch"] or str(torch.__version__)
+    seen["torchvision"] = seen["torchvision"] or str(torchvision.__version__)
+    return {"python": platform.python_version(), **seen, "adautomix_fast": __version__}
 
 
 def _distinct(values) -> list:
@@ -568,8 +592,11 @@ def protocol_markdown(p: dict) -> list[str]:
         f"- Training flags: `{p['training_flags'] or '(defaults)'}`",
         f"- Seeds: {seeds}" + (" (tables: the mean ± the sample standard deviation over the seeds, n - 1)"
                                if len(p["seeds"]) > 1 else ""),
-        f"- Versions: Python {v['python']}, torch {v['torch']}, torchvision {v['torchvision']}, "
-        f"adautomix_fast {v['adautomix_fast']}",
+        f"- Versions: Python {v['python']}, torch {v['torch']}, torchvision {v['torchvision']}"
+        + "".join(f", {label} {v[k]}" for k, label in (("triton", "triton"), ("cuda", "CUDA"), ("cudnn", "cuDNN"),
+                                                       ("driver", "NVIDIA driver")) if v.get(k))
+        + f", adautomix_fast {v['adautomix_fast']}"
+        + (f" (git {v['git_revision']})" if v.get("git_revision") else ""),
         f"- Device: {'; '.join(p['devices']) or 'not recorded'}"
         + (f"; CPU threads per run: {' or '.join(map(str, p['cpu_threads']))}" if p.get("cpu_threads") else ""),
         f"- Precision: {'; '.join(p['precision']) or 'not recorded'}; step implementation: "

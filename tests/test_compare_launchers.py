@@ -295,3 +295,31 @@ def test_the_dry_run_prints_the_jobs_and_their_gpu_hours_and_writes_nothing(tmp_
     assert total == pytest.approx(sum(float(r.split("|")[5].replace(",", "")) for r in rows), rel=0.05)
     assert "#SBATCH --array=0-26%27" in out and "#SBATCH --partition=gpu" in out
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_estimate_counts_every_step_and_prefers_a_measured_time(tmp_path):
+    from adautomix_fast.launch import estimate
+    from adautomix_fast.train import build_config, get_args_parser
+
+    def cfg(*flags):
+        return build_config(get_args_parser().parse_args(list(flags)), None)
+
+    # 800 epochs of 500 steps; ME-ADA's set doubles before epochs 10 and 20 (1-based): 9 + 2 x 10 + 4 x 181 epochs
+    assert estimate.steps_of(cfg("--preset", "cifar100-r18"), None) == 400_000
+    assert estimate.steps_of(cfg("--preset", "table11-meada"), None) == 500 * (9 + 2 * 10 + 4 * 181)
+    assert estimate.steps_of(cfg("--preset", "cifar100-r18", "--epochs", "2"), 5000) == 100
+    e = estimate.Estimator()
+    plain = e.estimate(cfg("--preset", "cifar100-r18", "--method", "vanilla"), None)
+    ada = e.estimate(cfg("--preset", "cifar100-r18"), None)
+    assert plain["s_per_step"] == pytest.approx(estimate.PLAIN_S_PER_STEP)      # the reference setting itself
+    assert ada["s_per_step"] / plain["s_per_step"] == pytest.approx(0.2418 / 0.1584)
+    bigger = e.estimate(cfg("--preset", "imagenet-r50", "--method", "vanilla"), None)
+    assert bigger["s_per_step"] > 10 * plain["s_per_step"]                      # FLOPs and batch scale it
+    # a run of the method that has trained an epoch: its own time per step
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "log.jsonl").write_text(json.dumps({"type": "start", "steps_per_epoch": 10}) + "\n"
+                                   + json.dumps({"type": "epoch", "epoch": 1, "train_time_s": 4.0}) + "\n")
+    measured = estimate.measured_s_per_step(str(run))
+    assert measured == pytest.approx(0.4)
+    assert e.estimate(cfg("--preset", "cifar100-r18"), None, measured)["hours"] == pytest.approx(400_000 * 0.4 / 3600)

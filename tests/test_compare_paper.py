@@ -29,6 +29,12 @@ def test_a_column_gives_its_methods_its_preset_and_its_epochs():
     r = reproduce.select("released-cifar-cnn", "cifar100-r18-400", ["adautomix", "vanilla"])
     assert r.methods == ["adautomix", "vanilla"] and r.flags[-2:] == ["--epochs", "400"]
     assert "co-mixup" in r.not_in_engine and "attentive-cutmix" in r.not_in_engine
+    # a method beside the column's rows: trained, without a published number
+    beside = reproduce.select("11", None, ["adautomix", "sada"])
+    assert beside.methods == ["adautomix", "sada"]
+    rows = reproduce.annotate([{"method": "sada", "n_seeds": 1, "headline_top1_median_last10": 50.0}], beside)
+    assert rows[-1] == {"method": "sada", "published": None, "measured": 50.0, "measured_std": None, "n_seeds": 1,
+                        "in_engine": True, "compared": True, "difference": None}
 
 
 @pytest.mark.parametrize("paper, column, methods, message", [
@@ -37,7 +43,6 @@ def test_a_column_gives_its_methods_its_preset_and_its_epochs():
     ("4", None, None, "no such table"),
     ("8", None, None, "rows are ablation settings"),
     ("6", "cifar100-r18", None, "reports ece"),
-    ("1", "cifar100-r18", ["dada"], "not in table1's column cifar100-r18"),
     ("released-imagenet", "imagenet-r101", None, "no preset for its setting"),
 ])
 def test_a_column_that_does_not_fit_is_one_line(paper, column, methods, message):

@@ -91,7 +91,7 @@ def steps_of(cfg, subset: Optional[int]) -> Optional[int]:
     if cfg.method == "meada":
         phases = phase_epochs(cfg.meada_every, cfg.meada_rounds, cfg.epochs)
         total, size = 0, per_epoch
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(cfg.epochs):       # 0-based, as phase_epochs counts
             if epoch in phases:
                 size *= MEADA.phase_growth
             total += size
