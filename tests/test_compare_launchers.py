@@ -323,3 +323,34 @@ def test_the_estimate_counts_every_step_and_prefers_a_measured_time(tmp_path):
     measured = estimate.measured_s_per_step(str(run))
     assert measured == pytest.approx(0.4)
     assert e.estimate(cfg("--preset", "cifar100-r18"), None, measured)["hours"] == pytest.approx(400_000 * 0.4 / 3600)
+
+
+def test_a_job_of_several_gpus_runs_torchrun_on_its_node(tmp_path, monkeypatch):
+    from adautomix_fast import torchrun
+    calls = []
+    monkeypatch.setattr(torchrun, "main", lambda argv: calls.append(argv) or 0)
+    job = slurm.TrainingJob(str(tmp_path), joblib.Job("mixup", 0, "mixup", ["--epochs", "2"]), gpus=4)
+    assert job._train(["--resume", "R"]) == 0
+    assert calls == [["--standalone", "--nproc_per_node=4", "-m", "adautomix_fast.train", "--resume", "R"]]
+
+
+def test_a_failed_run_is_reported_with_its_status_and_the_finished_ones_are_tabulated(tmp_path, capsys):
+    """The report from the run folders and the job records: a job that ended with an error is a
+    failed row, one stopped with a checkpoint is pending, one never started is pending."""
+    assert compare.main(["--methods", "vanilla", *TRAIN, "--epochs", "1", "--output", str(tmp_path),
+                         "--name", "c"]) == 0                               # vanilla trained
+    folder = str(tmp_path / "c")
+    # the comparison of four methods that the other three runs' launchers recorded
+    joblib.update_record(folder, "mixup", launcher="slurm", job_id="77_1", status="failed", code=1)
+    joblib.update_record(folder, "cutmix", launcher="slurm", job_id="77_2", status="stopped", code=138)
+    plan = joblib.read_plan(folder)
+    plan["argv"] = [a if a != "vanilla" else "vanilla,mixup,cutmix,fmix" for a in plan["argv"]]
+    joblib.write_plan(folder, plan)
+    capsys.readouterr()
+    assert compare.main(["--collect", folder]) == 1                          # a failed run: status 1
+    out = capsys.readouterr().out
+    assert "failed: training exited with 1" in out
+    assert "not finished: cutmix (not started, job 77_2); fmix (not started)" in out
+    table = json.loads((tmp_path / "c" / "comparison.json").read_text())
+    assert [r["method"] for r in table["runs"]] == ["vanilla", "mixup"]
+    assert [p["name"] for p in table["pending"]] == ["cutmix", "fmix"]
