@@ -77,7 +77,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -770,10 +769,7 @@ def plot_efficiency(folder: str, entries: list[dict]) -> None:
     plt.close(fig)
 
 
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
-
-
-class Trainings:
+class Trainings(local.SignalScope):
     """Runs one training at a time as a child process and passes compare's signals on to it.
 
     Without this, a signal for compare's PID alone (``kill PID``, Kubernetes, systemd) ended compare
@@ -790,21 +786,10 @@ class Trainings:
         self.killed = False                  # a repeat made compare end the training outright
         self._child: Optional[subprocess.Popen] = None
         self._unsent: list[int] = []         # received while no child was known yet
-        self._previous: dict[int, Any] = {}
 
-    def __enter__(self) -> "Trainings":
-        if threading.current_thread() is not threading.main_thread():
-            return self                      # Python runs handlers in the main thread only
-        for signum in FORWARDED_SIGNALS:
-            self._previous[signum] = signal.signal(signum, self._forward)
-        self._previous[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, self._suspend)
-        self._previous[signal.SIGCONT] = signal.signal(signal.SIGCONT, self._resume)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous.clear()
+    def handlers(self) -> dict[int, Any]:
+        return {**{signum: self._forward for signum in local.FORWARDED_SIGNALS},
+                signal.SIGTSTP: self._suspend, signal.SIGCONT: self._resume}
 
     def _forward(self, signum, _frame) -> None:
         child = self._child

@@ -57,6 +57,26 @@ def gpu_env(device: str) -> dict[str, str]:
     return {**os.environ, "CUDA_VISIBLE_DEVICES": device, SIGNALS_FORWARDED_ENV: "1"}
 
 
+class SignalScope:
+    """Within a ``with`` block, the handlers of ``handlers()`` replace the previous ones, restored
+    on leaving it (installed from the main thread only: Python runs handlers there alone)."""
+
+    def handlers(self) -> dict[int, Callable]:
+        raise NotImplementedError
+
+    def __enter__(self):
+        self._previous: dict[int, object] = {}
+        if threading.current_thread() is threading.main_thread():
+            for signum, handler in self.handlers().items():
+                self._previous[signum] = signal.signal(signum, handler)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+
 @dataclass
 class Task:
     """One training to run: its run's name, a label for the console, its command line."""
@@ -68,7 +88,7 @@ class Task:
     process: Optional[subprocess.Popen] = field(default=None, repr=False)
 
 
-class DeviceScheduler:
+class DeviceScheduler(SignalScope):
     """Runs tasks on a list of devices, at most one task per device at once."""
 
     def __init__(self, devices: list[str], logs: str):
@@ -77,19 +97,9 @@ class DeviceScheduler:
         self.signum: Optional[int] = None    # the first stop signal received
         self.killed = False
         self._running: list[Task] = []
-        self._previous: dict[int, object] = {}
 
-    # -- signals
-    def __enter__(self) -> "DeviceScheduler":
-        if threading.current_thread() is threading.main_thread():
-            for signum in FORWARDED_SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._forward)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for signum, previous in self._previous.items():
-            signal.signal(signum, previous)
-        self._previous.clear()
+    def handlers(self) -> dict[int, Callable]:
+        return {signum: self._forward for signum in FORWARDED_SIGNALS}
 
     def _forward(self, signum, _frame) -> None:
         if self.signum is not None:
