@@ -875,6 +875,10 @@ def run(argv: Optional[list[str]] = None) -> int:
     settings = launcher_settings(args)
     if args.dry_run:
         return dry_run(folder, planned, args, settings)
+    if settings is not None:
+        slurm.check_launcher(settings)
+    elif args.gpus is not None:
+        local.parse_gpus(args.gpus)      # "all" without a GPU: one line before the folder exists
     # With the folder's name, so that the same command continues this comparison.
     command = f"{PROG} {shlex.join(given + ([] if args.name else ['--name', name]))}"
     created = not os.path.exists(folder)

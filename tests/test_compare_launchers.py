@@ -354,3 +354,11 @@ def test_a_failed_run_is_reported_with_its_status_and_the_finished_ones_are_tabu
     table = json.loads((tmp_path / "c" / "comparison.json").read_text())
     assert [r["method"] for r in table["runs"]] == ["vanilla", "mixup"]
     assert [p["name"] for p in table["pending"]] == ["cutmix", "fmix"]
+
+
+def test_the_slurm_launcher_without_sbatch_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert compare.main(["--methods", "vanilla", "--launcher", "slurm", *TRAIN, "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no sbatch on this machine" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()

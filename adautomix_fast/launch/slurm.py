@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import shlex
+import shutil
 import signal
 import sys
 from dataclasses import dataclass, field
@@ -124,6 +125,14 @@ def _submitit():
         raise UsageError("--launcher slurm needs submitit: pip install submitit") from None
     JobEnvironment.USR_SIG = PREEMPT_SIGNAL
     return submitit
+
+
+def check_launcher(settings: SlurmSettings) -> None:
+    """Before anything is written: submitit importable, and for SLURM its commands on this machine."""
+    _submitit()
+    if not settings.local and shutil.which("sbatch") is None:
+        raise UsageError("--launcher slurm: no sbatch on this machine; run compare on the cluster's login node "
+                         "(--dry-run works anywhere; --launcher slurm-local rehearses the jobs here)")
 
 
 def make_executor(folder: str, settings: SlurmSettings, name: str):
