@@ -144,7 +144,8 @@ def parse_args(argv: Optional[list[str]]) -> tuple[argparse.Namespace, list[str]
     where.add_argument("--slurm-sbatch", action="append", default=[], metavar="LINE",
                        help="an extra sbatch option, e.g. --slurm-sbatch=--qos=high (repeatable)")
     where.add_argument("--slurm-setup", action="append", default=[], metavar="COMMAND",
-                       help="a shell line run before each job, e.g. 'source ~/venv/bin/activate' (repeatable)")
+                       help="a shell line run before each SLURM job, e.g. 'source ~/venv/bin/activate' "
+                            "(repeatable; not for slurm-local)")
     where.add_argument("--slurm-signal-delay", type=int, default=120, metavar="S",
                        help="seconds before the time limit at which SLURM sends SIGUSR1 (default 120)")
     where.add_argument("--slurm-max-parallel", type=int, default=256, metavar="N",
@@ -807,7 +808,7 @@ class Trainings(local.SignalScope):
         if child is None:
             self._unsent.append(signum)
         else:
-            child.send_signal(signum)        # a no-op once the child has been reaped
+            child.send_signal(local.for_training(signum))   # a no-op once the child has been reaped
 
     def _suspend(self, _signum, _frame) -> None:
         self._signal_group(signal.SIGSTOP)
@@ -833,7 +834,7 @@ class Trainings(local.SignalScope):
         child = subprocess.Popen(cmd, start_new_session=True, env={**os.environ, SIGNALS_FORWARDED_ENV: "1"})
         self._child = child
         while self._unsent:                  # arrived while the child was being started
-            child.send_signal(self._unsent.pop(0))
+            child.send_signal(local.for_training(self._unsent.pop(0)))
         try:
             code = child.wait()
         finally:
@@ -883,26 +884,41 @@ def run(argv: Optional[list[str]] = None) -> int:
     command = f"{PROG} {shlex.join(given + ([] if args.name else ['--name', name]))}"
     created = not os.path.exists(folder)
     os.makedirs(os.path.join(folder, "runs"), exist_ok=True)
+    jobs = [dict(as_job(p).to_dict(), identity=_identity(p.cfg)) for p in planned]
+    # runs of earlier commands on this folder (a method or seed left out this time) stay planned:
+    # their settings are still checked when a later command names them again
+    earlier = (joblib.read_plan(folder) or {}).get("jobs", [])
+    jobs += [j for j in earlier if j.get("name") not in {p.name for p in planned}]
     joblib.write_plan(folder, {"argv": given + ([] if args.name else ["--name", name]), "command": command,
-                               "launcher": args.launcher, "paper": selection.to_dict() if selection else None,
-                               "jobs": [dict(as_job(p).to_dict(), identity=_identity(p.cfg)) for p in planned]})
+                               "cwd": os.getcwd(), "launcher": args.launcher,
+                               "paper": selection.to_dict() if selection else None, "jobs": jobs})
     report = Report(folder, planned, args, train_argv, command, selection, mismatch)
     if args.launcher == "local" and args.gpus is None:
         code = train_one_after_another(folder, planned, args, created)
         if code is not None:
             return code
     elif args.launcher == "local":
-        code = train_on_gpus(folder, planned, local.parse_gpus(args.gpus), report)
+        code = train_on_gpus(folder, planned, local.parse_gpus(args.gpus), report, created)
         if code is not None:
             return code
     else:
-        submitted = submit_to_slurm(folder, planned, settings, name)
-        if args.launcher == "slurm" and not args.wait:
-            print(f"\n{len(submitted)} job{'s' * (len(submitted) != 1)} submitted"
-                  + (f" (array {submitted[0][1].split('_')[0]})" if submitted else "")
-                  + f"; the table of what has finished, any time: {PROG} --collect {folder}")
-            return 0
-        wait_for(submitted)
+        with slurm.JobWatch() as watch:
+            try:
+                submitted = submit_to_slurm(folder, planned, settings, name, watch)
+            except slurm.SubmissionError as e:
+                if created and not any(run_state(os.path.join(folder, "runs", p.name)) != "new" for p in planned):
+                    shutil.rmtree(folder, ignore_errors=True)
+                raise UsageError(str(e)) from None
+            if args.launcher == "slurm" and not args.wait:
+                print(f"\n{len(submitted)} job{'s' * (len(submitted) != 1)} submitted"
+                      + (f" (array {submitted[0][1].split('_')[0]})" if submitted else "")
+                      + f"; the table of what has finished, any time: {PROG} --collect {folder}")
+                return 0
+            watch.wait()
+        if watch.signum is not None:
+            where = (" while the local jobs ran (each stopped at its batch with a checkpoint)" if settings.local
+                     else f"; the jobs go on in SLURM: {PROG} --collect {folder} for their table")
+            return _stopped(watch.signum, None, where)
     return report.write(final=True)
 
 
@@ -985,8 +1001,11 @@ def train_one_after_another(folder: str, planned: list[PlannedRun], args, create
     return None
 
 
-def train_on_gpus(folder: str, planned: list[PlannedRun], gpus: list[str], report: "Report") -> Optional[int]:
-    """--gpus: the runs not yet done, one per GPU at a time; the table rewritten as each ends."""
+def train_on_gpus(folder: str, planned: list[PlannedRun], gpus: list[str], report: "Report",
+                  created: bool) -> Optional[int]:
+    """--gpus: the runs not yet done, one per GPU at a time; the table rewritten as each ends.
+    None when every run has had its turn; else compare's exit status (a stop signal, or a usage
+    error that every run started so far met before training)."""
     seeded = any(p.name != p.method for p in planned)
     tasks = []
     for p in planned:
@@ -999,6 +1018,10 @@ def train_on_gpus(folder: str, planned: list[PlannedRun], gpus: list[str], repor
     logs = os.path.join(folder, "logs")
     print(f"{len(tasks)} run{'s' * (len(tasks) != 1)} on GPU{'s' * (len(gpus) != 1)} {', '.join(gpus)}, one per GPU at "
           f"a time; logs in {logs}", flush=True)
+    if local.visible_gpu_count() == 0:
+        print("note: no CUDA GPU is visible here: each run trains on the CPU (the GPU index only pins "
+              "CUDA_VISIBLE_DEVICES)", flush=True)
+    codes: list[int] = []
 
     def started(task: local.Task) -> None:
         joblib.update_record(folder, task.name, launcher="local", status="running", device=f"cuda:{task.device}",
@@ -1006,6 +1029,10 @@ def train_on_gpus(folder: str, planned: list[PlannedRun], gpus: list[str], repor
         print(f"GPU {task.device}: {task.label} started (log: {os.path.join(logs, task.name + '.log')})", flush=True)
 
     def finished(task: local.Task, code: int) -> None:
+        codes.append(code)
+        if code == 2 and 0 not in codes:
+            # Bad input (the training's one line is in its log) repeats for every run: start no more.
+            scheduler.stop_starting()
         status = "done" if code == 0 else "stopped" if code in joblib.STOPPED_CODES else "failed"
         joblib.update_record(folder, task.name, status=status, code=code)
         print(f"GPU {task.device}: {task.label} {status}" + ("" if code == 0 else f" (exit {code})"), flush=True)
@@ -1016,18 +1043,39 @@ def train_on_gpus(folder: str, planned: list[PlannedRun], gpus: list[str], repor
         signum = scheduler.run(tasks, started, finished)
     if signum is not None:
         return _stopped(signum, None, " while training on the GPUs")
+    if codes and set(codes) == {2}:
+        print(_last_error(os.path.join(logs, f"{tasks[0].name}.log")), file=sys.stderr)
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)   # nothing was trained: nothing of this command is kept
+        return 2
     return None
 
 
+def _last_error(log: str) -> str:
+    """A training log's one-line error ("error: ..."), or its last line."""
+    try:
+        with open(log, errors="replace") as f:
+            lines = [line.strip() for line in f.read().replace("\r", "\n").splitlines() if line.strip()]
+    except OSError:
+        return f"the training failed before it wrote {log}"
+    errors = [line for line in lines if line.startswith("error:")]
+    return (errors or lines or [f"the training wrote nothing to {log}"])[-1]
+
+
 def submit_to_slurm(folder: str, planned: list[PlannedRun], settings: slurm.SlurmSettings,
-                    name: str) -> list[tuple[PlannedRun, str, Any]]:
-    """Submit the runs not done and not queued as one job array; [(run, job id, submitit job)]."""
+                    name: str, watch: "slurm.JobWatch") -> list[tuple[PlannedRun, str, Any]]:
+    """Submit the runs not done and not queued as one job array; [(run, job id, submitit job)].
+    The local executor's jobs, at most --slurm-max-parallel at once, until a signal stops it."""
     seeded = any(p.name != p.method for p in planned)
     todo = []
     for p in planned:
         out = joblib.outcome(folder, as_job(p))
         if out["state"] == "done":
             print(f"{_label(p, seeded)}: already trained")
+            continue
+        pid = joblib.running_here(joblib.read_record(folder, p.name))
+        if pid is not None:
+            print(f"{_label(p, seeded)}: still training on this machine (process {pid}); not started again")
             continue
         if out["job_id"] and not settings.local and out["status"] in ("submitted", "running"):
             # Submitted before and not ended by its own hand: queued or running, unless SLURM says otherwise.
@@ -1044,8 +1092,12 @@ def submit_to_slurm(folder: str, planned: list[PlannedRun], settings: slurm.Slur
     out = []
 
     def submitted(p: PlannedRun, job) -> None:
+        watch.jobs.append(job)
+        record = joblib.read_record(folder, p.name)
+        # a task that started at once may have written its own status already
+        begun = record.get("job_id") == str(job.job_id) and record.get("status") != "submitted"
         joblib.update_record(folder, p.name, launcher="slurm-local" if settings.local else "slurm",
-                             job_id=str(job.job_id), status="submitted", code=None)
+                             job_id=str(job.job_id), **({} if begun else {"status": "submitted", "code": None}))
         print(f"{_label(p, seeded)}: job {job.job_id}"
               + (" (resumes its checkpoint)" if run_state(os.path.join(folder, "runs", p.name)) == "partial" else ""),
               flush=True)
@@ -1054,25 +1106,22 @@ def submit_to_slurm(folder: str, planned: list[PlannedRun], settings: slurm.Slur
     if settings.local:
         # The local executor starts every job it is given at once: at most --slurm-max-parallel.
         for p in todo:
-            while sum(not job.done() for _, _, job in out) >= settings.max_parallel:
+            while sum(not job.done() for _, _, job in out) >= settings.max_parallel and watch.signum is None:
                 time.sleep(0.5)
+            if watch.signum is not None:
+                break
             submitted(p, executor.submit(slurm.TrainingJob(folder, as_job(p), settings.gpus_per_job)))
         return out
-    with executor.batch():
-        jobs = [(p, executor.submit(slurm.TrainingJob(folder, as_job(p), settings.gpus_per_job))) for p in todo]
+    try:
+        with executor.batch():
+            jobs = [(p, executor.submit(slurm.TrainingJob(folder, as_job(p), settings.gpus_per_job))) for p in todo]
+    except Exception as e:     # sbatch's refusal (a bad partition, account, ...), raised by submitit
+        lines = [line for line in str(e).strip().splitlines() if line.strip()]
+        raise slurm.SubmissionError(f"sbatch refused the job array: {lines[-1] if lines else type(e).__name__}; "
+                                    "check the --slurm-* flags") from None
     for p, job in jobs:
         submitted(p, job)
     return out
-
-
-def wait_for(submitted: list[tuple[PlannedRun, str, Any]]) -> None:
-    """Until every submitted job has ended (its outcome is read from the run folders)."""
-    for _, job_id, job in submitted:
-        try:
-            job.wait()
-        except Exception as e:   # a failed job: the report lists it from its record
-            print(f"job {job_id}: {str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__}",
-                  file=sys.stderr)
 
 
 def dry_run(folder: str, planned: list[PlannedRun], args, settings: Optional[slurm.SlurmSettings]) -> int:
@@ -1192,15 +1241,23 @@ def collect(folder: str) -> int:
     if plan is None:
         raise UsageError(f"--collect {folder}: not a comparison folder (no {joblib.PLAN}); give the folder compare "
                          "printed (<output>/<name>)")
-    args, train_argv = parse_args(plan["argv"])
-    selection = None
-    if args.paper is not None:
-        selection = reproduce.select(args.paper, args.column, args.methods)
-        args.methods = selection.methods
-        train_argv = selection.flags + train_argv
-    elif args.methods is None:
-        args.methods = DEFAULT_METHODS.split(",")
-    planned = plan_runs(args, train_argv)
+    folder = os.path.abspath(folder)
+    here = os.getcwd()
+    try:
+        # the command's relative paths (--config, --data-dir) are of the folder it ran in
+        if plan.get("cwd") and os.path.isdir(plan["cwd"]):
+            os.chdir(plan["cwd"])
+        args, train_argv = parse_args(plan["argv"])
+        selection = None
+        if args.paper is not None:
+            selection = reproduce.select(args.paper, args.column, args.methods)
+            args.methods = selection.methods
+            train_argv = selection.flags + train_argv
+        elif args.methods is None:
+            args.methods = DEFAULT_METHODS.split(",")
+        planned = plan_runs(args, train_argv)
+    finally:
+        os.chdir(here)
     mismatch = reproduce.setting_difference(selection, planned[0].cfg) if selection else ""
     # the folder as given now (it may have moved since it was made)
     return Report(folder, planned, args, train_argv, plan["command"], selection, mismatch).write(final=True)

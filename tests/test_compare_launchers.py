@@ -362,3 +362,96 @@ def test_the_slurm_launcher_without_sbatch_is_one_line_and_writes_nothing(tmp_pa
     err = capsys.readouterr().err
     assert "no sbatch on this machine" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_gpu_indices_are_of_the_gpus_this_process_sees(monkeypatch):
+    monkeypatch.setattr(local, "visible_gpu_count", lambda: 2)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")           # e.g. a SLURM allocation without cgroups
+    assert local.parse_gpus("all") == ["2", "3"] and local.parse_gpus("1") == ["3"]
+    with pytest.raises(UsageError, match="shows 2 GPUs"):
+        local.parse_gpus("0,5")
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert local.parse_gpus("all") == ["0", "1"]
+
+
+def test_signals_a_training_does_not_stop_on_reach_it_as_sigterm():
+    assert local.for_training(signal.SIGHUP) == local.for_training(signal.SIGQUIT) == signal.SIGTERM
+    assert [local.for_training(s) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)] == [
+        signal.SIGTERM, signal.SIGUSR1, signal.SIGINT]
+
+
+def test_bad_input_on_the_gpus_is_one_line_exit_2_and_leaves_no_folder(tmp_path):
+    out = run_compare(tmp_path, "--methods", "vanilla,mixup", "--gpus", "0", "--dataset", "cifar10", "--data-dir",
+                      str(tmp_path / "missing"), "--arch", "tiny", "-j", "0", "--epochs", "1")
+    assert out.returncode == 2, out.stdout + out.stderr
+    errors = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error:") and "missing" in errors[0]
+    assert "mixup" not in out.stdout.split("failed")[-1]                 # the second run never started
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_refused_sbatch_is_one_line_and_leaves_no_folder(tmp_path, fake_slurm):
+    env, _ = fake_slurm
+    sbatch = os.path.join(env["PATH"].split(os.pathsep)[0], "sbatch")
+    with open(sbatch, "w") as f:
+        f.write("#!/bin/sh\necho 'sbatch: error: invalid partition specified: gpux' >&2\nexit 1\n")
+    out = run_compare(tmp_path, "--methods", "vanilla", "--launcher", "slurm", "--slurm-partition", "gpux", *TRAIN,
+                      env=env)
+    assert out.returncode == 2
+    # sbatch's own line, then compare's one line (no traceback)
+    assert out.stderr.strip().splitlines()[-1] == (
+        "error: sbatch refused the job array: sbatch: error: invalid partition specified: gpux; check the --slurm-* "
+        "flags")
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_dry_run_shows_the_script_that_is_submitted(tmp_path, fake_slurm):
+    env, scripts = fake_slurm
+    argv = ["--methods", "vanilla,mixup", "--launcher", "slurm", "--slurm-partition", "gpu", *TRAIN]
+    dry = run_compare(tmp_path, *argv, "--dry-run", env=env)
+    assert dry.returncode == 0, dry.stderr[-2000:]
+    assert run_compare(tmp_path, *argv, env=env).returncode == 0
+    (script,) = scripts.iterdir()
+    submitted = script.read_text().strip()
+    assert submitted in dry.stdout
+
+
+def test_collect_reads_the_command_where_it_ran(tmp_path, monkeypatch, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "short.yaml").write_text("epochs: 1\n")
+    monkeypatch.chdir(work)
+    assert compare.main(["--methods", "vanilla", *TRAIN, "--config", "short.yaml", "--name", "c"]) == 0
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert compare.main(["--collect", str(work / "runs" / "c")]) == 0
+    assert "| vanilla |" in capsys.readouterr().out
+
+
+def test_a_stop_signal_for_compare_stops_the_local_jobs_at_their_batch_and_the_command_resumes(tmp_path):
+    folder = tmp_path / "c"
+    run = folder / "runs" / "vanilla"
+    argv = ["--methods", "vanilla", "--launcher", "slurm-local", *TRAIN, "--epochs", "3", "--log-interval", "1"]
+    cmd = [sys.executable, "-m", "adautomix_fast.compare", "--output", str(tmp_path), "--name", "c", *argv]
+    with open(tmp_path / "out.txt", "w") as out:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(log_records(run, "train")) < 3:
+            assert proc.poll() is None, (tmp_path / "out.txt").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the job did not start training"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGTERM)                 # compare's PID alone
+        assert proc.wait(timeout=300) == 143, (tmp_path / "out.txt").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert [s["signal"] for s in log_records(run, "stop")] == ["SIGTERM"]
+    assert joblib.run_state(str(run)) == "partial"
+    assert joblib.read_record(str(folder), "vanilla")["status"] == "stopped"
+    again = run_compare(tmp_path, *argv)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [e["epoch"] for e in log_records(run, "epoch")][-1] == 3
+    assert len(log_records(run, "start")) == 2

@@ -108,6 +108,21 @@ def update_record(folder: str, name: str, **fields: Any) -> dict:
     return record
 
 
+def running_here(record: dict) -> Optional[int]:
+    """The process of a job recorded as running on this machine that is still alive, else None
+    (a launcher that died left the record behind)."""
+    pid = record.get("pid")
+    if record.get("status") != "running" or record.get("host") != socket.gethostname() or not pid:
+        return None
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return None
+    except PermissionError:      # alive, another user's
+        return int(pid)
+    return int(pid)
+
+
 def outcome(folder: str, job: Job) -> dict[str, Any]:
     """The run's state for a report: ``state`` done / partial / new, and where a launcher recorded
     it, ``failed`` (its last attempt exited with an error status and the run is not done), the

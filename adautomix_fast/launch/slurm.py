@@ -29,6 +29,7 @@ import shlex
 import shutil
 import signal
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -36,11 +37,15 @@ from .. import torchrun, train
 from ..errors import UsageError
 from ..runtime import cputhreads
 from .jobs import STOPPED_CODES, Job, run_folder, run_state, training_argv, update_record
+from .local import FORWARDED_SIGNALS, SignalScope
 
 # The engine's preemption signal (the training checkpoints on it), for submitit too.
 PREEMPT_SIGNAL = "USR1"
 PREEMPT_ENV = "SUBMITIT_PREEMPT_SIGNAL"
 LAUNCHERS = ("local", "slurm", "slurm-local")
+# How often submitit requeues a task at its time limit (its default, 3, would end a run that needs
+# four --slurm-time of training): a run goes on in pieces until it is done.
+MAX_REQUEUES = 10_000
 
 
 def parse_time(text: str) -> int:
@@ -140,13 +145,16 @@ def make_executor(folder: str, settings: SlurmSettings, name: str):
     submitit = _submitit()
     where = os.path.join(os.path.abspath(folder), "slurm")
     if settings.local:
-        ex = submitit.LocalExecutor(folder=where)
-        # the local executor's "time limit" sends the preemption signal too, signal_delay_s before it
+        ex = submitit.LocalExecutor(folder=where, max_num_timeout=MAX_REQUEUES)
+        # The local executor's "time limit" sends the preemption signal too, signal_delay_s before
+        # it. No setup lines: with them submitit starts its controller under a shell, which would
+        # take a stop signal meant for the controller (and its jobs); the preemption signal's
+        # variable reaches the jobs through this process's environment (_submitit).
         ex.update_parameters(timeout_min=settings.time_min, gpus_per_node=settings.gpus_per_job,
-                             signal_delay_s=settings.signal_delay_s, setup=settings.parameters(name)["setup"])
+                             signal_delay_s=settings.signal_delay_s)
         return ex
     try:
-        ex = submitit.SlurmExecutor(folder=where)
+        ex = submitit.SlurmExecutor(folder=where, max_num_timeout=MAX_REQUEUES)
     except RuntimeError as e:     # no srun on this machine
         raise UsageError(f"--launcher slurm: {e} (run compare on the cluster's login node, or --dry-run "
                          "here)") from None
@@ -155,14 +163,14 @@ def make_executor(folder: str, settings: SlurmSettings, name: str):
 
 
 def sbatch_script(folder: str, settings: SlurmSettings, name: str, count: int) -> str:
-    """The sbatch script of the job array, as submitit writes it (for ``--dry-run``)."""
+    """The sbatch script of the job array, as submitit writes it for the submission (for
+    ``--dry-run``)."""
     _submitit()
     from submitit.slurm.slurm import _make_sbatch_string
     params = settings.parameters(name)
-    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit",
-                        shlex.quote(os.path.join(folder, "slurm", "%j"))])
-    return _make_sbatch_string(command=command, folder=os.path.join(folder, "slurm", "%j"),
-                               map_count=count if count > 1 else None, **params)
+    where = os.path.join(os.path.abspath(folder), "slurm")
+    command = " ".join([shlex.quote(sys.executable), "-u -m submitit.core._submit", shlex.quote(where)])
+    return _make_sbatch_string(command=command, folder=where, map_count=count if count > 1 else None, **params)
 
 
 class TrainingJob:
@@ -186,7 +194,11 @@ class TrainingJob:
             update_record(self.folder, name, status="done", code=0)
             return {"name": name, "code": 0}
         argv = training_argv(self.folder, self.job, state)
-        code = self._train(argv)
+        try:
+            code = self._train(argv)
+        except BaseException:    # out of memory, a bug: recorded as failed, then submitit's report
+            update_record(self.folder, name, status="failed", code=1)
+            raise
         status = "done" if code == 0 else "stopped" if code in STOPPED_CODES else "failed"
         update_record(self.folder, name, status=status, code=code)
         if code == 128 + signal.SIGUSR1 and callable(requeue_handler):
@@ -227,3 +239,41 @@ def job_state(folder: str, job_id: str) -> Optional[str]:
 
 ACTIVE_STATES = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "RESIZING", "SUSPENDED",
                  "REQUEUE_HOLD", "REQUEUE_FED")
+
+
+class SubmissionError(Exception):
+    """sbatch refused the jobs (the message is one line)."""
+
+
+class JobWatch(SignalScope):
+    """While compare waits for its submitted jobs: a stop signal ends the wait. The local
+    executor's jobs are stopped too, each at its batch with a checkpoint (the controller passes
+    SIGTERM on to its task); SLURM's jobs go on in the cluster."""
+
+    def __init__(self):
+        self.signum: Optional[int] = None
+        self.jobs: list = []
+
+    def handlers(self) -> dict:
+        return {signum: self._stop for signum in FORWARDED_SIGNALS}
+
+    def _stop(self, signum, _frame) -> None:
+        self.signum = self.signum or signum
+        for job in self.jobs:
+            process = getattr(job, "_process", None)     # a LocalJob's controller; None for SLURM's jobs
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+
+    def wait(self) -> None:
+        """Until every job has ended or a signal stopped the wait (and, locally, the jobs)."""
+        while not all(self._done(job) for job in self.jobs):
+            if self.signum is not None and not any(getattr(j, "_process", None) for j in self.jobs):
+                return            # SLURM's jobs: stop waiting, they go on
+            time.sleep(1.0)
+
+    @staticmethod
+    def _done(job) -> bool:
+        try:
+            return job.done()
+        except Exception:        # a job SLURM cannot report on: not waited for
+            return True

@@ -32,7 +32,11 @@ def _run(cmd: list[str], cwd: Optional[str] = None) -> Optional[str]:
 @functools.lru_cache(maxsize=1)
 def git_revision() -> Optional[str]:
     """The engine's git commit, with "+changes" where its tracked files differ from it; None
-    outside a git checkout (an installed wheel)."""
+    where the package is not the checkout's own (an installed wheel, a venv inside another
+    project's checkout)."""
+    top = _run(["git", "rev-parse", "--show-toplevel"], cwd=PACKAGE_DIR)
+    if top is None or os.path.realpath(top) != os.path.realpath(os.path.dirname(PACKAGE_DIR)):
+        return None
     head = _run(["git", "rev-parse", "HEAD"], cwd=PACKAGE_DIR)
     if head is None:
         return None
