@@ -50,7 +50,7 @@ sys.exit(int(sys.argv[3]))
 
 
 def test_the_scheduler_pins_each_run_to_one_device_and_never_shares_one(tmp_path):
-    tasks = [local.Task(f"t{i}", f"task {i}", [sys.executable, "-c", PROBE, str(tmp_path / f"t{i}.json"), "0.6",
+    tasks = [local.Task(f"t{i}", f"task {i}", [sys.executable, "-c", PROBE, str(tmp_path / f"t{i}.json"), "1.5",
                                                "3" if i == 2 else "0"])
              for i in range(7)]
     started, finished = [], {}
