@@ -329,17 +329,28 @@ def settings_difference(run_folder: str, cfg) -> str:
         theirs = None
     if not isinstance(theirs, dict):
         return "config.yaml does not hold a run's settings"
+    return identity_difference(theirs, cfg)
+
+
+def identity_difference(theirs: dict, cfg) -> str:
+    """The identity settings in which ``theirs`` (a run's recorded settings) differs from ``cfg``,
+    in words ("epochs 2, not 1"); "" when none."""
     fields = type(cfg).__dataclass_fields__
     # A setting added after the run was made was then at its default. The stem and the image
     # size left automatic (None) are recorded as the training resolved them from the data, so any
     # value matches them.
     # Another method's options do not change what this method trains (they hold their defaults).
     own = method_options(cfg.method)
-    diffs = [(k, theirs.get(k, fields[k].default), v) for k, v in cfg.identity().items()
+    diffs = [(k, theirs.get(k, fields[k].default), v) for k, v in _identity(cfg).items()
              if (k not in OPTIONS or k in own) and not (v is None and k in RESOLVED_BY_TRAINING)
              and theirs.get(k, fields[k].default) != v]
     words = [f"{k} {a!r}, not {b!r}" for k, a, b in diffs[:3]]
     return "; ".join(words) + (f"; and {len(diffs) - 3} more" if len(diffs) > 3 else "")
+
+
+def _identity(cfg) -> dict:
+    """``cfg.identity()`` as JSON and YAML give it back (lists for tuples)."""
+    return json.loads(json.dumps(cfg.identity(), default=str))
 
 
 # Per-epoch diagnostics of the generator's masks (AdAutoMix, AutoMix), reported at the last epoch
@@ -849,13 +860,7 @@ def run(argv: Optional[list[str]] = None) -> int:
     args, train_argv = parse_args(given)
     if args.collect is not None:
         return collect(args.collect)
-    selection = None
-    if args.paper is not None:
-        selection = reproduce.select(args.paper, args.column, args.methods)
-        args.methods = selection.methods
-        train_argv = selection.flags + train_argv    # the user's flags after: they win
-    elif args.methods is None:
-        args.methods = DEFAULT_METHODS.split(",")
+    selection, train_argv = choose_methods(args, train_argv)
     if args.name is not None:
         check_single_folder_name(args.name, "--name", "--output")
     planned = plan_runs(args, train_argv)
@@ -922,12 +927,19 @@ def run(argv: Optional[list[str]] = None) -> int:
     return report.write(final=True)
 
 
+def choose_methods(args: argparse.Namespace, train_argv: list[str]) -> tuple[Optional[reproduce.Selection], list[str]]:
+    """Set ``args.methods`` (a published column's, --methods, or the default) and return the
+    column's selection (None without --paper) and the training flags, the column's first."""
+    if args.paper is None:
+        args.methods = args.methods or DEFAULT_METHODS.split(",")
+        return None, train_argv
+    selection = reproduce.select(args.paper, args.column, args.methods)
+    args.methods = selection.methods
+    return selection, selection.flags + train_argv    # the user's flags after: they win
+
+
 def as_job(p: PlannedRun) -> joblib.Job:
     return joblib.Job(p.method, p.seed, p.name, list(p.flags))
-
-
-def _identity(cfg) -> dict:
-    return json.loads(json.dumps(cfg.identity(), default=str))
 
 
 def check_plan(folder: str, planned: list[PlannedRun]) -> None:
@@ -938,16 +950,10 @@ def check_plan(folder: str, planned: list[PlannedRun]) -> None:
         return
     before = {j["name"]: j.get("identity") for j in plan.get("jobs", [])}
     for p in planned:
-        theirs = before.get(p.name)
-        if theirs is None:
-            continue
-        ours = _identity(p.cfg)
-        diffs = [k for k in sorted(set(ours) | set(theirs)) if ours.get(k) != theirs.get(k)]
-        if diffs:
-            k = diffs[0]
-            raise UsageError(f"{os.path.join(folder, 'runs', p.name)} was planned with other settings ({k} "
-                             f"{theirs.get(k)!r}, not {ours.get(k)!r}): give the flags it was made with, or another "
-                             "--name")
+        diff = identity_difference(before[p.name], p.cfg) if before.get(p.name) is not None else ""
+        if diff:
+            raise UsageError(f"{os.path.join(folder, 'runs', p.name)} was planned with other settings ({diff}): give "
+                             "the flags it was made with, or another --name")
 
 
 def launcher_settings(args: argparse.Namespace) -> Optional[slurm.SlurmSettings]:
@@ -961,8 +967,10 @@ def launcher_settings(args: argparse.Namespace) -> Optional[slurm.SlurmSettings]
         setup=list(args.slurm_setup), max_parallel=args.slurm_max_parallel, local=args.launcher == "slurm-local")
 
 
-def _label(p: PlannedRun, seeded: bool) -> str:
-    return f"{p.method} seed {p.seed}" if seeded else p.method
+def _label(p: PlannedRun) -> str:
+    """A run as the console names it: its method, and its seed in a comparison over seeds
+    (whose runs are named <method>-s<seed>)."""
+    return p.method if p.name == p.method else f"{p.method} seed {p.seed}"
 
 
 def train_one_after_another(folder: str, planned: list[PlannedRun], args, created: bool) -> Optional[int]:
@@ -973,7 +981,7 @@ def train_one_after_another(folder: str, planned: list[PlannedRun], args, create
     started_any = False
     with Trainings() as trainings:
         for i, p in enumerate(planned):
-            label = _label(p, seeded)
+            label = _label(p)
             where = f"{label} ({i + 1} of {total} {'runs' if seeded else 'methods'})"
             if trainings.signum is not None:
                 return _stopped(trainings.signum, None, f" before {where}")
@@ -985,8 +993,7 @@ def train_one_after_another(folder: str, planned: list[PlannedRun], args, create
                 continue
             joblib.update_record(folder, p.name, launcher="local", status="running", device="this process", code=None)
             code = trainings.run([*local.python_train(), *joblib.training_argv(folder, as_job(p), state)])
-            joblib.update_record(folder, p.name, status="done" if code == 0 else "stopped"
-                                 if code in joblib.STOPPED_CODES else "failed", code=code)
+            joblib.update_record(folder, p.name, status=joblib.status_of(code), code=code)
             if trainings.signum is not None:
                 return _stopped(trainings.signum, code, f" while training {where}")
             if code == 2 and not started_any:
@@ -1006,14 +1013,13 @@ def train_on_gpus(folder: str, planned: list[PlannedRun], gpus: list[str], repor
     """--gpus: the runs not yet done, one per GPU at a time; the table rewritten as each ends.
     None when every run has had its turn; else compare's exit status (a stop signal, or a usage
     error that every run started so far met before training)."""
-    seeded = any(p.name != p.method for p in planned)
     tasks = []
     for p in planned:
         state = run_state(os.path.join(folder, "runs", p.name))
         if state == "done":
-            print(f"{_label(p, seeded)}: already trained")
+            print(f"{_label(p)}: already trained")
             continue
-        tasks.append(local.Task(p.name, _label(p, seeded) + (" (resuming)" if state == "partial" else ""),
+        tasks.append(local.Task(p.name, _label(p) + (" (resuming)" if state == "partial" else ""),
                                 [*local.python_train(), *joblib.training_argv(folder, as_job(p), state)]))
     logs = os.path.join(folder, "logs")
     print(f"{len(tasks)} run{'s' * (len(tasks) != 1)} on GPU{'s' * (len(gpus) != 1)} {', '.join(gpus)}, one per GPU at "
@@ -1033,7 +1039,7 @@ def train_on_gpus(folder: str, planned: list[PlannedRun], gpus: list[str], repor
         if code == 2 and 0 not in codes:
             # Bad input (the training's one line is in its log) repeats for every run: start no more.
             scheduler.stop_starting()
-        status = "done" if code == 0 else "stopped" if code in joblib.STOPPED_CODES else "failed"
+        status = joblib.status_of(code)
         joblib.update_record(folder, task.name, status=status, code=code)
         print(f"GPU {task.device}: {task.label} {status}" + ("" if code == 0 else f" (exit {code})"), flush=True)
         if code == 0:
@@ -1066,23 +1072,22 @@ def submit_to_slurm(folder: str, planned: list[PlannedRun], settings: slurm.Slur
                     name: str, watch: "slurm.JobWatch") -> list[tuple[PlannedRun, str, Any]]:
     """Submit the runs not done and not queued as one job array; [(run, job id, submitit job)].
     The local executor's jobs, at most --slurm-max-parallel at once, until a signal stops it."""
-    seeded = any(p.name != p.method for p in planned)
     todo = []
     for p in planned:
         out = joblib.outcome(folder, as_job(p))
         if out["state"] == "done":
-            print(f"{_label(p, seeded)}: already trained")
+            print(f"{_label(p)}: already trained")
             continue
         pid = joblib.running_here(joblib.read_record(folder, p.name))
         if pid is not None:
-            print(f"{_label(p, seeded)}: still training on this machine (process {pid}); not started again")
+            print(f"{_label(p)}: still training on this machine (process {pid}); not started again")
             continue
         if out["job_id"] and not settings.local and out["status"] in ("submitted", "running"):
             # Submitted before and not ended by its own hand: queued or running, unless SLURM says otherwise.
             state = slurm.job_state(folder, out["job_id"])
             if state is None or state in slurm.ACTIVE_STATES:
                 known = state or "submitted (SLURM cannot say more here)"
-                print(f"{_label(p, seeded)}: job {out['job_id']} is {known}; not submitted again (scancel it and "
+                print(f"{_label(p)}: job {out['job_id']} is {known}; not submitted again (scancel it and "
                       f"delete jobs/{p.name}.json to submit it anew)")
                 continue
         todo.append(p)
@@ -1098,7 +1103,7 @@ def submit_to_slurm(folder: str, planned: list[PlannedRun], settings: slurm.Slur
         begun = record.get("job_id") == str(job.job_id) and record.get("status") != "submitted"
         joblib.update_record(folder, p.name, launcher="slurm-local" if settings.local else "slurm",
                              job_id=str(job.job_id), **({} if begun else {"status": "submitted", "code": None}))
-        print(f"{_label(p, seeded)}: job {job.job_id}"
+        print(f"{_label(p)}: job {job.job_id}"
               + (" (resumes its checkpoint)" if run_state(os.path.join(folder, "runs", p.name)) == "partial" else ""),
               flush=True)
         out.append((p, str(job.job_id), job))
@@ -1126,51 +1131,43 @@ def submit_to_slurm(folder: str, planned: list[PlannedRun], settings: slurm.Slur
 
 def dry_run(folder: str, planned: list[PlannedRun], args, settings: Optional[slurm.SlurmSettings]) -> int:
     """The runs, their state, the expected GPU-hours, and for slurm the job array's script."""
-    seeded = args.seeds is not None
     estimator = estimate.Estimator()
-    gpus_per_job = settings.gpus_per_job if settings else 1
-    total = 0.0
-    unknown = False
-    lines = ["| run | state | steps | s/step | GPU-hours | estimate from |", "| --- | --- | --- | --- | --- | --- |"]
+    states = {p.name: run_state(os.path.join(folder, "runs", p.name)) for p in planned}
+    # a method's time per step as measured by any of its runs in this folder
     measured: dict[str, Optional[float]] = {}
     for p in planned:
         run = os.path.join(folder, "runs", p.name)
-        if p.method not in measured or measured[p.method] is None:
-            measured[p.method] = estimate.measured_s_per_step(run)
+        measured[p.method] = measured.get(p.method) or estimate.measured_s_per_step(run)
+    estimates = {p.name: estimator.estimate(p.cfg, args.subset, measured[p.method]) for p in planned}
+    todo = [p for p in planned if states[p.name] != "done"]
+    lines = ["| run | state | steps | s/step | GPU-hours | estimate from |", "| --- | --- | --- | --- | --- | --- |"]
     for p in planned:
-        state = run_state(os.path.join(folder, "runs", p.name))
-        e = estimator.estimate(p.cfg, args.subset, measured.get(p.method))
-        hours = e["hours"]          # GPU-hours: the same on one GPU or spread over several
-        if state != "done":
-            if hours is None:
-                unknown = True
-            else:
-                total += hours
+        e = estimates[p.name]    # GPU-hours: the same on one GPU or spread over several
         steps = "unknown" if e["steps"] is None else str(e["steps"])
         per_step = "-" if e["s_per_step"] is None else f"{e['s_per_step']:.3f}"
-        lines.append(f"| {_label(p, seeded)} | {state} | {steps} | {per_step} | {estimate.format_hours(hours)} | "
-                     f"{e['source']} |")
+        lines.append(f"| {_label(p)} | {states[p.name]} | {steps} | {per_step} | "
+                     f"{estimate.format_hours(e['hours'])} | {e['source']} |")
     print(f"comparison folder: {folder}")
     print("\n".join(lines))
-    costs = {}
-    for p in planned:
-        e = estimator.estimate(p.cfg, args.subset)
-        costs.setdefault(p.method, f"{p.method} {e['cost']:.2f}x ({e['cost_source']})")
+    costs = {p.method: f"{p.method} {estimates[p.name]['cost']:.2f}x ({estimates[p.name]['cost_source']})"
+             for p in planned}
     print("\n" + estimate.SCALED_TEXT + " Method step costs: " + "; ".join(costs.values()) + ".")
-    todo = [p for p in planned if run_state(os.path.join(folder, "runs", p.name)) != "done"]
+    hours = [estimates[p.name]["hours"] for p in todo]
+    total = sum(h for h in hours if h is not None)
+    gpus = len(local.parse_gpus(args.gpus)) if args.gpus else 0
     print(f"\n{len(todo)} of {len(planned)} runs to train; expected {estimate.format_hours(total)} GPU-hours"
-          + (" (plus the runs of unknown cost)" if unknown else "")
-          + (f", about {estimate.format_hours(total / len(local.parse_gpus(args.gpus)))} hours on "
-             f"{len(local.parse_gpus(args.gpus))} GPUs" if args.gpus else ""))
-    longest = max((estimator.estimate(p.cfg, args.subset, measured.get(p.method))["hours"] or 0.0 for p in todo),
-                  default=0.0) / gpus_per_job     # wall-clock hours of a job, its GPUs in step
-    if settings is not None and longest * 60 > settings.time_min:
-        print(f"the longest run needs about {longest:.1f} h, more than --slurm-time ({settings.time_min} min): it "
-              f"checkpoints before each limit and is requeued about {int(longest * 60 // settings.time_min)} times "
-              "(each requeue resumes at the batch it reached)")
-    if settings is not None and not settings.local and todo:
-        print("\nthe job array's sbatch script:\n")
-        print(slurm.sbatch_script(os.path.abspath(folder), settings, os.path.basename(folder), len(todo)))
+          + (" (plus the runs of unknown cost)" if None in hours else "")
+          + (f", about {estimate.format_hours(total / gpus)} hours on {gpus} GPUs" if gpus else ""))
+    if settings is not None:
+        # wall-clock hours of the longest job, its GPUs in step
+        longest = max((h or 0.0 for h in hours), default=0.0) / settings.gpus_per_job
+        if longest * 60 > settings.time_min:
+            print(f"the longest run needs about {longest:.1f} h, more than --slurm-time ({settings.time_min} min): "
+                  f"it checkpoints before each limit and is requeued about {int(longest * 60 // settings.time_min)} "
+                  "times (each requeue resumes at the batch it reached)")
+        if not settings.local and todo:
+            print("\nthe job array's sbatch script:\n")
+            print(slurm.sbatch_script(os.path.abspath(folder), settings, os.path.basename(folder), len(todo)))
     print("nothing was written (--dry-run)")
     return 0
 
@@ -1248,13 +1245,7 @@ def collect(folder: str) -> int:
         if plan.get("cwd") and os.path.isdir(plan["cwd"]):
             os.chdir(plan["cwd"])
         args, train_argv = parse_args(plan["argv"])
-        selection = None
-        if args.paper is not None:
-            selection = reproduce.select(args.paper, args.column, args.methods)
-            args.methods = selection.methods
-            train_argv = selection.flags + train_argv
-        elif args.methods is None:
-            args.methods = DEFAULT_METHODS.split(",")
+        selection, train_argv = choose_methods(args, train_argv)
         planned = plan_runs(args, train_argv)
     finally:
         os.chdir(here)

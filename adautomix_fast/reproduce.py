@@ -17,6 +17,7 @@ from typing import Any, Optional
 
 from . import published
 from .errors import UsageError
+from .evaluate.plots import pyplot
 from .presets import PRESETS
 from .registry import METHODS
 
@@ -142,9 +143,7 @@ def markdown(rows: list[dict], selection: Selection, mismatch: str) -> list[str]
 def plot(folder: str, rows: list[dict], selection: Selection, save_png, mismatch: str = "") -> None:
     """paper.png: measured against published, one point per method (seeds' std as error bars), with
     the line measured = published."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     points = [r for r in rows if r["measured"] is not None and r["published"] is not None]
     fig, ax = plt.subplots(figsize=(5.2, 5.0), dpi=120)
     for i, r in enumerate(points):

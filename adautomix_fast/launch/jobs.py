@@ -19,13 +19,18 @@ from typing import Any, Optional
 
 import yaml
 
+from ..run.folder import LAST
 from ..run.records import read_jsonl
 
-LAST = "checkpoint-last.pt"
 PLAN = "plan.json"
 # Exit statuses of a training stopped by a signal with a checkpoint at its batch (SIGTERM,
 # SIGUSR1, Ctrl-C): the job is interrupted, not failed.
 STOPPED_CODES = (143, 138, 130)
+
+
+def status_of(code: int) -> str:
+    """A training's exit status in the job records' words."""
+    return "done" if code == 0 else "stopped" if code in STOPPED_CODES else "failed"
 
 
 @dataclass

@@ -36,7 +36,7 @@ from typing import Any, Optional
 from .. import torchrun, train
 from ..errors import UsageError
 from ..runtime import cputhreads
-from .jobs import STOPPED_CODES, Job, run_folder, run_state, training_argv, update_record
+from .jobs import STOPPED_CODES, Job, run_folder, run_state, status_of, training_argv, update_record
 from .local import FORWARDED_SIGNALS, SignalScope
 
 # The engine's preemption signal (the training checkpoints on it), for submitit too.
@@ -199,8 +199,7 @@ class TrainingJob:
         except BaseException:    # out of memory, a bug: recorded as failed, then submitit's report
             update_record(self.folder, name, status="failed", code=1)
             raise
-        status = "done" if code == 0 else "stopped" if code in STOPPED_CODES else "failed"
-        update_record(self.folder, name, status=status, code=code)
+        update_record(self.folder, name, status=status_of(code), code=code)
         if code == 128 + signal.SIGUSR1 and callable(requeue_handler):
             # The training held SIGUSR1 and stopped at its batch with a checkpoint; now the signal
             # is submitit's to act on: the same job again (checkpoint()), requeued.

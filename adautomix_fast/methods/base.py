@@ -138,6 +138,20 @@ class MixModel(nn.Module):
     def device(self) -> torch.device:
         return self.num_updates.device
 
+    def register_pixel_stats(self, mean, std) -> None:
+        """The data set's normalisation as fp32 buffers ``pixel_mean``/``pixel_std`` [1, C, 1, 1]
+        (not saved), for a method that works on pixels in [0, 1] (``to_pixels``)."""
+        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images back to fp32 pixels in [0, 1] (``register_pixel_stats``)."""
+        return x.float() * self.pixel_std + self.pixel_mean
+
+    def from_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """fp32 pixels in [0, 1] normalised as the network's inputs."""
+        return (pixels - self.pixel_mean) / self.pixel_std
+
     # ------------------------------------------------------------------ self-description
     @classmethod
     def all_options(cls) -> tuple[Option, ...]:

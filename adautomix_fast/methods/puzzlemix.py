@@ -435,8 +435,7 @@ class PuzzleMix(PairMix):
         self.block_num, self.beta, self.gamma, self.eta = int(block_num), float(beta), float(gamma), float(eta)
         self.transport, self.t_eps, self.t_size = transport, float(t_eps), int(t_size)
         # The data set's normalisation, to compare pixels in [0, 1] in the smoothness term.
-        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_pixel_stats(mean, std)
 
     @classmethod
     def complete_settings(cls, values: dict, data: Optional[DataFacts]) -> dict:
@@ -477,7 +476,7 @@ class PuzzleMix(PairMix):
         block, _, cell = block_sizes(h, grid, self.t_size)
         # A diverged model's NaN gradients would become garbage integer costs: count them as no saliency.
         saliency = input_saliency(self.student, x, y, self.label_smoothing).nan_to_num(0.0, 0.0, 0.0)
-        images = x.float() * self.pixel_std + self.pixel_mean
+        images = self.to_pixels(x)
         s_own = block_saliency(saliency, block)
         d_v, d_h = boundary_penalties(images, plan.perm, grid)
         costs = graphcut_costs(s_own, s_own[plan.perm], d_v, d_h, float(plan.lam), self.beta, self.gamma, self.eta)

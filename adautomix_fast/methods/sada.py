@@ -140,8 +140,7 @@ class SADA(Vanilla):
         super().__init__(arch, num_classes, cifar_stem=cifar_stem, **kwargs)
         self.step, self.steps, self.tau, self.views = float(step), int(steps), int(tau), int(views)
         self.warmup, self.weight, self.warmup_weight = float(warmup), float(weight), float(warmup_weight)
-        self.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_pixel_stats(mean, std)
         # The consistency weight of the step (a buffer written before each step: schedule_values).
         self.register_buffer("consistency_weight", torch.tensor(float(warmup_weight)), persistent=False)
         self.attacking = warmup <= 0.0   # host side: set with the schedule, read by complete_plan
@@ -183,10 +182,10 @@ class SADA(Vanilla):
         if not self.attacking:   # the same layout as the attacked views: one compiled graph for both
             return plan._replace(views=torch.stack([x.detach()] * self.views))
         net = self.student
-        pixels = x.detach().float() * self.pixel_std + self.pixel_mean
+        pixels = self.to_pixels(x.detach())
 
         def classify(images: torch.Tensor) -> torch.Tensor:
-            return net.head_one(net.pooled((images - self.pixel_mean) / self.pixel_std))
+            return net.head_one(net.pooled(self.from_pixels(images)))
 
         modes = [(m, m.training) for m in net.modules()]
         net.eval()
@@ -197,7 +196,7 @@ class SADA(Vanilla):
         finally:
             for module, training in modes:
                 module.training = training
-        normalised = [((v - self.pixel_mean) / self.pixel_std).to(x.dtype) for v in views]
+        normalised = [self.from_pixels(v).to(x.dtype) for v in views]
         if x.is_contiguous(memory_format=torch.channels_last):
             normalised = [v.contiguous(memory_format=torch.channels_last) for v in normalised]
         return plan._replace(views=torch.stack(normalised))
