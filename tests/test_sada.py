@@ -101,6 +101,17 @@ def test_the_consistency_is_the_official_jensen_shannon_term():
     assert js_consistency([logits[0]] * 4) < 1e-7
 
 
+def test_the_consistency_of_a_saturated_softmax_has_a_finite_gradient():
+    """A logit gap of 120 makes a softmax probability exactly 0 in float32: the gradient stays
+    finite (with the probabilities as KL targets it was NaN and the run diverged on CIFAR-10)."""
+    z = torch.tensor([[0.0, 120.0, 0.0], [1.0, 2.0, 3.0]], requires_grad=True)
+    w = torch.tensor([[0.0, 1.0, 0.0], [1.0, 2.0, 3.0]], requires_grad=True)
+    loss = js_consistency([z, w])
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all() and torch.isfinite(w.grad).all()
+    assert w.grad[0].abs().sum() > 0            # the unsaturated view is still pulled towards the mixture
+
+
 def test_the_warm_up_trains_without_attack_and_then_attacks():
     torch.manual_seed(3)
     model = SADA("tiny", 10, cifar_stem=True, warmup=0.25, mean=MEAN, std=STD)

@@ -59,7 +59,7 @@ def method_step_cost(method: str, settings: dict[str, Any]) -> tuple[float, str]
     if method == "puzzlemix":
         return 1.81, "this engine's measured CPU step ratio (docs/benchmarks.md)"
     if method == "sada":
-        return 6.0, "at most, after its warm-up (docs/methods.md, SADA)"
+        return 13.0, "this engine's measured CPU epoch ratio after its warm-up (docs/methods.md, SADA)"
     if method == "meada":
         return 1.0, "a plain step; its growing set is in the steps, its two generation passes are not"
     return 1.0, "one forward-backward pass, as plain training (docs/benchmarks.md)"

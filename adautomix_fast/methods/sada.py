@@ -95,10 +95,14 @@ def amplitude_attack(classify: Callable[[torch.Tensor], torch.Tensor], pixels: t
 
 def js_consistency(logits: list[torch.Tensor]) -> torch.Tensor:
     """The Jensen-Shannon consistency of the official loss: the mean over the outputs of
-    KL(p_i || M), M the mean of the softmax outputs clamped to [1e-7, 1] (batch means)."""
-    probs = [F.softmax(z.float(), dim=1) for z in logits]
-    mixture = torch.clamp(sum(probs) / len(probs), 1e-7, 1.0).log()
-    return sum(F.kl_div(mixture, p, reduction="batchmean") for p in probs) / len(probs)
+    KL(p_i || M), M the mean of the softmax outputs clamped to [1e-7, 1] (batch means).
+
+    The KL takes each p_i as log-probabilities (``log_target``): the same value, but where a
+    softmax saturates to an exact 0 (logit gaps above ~100, as an attacked view can give early in
+    training) the official form's gradient through its target, log p_i, is -inf x 0 = NaN."""
+    log_probs = [F.log_softmax(z.float(), dim=1) for z in logits]
+    mixture = torch.clamp(sum(lp.exp() for lp in log_probs) / len(log_probs), 1e-7, 1.0).log()
+    return sum(F.kl_div(mixture, lp, reduction="batchmean", log_target=True) for lp in log_probs) / len(log_probs)
 
 
 class SADAPlan(NamedTuple):
